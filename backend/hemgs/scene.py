@@ -1,0 +1,162 @@
+"""The one in-memory form of a 3DGS scene: `GaussianScene`.
+
+Pure numpy (no torch), so readers and the Blender preview can use it. Conventions, the same as
+the Inria PLY and gsplat:
+- `means` (N,3) world positions;
+- `quats` (N,4) rotations as w,x,y,z (not required to be unit length on input; see `sanitize`);
+- `log_scales` (N,3) natural-log standard deviations;
+- `opacity_logits` (N,) pre-sigmoid opacity;
+- `sh` (N,K,3) spherical-harmonic coefficients, K = (degree+1)^2, `sh[:,0]` is the DC term
+  (Inria's `f_dc_*`), `sh[:,1:]` the rest, coefficient-major (Inria stores them channel-major).
+All arrays are float32 and C-contiguous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import SceneError
+
+SH_C0 = 0.28209479177387814  # Y_0^0: colour = SH_C0 * f_dc + 0.5
+MAX_SH_DEGREE = 3
+
+
+def sh_coeffs(degree: int) -> int:
+    """Number of SH coefficients per channel for a degree (0..3)."""
+    return (degree + 1) ** 2
+
+
+def sh_degree_for(coeffs: int) -> int:
+    """Inverse of `sh_coeffs`; raises SceneError for a count that is no square of 1..4."""
+    for d in range(MAX_SH_DEGREE + 1):
+        if sh_coeffs(d) == coeffs:
+            return d
+    raise SceneError(f"{coeffs} SH coefficients per channel is not a degree 0-3 layout (1, 4, 9 or 16)")
+
+
+@dataclass
+class GaussianScene:
+    means: np.ndarray
+    quats: np.ndarray
+    log_scales: np.ndarray
+    opacity_logits: np.ndarray
+    sh: np.ndarray
+    # Free-form provenance (source path, format), never needed to render.
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.means = _f32(self.means, "means")
+        self.quats = _f32(self.quats, "quats")
+        self.log_scales = _f32(self.log_scales, "log_scales")
+        self.opacity_logits = _f32(self.opacity_logits, "opacity_logits")
+        self.sh = _f32(self.sh, "sh")
+        n = self.means.shape[0] if self.means.ndim == 2 else -1
+        expect = {
+            "means": (self.means, (n, 3)),
+            "quats": (self.quats, (n, 4)),
+            "log_scales": (self.log_scales, (n, 3)),
+            "opacity_logits": (self.opacity_logits, (n,)),
+        }
+        for name, (arr, shape) in expect.items():
+            if arr.shape != shape:
+                raise SceneError(f"scene field {name} has shape {arr.shape}, expected {shape}")
+        if self.sh.ndim != 3 or self.sh.shape[0] != n or self.sh.shape[2] != 3:
+            raise SceneError(f"scene field sh has shape {self.sh.shape}, expected ({n}, K, 3)")
+        sh_degree_for(self.sh.shape[1])
+
+    # ---- basic properties -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.means.shape[0])
+
+    @property
+    def sh_degree(self) -> int:
+        return sh_degree_for(self.sh.shape[1])
+
+    @property
+    def scales(self) -> np.ndarray:
+        return np.exp(self.log_scales)
+
+    @property
+    def opacities(self) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.opacity_logits))
+
+    @property
+    def colors_dc(self) -> np.ndarray:
+        """Base colour (view-independent part) in [0,1], as every viewer shows it."""
+        return np.clip(self.sh[:, 0, :] * SH_C0 + 0.5, 0.0, 1.0)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        if len(self) == 0:
+            z = np.zeros(3, np.float32)
+            return z, z
+        return self.means.min(axis=0), self.means.max(axis=0)
+
+    def subset(self, index) -> "GaussianScene":
+        """The Gaussians selected by a boolean mask or an index array."""
+        return GaussianScene(
+            self.means[index], self.quats[index], self.log_scales[index],
+            self.opacity_logits[index], self.sh[index], dict(self.meta),
+        )
+
+    def with_sh_degree(self, degree: int) -> "GaussianScene":
+        """Truncate (or zero-pad) the SH bands to `degree`."""
+        k = sh_coeffs(degree)
+        sh = np.zeros((len(self), k, 3), np.float32)
+        keep = min(k, self.sh.shape[1])
+        sh[:, :keep] = self.sh[:, :keep]
+        return GaussianScene(self.means, self.quats, self.log_scales, self.opacity_logits, sh, dict(self.meta))
+
+    def summary(self) -> dict:
+        lo, hi = self.bounds()
+        return {
+            "gaussians": len(self),
+            "sh_degree": self.sh_degree,
+            "bounds_min": [float(v) for v in lo],
+            "bounds_max": [float(v) for v in hi],
+            "mean_opacity": float(self.opacities.mean()) if len(self) else 0.0,
+        }
+
+
+def _f32(arr, name: str) -> np.ndarray:
+    try:
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise SceneError(f"scene field {name} is not numeric: {exc}") from None
+    return out
+
+
+def sanitize(scene: GaussianScene) -> tuple[GaussianScene, list[str]]:
+    """Return a renderable scene and one warning line per repair made.
+
+    Documented repairs (everything else is kept bit for bit):
+    - Gaussians with any NaN/Inf attribute are dropped;
+    - Gaussians with a zero-length quaternion are dropped;
+    - the remaining quaternions are normalised to unit length.
+    """
+    warnings: list[str] = []
+    n = len(scene)
+    finite = (
+        np.isfinite(scene.means).all(1) & np.isfinite(scene.quats).all(1)
+        & np.isfinite(scene.log_scales).all(1) & np.isfinite(scene.opacity_logits)
+        & np.isfinite(scene.sh).all((1, 2))
+    )
+    if not finite.all():
+        warnings.append(f"dropped {int((~finite).sum())} of {n} Gaussians with NaN/Inf attributes")
+    with np.errstate(invalid="ignore", over="ignore"):
+        norms = np.linalg.norm(scene.quats.astype(np.float64), axis=1)
+    zero_q = finite & ~(norms > 1e-12)
+    if zero_q.any():
+        warnings.append(f"dropped {int(zero_q.sum())} of {n} Gaussians with a zero quaternion")
+    keep = finite & ~zero_q
+    out = scene.subset(keep) if not keep.all() else scene
+    norms = norms[keep]
+    if len(out) and np.abs(norms - 1.0).max() > 1e-3:
+        warnings.append("normalised quaternions that were not unit length")
+    if len(out):
+        out = GaussianScene(
+            out.means, (out.quats / norms[:, None]).astype(np.float32), out.log_scales,
+            out.opacity_logits, out.sh, dict(out.meta),
+        )
+    return out, warnings

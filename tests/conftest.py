@@ -1,0 +1,33 @@
+"""Shared test set-up: thread counts, and the real data in ../shared/data (skipped when absent)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+THREADS = int(os.environ.get("HEMGS_THREADS", "2"))
+
+try:
+    import torch
+
+    torch.set_num_threads(THREADS)
+except ImportError:  # the pure-numpy parts are tested without torch too
+    pass
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+DEMO_PLY = REPO / "data" / "demo" / "playbot_lod3.ply"
+
+
+def shared_file(name: str) -> Path:
+    """A file of ../shared/data, or skip the test where that folder is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+@pytest.fixture
+def demo_ply() -> Path:
+    return DEMO_PLY
