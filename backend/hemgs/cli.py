@@ -1,0 +1,283 @@
+"""The `hemgs` command line.
+
+Every failure that the user can fix (missing, truncated or foreign files, bad arguments) is one line
+on stderr and exit code 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import HemgsError, InputError
+
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("hemgs: interrupted", file=sys.stderr)
+        return 130
+    except (HemgsError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"hemgs: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # a bug of ours: say so, in one line, and keep the traceback for --debug
+        if args.debug:
+            raise
+        print(f"hemgs: internal error: {exc.__class__.__name__}: {_one_line(exc)} (rerun with --debug and "
+              "report it)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror or exc.__class__.__name__}: {exc.filename}"
+    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    return text
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hemgs", description="Compress and inspect 3D Gaussian Splatting scenes.")
+    p.add_argument("--version", action="version", version=f"hemgs {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where to render/compute (default: cuda when present)")
+    common.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: HEMGS_THREADS or torch's)")
+    p.set_defaults(debug=False)
+    sub = p.add_subparsers(title="commands")
+
+    s = sub.add_parser("info", parents=[common], help="summarise a PLY, SPZ or .hgs file")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_info)
+
+    view_args = argparse.ArgumentParser(add_help=False)
+    view_args.add_argument("--width", type=int, default=256)
+    view_args.add_argument("--height", type=int, default=None, help="default: same as --width")
+    view_args.add_argument("--cameras", default=None, help="cameras.json or transforms.json to render from")
+
+    s = sub.add_parser("render", parents=[common, view_args], help="render one view of a scene to a PNG")
+    s.add_argument("file")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--view", type=int, default=0, help="index of the view (default 0)")
+    s.set_defaults(func=cmd_render)
+
+    s = sub.add_parser("convert", parents=[common], help="convert between PLY and SPZ (by extension)")
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.add_argument("--spz-version", type=int, default=None, choices=[2, 3, 4])
+    s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("eval", parents=[common, view_args],
+                       help="PSNR/SSIM of OTHER's renders against SOURCE's, over the same views")
+    s.add_argument("source")
+    s.add_argument("other")
+    s.add_argument("--views", type=int, default=16)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("demo", parents=[common], help="the main job on a scene (the bundled demo by default)")
+    s.add_argument("file")
+    s.add_argument("-o", "--output", default="out/demo", help="output folder")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+def _setup_torch(args):
+    from .device import resolve_device, set_threads
+
+    set_threads(args.threads)
+    return resolve_device(args.device)
+
+
+def _load(path: str):
+    from .io import load_scene
+    from .scene import sanitize
+
+    scene = load_scene(path)
+    scene, warnings = sanitize(scene)
+    for w in warnings:
+        print(f"hemgs: warning: {path}: {w}", file=sys.stderr)
+    return scene
+
+
+def _views(scene, args, n: int, source_path: str | None = None):
+    from .cameras import load_cameras, scene_views
+
+    height = args.height or args.width
+    if args.cameras:
+        cams = load_cameras(args.cameras)
+        if not cams:
+            raise InputError(f"{args.cameras} holds no usable camera")
+        return cams
+    return scene_views(scene, source_path, n=n, width=args.width, height=height)
+
+
+def _save_png(image, path: str) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from .io.atomic import atomic_write
+
+    out = Path(path)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    pixels = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    with atomic_write(out) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+
+
+def _progress(iterable, desc: str, total: int | None = None):
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit="view", file=sys.stderr, leave=False,
+                disable=None)  # None: off when stderr is not a terminal
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# ---- commands ---------------------------------------------------------------------------------
+def cmd_info(args) -> int:
+    from .io import detect_format
+
+    fmt = detect_format(args.file)
+    size = os.path.getsize(args.file)
+    if fmt == "hgs":
+        from .container import read_hgs
+
+        hgs = read_hgs(args.file)
+        info = {"file": args.file, "format": "hgs", "bytes": size, "version": list(hgs.version),
+                "header": hgs.header, "sections": {k: len(v) for k, v in hgs.sections.items()}}
+    elif fmt == "scaffold_ply":
+        from .io.scaffold import read_scaffold
+
+        anchors = read_scaffold(args.file)
+        info = {"file": args.file, "format": "scaffold_ply", "bytes": size, "anchors": len(anchors.xyz),
+                "feature_dim": int(anchors.features.shape[1]), "offsets_per_anchor": int(anchors.offsets.shape[1])}
+    else:
+        scene = _load(args.file)
+        info = {"file": args.file, "format": fmt, "bytes": size, **scene.summary()}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        _print_info(info)
+    return 0
+
+
+def _print_info(info: dict) -> None:
+    print(f"{info['file']}: {info['format'].upper()}, {_human_bytes(info['bytes'])}")
+    if "gaussians" in info:
+        print(f"  Gaussians:  {info['gaussians']:,}")
+        print(f"  SH degree:  {info['sh_degree']}")
+        lo, hi = info["bounds_min"], info["bounds_max"]
+        print("  bounds:     (" + ", ".join(f"{v:.3f}" for v in lo) + ") .. (" + ", ".join(f"{v:.3f}" for v in hi) + ")")
+        print(f"  mean opacity: {info['mean_opacity']:.3f}")
+    for key in ("anchors", "feature_dim", "offsets_per_anchor", "version"):
+        if key in info:
+            print(f"  {key.replace('_', ' ')}: {info[key]}")
+    if "sections" in info:
+        for name, n in info["sections"].items():
+            print(f"  section {name}: {n:,} bytes")
+
+
+def cmd_render(args) -> int:
+    from .render import render
+
+    device = _setup_torch(args)
+    scene = _load(args.file)
+    cams = _views(scene, args, n=max(16, args.view + 1), source_path=args.file)
+    if not 0 <= args.view < len(cams):
+        raise InputError(f"--view {args.view} is out of range: this scene has views 0..{len(cams) - 1}")
+    t0 = time.perf_counter()
+    image = render(scene, cams[args.view], device=device)
+    dt = time.perf_counter() - t0
+    _save_png(image, args.output)
+    print(f"wrote {args.output} ({cams[args.view].width}x{cams[args.view].height}, view {args.view}, "
+          f"{len(scene):,} Gaussians, {dt:.2f} s on {device.type})")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .io import save_scene
+
+    scene = _load(args.src)
+    kwargs = {"spz_version": args.spz_version} if args.spz_version else {}
+    save_scene(scene, args.dst, **kwargs)
+    a, b = os.path.getsize(args.src), os.path.getsize(args.dst)
+    print(f"wrote {args.dst}: {len(scene):,} Gaussians, {_human_bytes(b)} ({a / max(b, 1):.2f}x smaller than the source)")
+    return 0
+
+
+def render_views(scene, cams, device, desc: str):
+    """Render a list of views with a progress bar; returns (H,W,3) float arrays."""
+    from .render import render
+
+    return [render(scene, cam, device=device) for cam in _progress(cams, desc, total=len(cams))]
+
+
+def cmd_eval(args) -> int:
+    from .metrics import compare_images
+
+    device = _setup_torch(args)
+    source, other = _load(args.source), _load(args.other)
+    cams = _views(source, args, n=args.views, source_path=args.source)
+    refs = render_views(source, cams, device, "rendering source")
+    tests = render_views(other, cams, device, "rendering other")
+    res = compare_images(refs, tests)
+    res.update(source=args.source, other=args.other,
+               source_bytes=os.path.getsize(args.source), other_bytes=os.path.getsize(args.other))
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{args.other} against {args.source}, {res['views']} views at {cams[0].width}x{cams[0].height}:")
+        print(f"  PSNR  {res['psnr']:.2f} dB")
+        print(f"  SSIM  {res['ssim']:.4f}")
+        print(f"  size  {_human_bytes(res['other_bytes'])} vs {_human_bytes(res['source_bytes'])} "
+              f"({res['source_bytes'] / max(res['other_bytes'], 1):.2f}x)")
+        print(f"  {res['lpips_note']}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Until the codec lands: summarise the scene and render it to a PNG."""
+    device = _setup_torch(args)
+    scene = _load(args.file)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    _print_info({"file": args.file, "format": "ply", "bytes": os.path.getsize(args.file), **scene.summary()})
+    from .cameras import scene_views
+    from .render import render
+
+    cam = scene_views(scene, args.file, n=16, width=512, height=512)[0]
+    t0 = time.perf_counter()
+    image = render(scene, cam, device=device)
+    png = out / "view0.png"
+    _save_png(image, str(png))
+    print(f"rendered {png} (512x512) in {time.perf_counter() - t0:.2f} s on {device.type}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The extension zip: manifest, bundled wheels, and the rule that the add-on never imports torch."""
+
+import ast
+import importlib.util
+import tomllib
+import zipfile
+
+import hemgs
+from conftest import REPO
+
+
+def _load_builder():
+    spec = importlib.util.spec_from_file_location("build_addon", REPO / "build_addon.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_zip_has_manifest_addon_and_listed_wheels():
+    zpath = _load_builder().build()
+    with zipfile.ZipFile(zpath) as zf:
+        names = set(zf.namelist())
+        manifest = tomllib.loads(zf.read("blender_manifest.toml").decode())
+        for name in names:
+            if name.endswith(".py"):
+                compile(zf.read(name), name, "exec")  # every module of the add-on parses
+    assert "__init__.py" in names
+    assert manifest["schema_version"] == "1.0.0" and manifest["type"] == "add-on"
+    assert manifest["version"] == hemgs.__version__
+    assert manifest["blender_version_min"] == "4.2.0"
+    wheels = manifest["wheels"]
+    assert any("/hemgs-" in w for w in wheels)
+    for w in wheels:
+        assert w.removeprefix("./") in names, f"{w} listed but not bundled"
+    assert zpath.name == f"hemgs_blender-{manifest['version']}.zip"
+
+
+def test_addon_never_imports_torch():
+    for path in (REPO / "hemgs_blender").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not any(n.split(".")[0] in {"torch", "gsplat"} for n in names), f"{path} imports {names}"
