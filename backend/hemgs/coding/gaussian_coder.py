@@ -1,0 +1,155 @@
+"""Entropy coding of integer symbols under per-element quantized Gaussians (constriction ANS).
+
+Symbols are already quantized (round(f/s)); `means`/`scales` are in symbol units and must be
+*bit-identical* between encoder and decoder (see exact_params.py for how the codec ensures it).
+
+How the range is kept tight without ever failing on a big value:
+- each element is coded relative to c = rint(mean), so the model's mean lies in [-0.5, 0.5];
+- elements are grouped by the half-width R of their alphabet [-R, R], the smallest power of two
+  >= 8·std + 1 (tail mass beyond 8σ is ~1e-15, so a real Gaussian never escapes), one
+  constriction QuantizedGaussian(-R, R) family per group, all elements of a group coded in one
+  vectorized call. A tight alphabet matters: constriction gives every symbol in the alphabet at
+  least 2^-24 of probability, so a needlessly wide one taxes every well-predicted symbol;
+- escape: a symbol outside [c-R, c+R] is coded as the boundary ±R, and its excess |d|-R goes to
+  a side stream of varints (every boundary symbol has an entry, 0 for a true ±R).
+
+Stream layout (little-endian): u32 byte length E of the escape stream, E bytes of varints, then
+the ANS words (u32 each). Groups are decoded in increasing R.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import constriction
+import numpy as np
+from scipy.special import ndtr
+
+from ..errors import FormatError, InputError
+from .bits import decode_varints, encode_varints
+
+MIN_SCALE = 0.05  # constriction needs std > 0; below 0.05 a centred bin already has p > 1 - 1e-6
+TAIL_SIGMAS = 8.0
+MAX_LOG2_RANGE = 18  # R <= 2^18: covers 8σ for σ up to 32768 symbol units
+MAX_SYMBOL = 2**31 - 1  # decoded symbols are int32
+MAX_MEAN = 2.0**30
+_MIN_PROB = 2.0**-24  # constriction's default ANS precision: the least probability of any symbol
+
+
+def _prepare(means, scales, n: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    means = np.ascontiguousarray(means, dtype=np.float64).reshape(-1)
+    scales = np.ascontiguousarray(scales, dtype=np.float64).reshape(-1)
+    if means.size != n or scales.size != n:
+        raise InputError(f"{what}: {n} symbols but {means.size} means and {scales.size} scales")
+    if not (np.isfinite(means).all() and np.isfinite(scales).all()):
+        raise InputError(f"{what}: means and scales must be finite")
+    if n and np.abs(means).max() > MAX_MEAN:
+        raise InputError(f"{what}: a mean exceeds {MAX_MEAN:g} symbol units")
+    scales = np.maximum(scales, MIN_SCALE)
+    centre = np.rint(means)
+    return means - centre, scales, centre.astype(np.int64)
+
+
+def _group_log2(scales: np.ndarray) -> np.ndarray:
+    """log2 of each element's alphabet half-width R (deterministic: only float compares)."""
+    need = TAIL_SIGMAS * scales + 1.0
+    lg = np.ceil(np.log2(need)).astype(np.int64)
+    # Guard against a log2 off by one ulp at exact powers of two: fix with exact comparisons.
+    lg = np.where(np.ldexp(1.0, lg - 1) >= need, lg - 1, lg)
+    lg = np.where(np.ldexp(1.0, lg) < need, lg + 1, lg)
+    return np.clip(lg, 1, MAX_LOG2_RANGE)
+
+
+def encode_symbols(symbols, means, scales, *, max_abs: int = MAX_SYMBOL) -> bytes:
+    """Code integer `symbols` under N(means, scales) quantized to unit bins; see the module doc.
+
+    `max_abs` bounds |symbol| (int32 by default, what `decode_symbols` returns); out-of-range
+    values in that bound are escaped, never refused.
+    """
+    sym = np.asarray(symbols)
+    if sym.size and not np.issubdtype(sym.dtype, np.integer):
+        raise InputError(f"encode_symbols: symbols must be integers, got {sym.dtype}")
+    sym = sym.astype(np.int64).reshape(-1)
+    n = sym.size
+    if n and np.abs(sym).max() > min(int(max_abs), MAX_SYMBOL):
+        raise InputError(f"encode_symbols: a symbol exceeds max_abs={max_abs}")
+    mu, sd, centre = _prepare(means, scales, n, "encode_symbols")
+    d = sym - centre
+    lg = _group_log2(sd)
+    half = np.left_shift(1, lg)
+    coded = np.clip(d, -half, half)
+    at_edge = np.abs(coded) == half
+    excess = np.abs(d[at_edge]) - half[at_edge]
+    escapes = encode_varints(excess)
+
+    coder = constriction.stream.stack.AnsCoder()
+    # ANS is a stack: encode the group decoded last first.
+    for g in np.unique(lg)[::-1]:
+        sel = lg == g
+        r = 1 << int(g)
+        model = constriction.stream.model.QuantizedGaussian(-r, r)
+        coder.encode_reverse(coded[sel].astype(np.int32), model, mu[sel], sd[sel])
+    words = coder.get_compressed() if n else np.zeros(0, dtype=np.uint32)
+    return struct.pack("<I", len(escapes)) + escapes + np.asarray(words, dtype="<u4").tobytes()
+
+
+def decode_symbols(data: bytes, means, scales, *, max_abs: int = MAX_SYMBOL) -> np.ndarray:
+    """Inverse of `encode_symbols` given the same means/scales: an int32 array."""
+    data = bytes(data)
+    means = np.asarray(means).reshape(-1)
+    n = means.size
+    mu, sd, centre = _prepare(means, scales, n, "decode_symbols")
+    if len(data) < 4:
+        raise FormatError("symbol stream: truncated (no escape length)")
+    (esc_len,) = struct.unpack_from("<I", data)
+    if esc_len > len(data) - 4:
+        raise FormatError(f"symbol stream: escape stream of {esc_len} bytes exceeds the data")
+    esc = data[4:4 + esc_len]
+    body = data[4 + esc_len:]
+    if len(body) % 4:
+        raise FormatError("symbol stream: ANS payload is not whole 32-bit words")
+    if n == 0:
+        if esc_len or body:
+            raise FormatError("symbol stream: data present for zero symbols")
+        return np.zeros(0, dtype=np.int32)
+    lg = _group_log2(sd)
+    coder = constriction.stream.stack.AnsCoder(np.frombuffer(body, dtype="<u4").astype(np.uint32))
+    coded = np.empty(n, dtype=np.int64)
+    try:
+        for g in np.unique(lg):
+            sel = lg == g
+            r = 1 << int(g)
+            model = constriction.stream.model.QuantizedGaussian(-r, r)
+            coded[sel] = coder.decode(model, mu[sel], sd[sel])
+    except Exception as exc:  # constriction's own error types on a malformed stream
+        raise FormatError(f"symbol stream: corrupt ANS data ({exc})") from None
+    half = np.left_shift(1, lg)
+    at_edge = np.abs(coded) == half
+    excess, used = decode_varints(esc, int(at_edge.sum()), "symbol escape stream")
+    if used != len(esc):
+        raise FormatError("symbol stream: unexpected bytes in the escape stream")
+    if excess.size and excess.max() > 2 * MAX_SYMBOL:
+        raise FormatError("symbol stream: escaped value out of range")
+    d = coded.copy()
+    d[at_edge] = np.sign(coded[at_edge]) * (half[at_edge] + excess.astype(np.int64))
+    out = d + centre
+    if n and np.abs(out).max() > min(int(max_abs), MAX_SYMBOL):
+        raise FormatError("symbol stream: a decoded symbol exceeds max_abs (corrupt data or wrong parameters)")
+    return out.astype(np.int32)
+
+
+def estimate_bits(symbols, means, scales) -> np.ndarray:
+    """Ideal cost in bits of each symbol: -log2 of its Gaussian bin's probability mass.
+
+    Uses the same std clamp as the coder and floors the mass at 2^-24 (constriction's least
+    probability), so sum(estimate_bits) is what the coder should approach.
+    """
+    sym = np.asarray(symbols, dtype=np.float64).reshape(-1)
+    means = np.asarray(means, dtype=np.float64).reshape(-1)
+    sd = np.maximum(np.asarray(scales, dtype=np.float64).reshape(-1), MIN_SCALE)
+    # Work on the side of the mean where the CDF difference does not cancel.
+    z = np.abs(sym - means)
+    hi = ndtr(-(z - 0.5) / sd)  # upper-tail masses: accurate far from the mean
+    lo = ndtr(-(z + 0.5) / sd)
+    p = hi - lo
+    return -np.log2(np.maximum(p, _MIN_PROB))
