@@ -17,6 +17,7 @@ from . import __version__
 from .errors import HemgsError, InputError
 
 EXIT_USAGE = 2
+DEFAULT_VIEWS = 16  # the sampled view set of render and eval, when a scene brings no cameras
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +88,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="PSNR/SSIM of OTHER's renders against SOURCE's, over the same views")
     s.add_argument("source")
     s.add_argument("other")
-    s.add_argument("--views", type=int, default=16)
+    s.add_argument("--views", type=int, default=DEFAULT_VIEWS)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_eval)
 
@@ -159,26 +160,30 @@ def _human_bytes(n: int) -> str:
 
 
 # ---- commands ---------------------------------------------------------------------------------
-def cmd_info(args) -> int:
+def file_info(path: str) -> dict:
+    """The summary `hemgs info --json` prints (also served by the worker's `info` operation)."""
     from .io import detect_format
 
-    fmt = detect_format(args.file)
-    size = os.path.getsize(args.file)
+    fmt = detect_format(path)
+    size = os.path.getsize(path)
     if fmt == "hgs":
         from .container import read_hgs
 
-        hgs = read_hgs(args.file)
-        info = {"file": args.file, "format": "hgs", "bytes": size, "version": list(hgs.version),
+        hgs = read_hgs(path)
+        return {"file": path, "format": "hgs", "bytes": size, "version": list(hgs.version),
                 "header": hgs.header, "sections": {k: len(v) for k, v in hgs.sections.items()}}
-    elif fmt == "scaffold_ply":
+    if fmt == "scaffold_ply":
         from .io.scaffold import read_scaffold
 
-        anchors = read_scaffold(args.file)
-        info = {"file": args.file, "format": "scaffold_ply", "bytes": size, "anchors": len(anchors.xyz),
+        anchors = read_scaffold(path)
+        return {"file": path, "format": "scaffold_ply", "bytes": size, "anchors": len(anchors.xyz),
                 "feature_dim": int(anchors.features.shape[1]), "offsets_per_anchor": int(anchors.offsets.shape[1])}
-    else:
-        scene = _load(args.file)
-        info = {"file": args.file, "format": fmt, "bytes": size, **scene.summary()}
+    scene = _load(path)
+    return {"file": path, "format": fmt, "bytes": size, **scene.summary()}
+
+
+def cmd_info(args) -> int:
+    info = file_info(args.file)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -207,7 +212,7 @@ def cmd_render(args) -> int:
 
     device = _setup_torch(args)
     scene = _load(args.file)
-    cams = _views(scene, args, n=max(16, args.view + 1), source_path=args.file)
+    cams = _views(scene, args, n=DEFAULT_VIEWS, source_path=args.file)
     if not 0 <= args.view < len(cams):
         raise InputError(f"--view {args.view} is out of range: this scene has views 0..{len(cams) - 1}")
     t0 = time.perf_counter()
@@ -270,7 +275,7 @@ def cmd_demo(args) -> int:
     from .cameras import scene_views
     from .render import render
 
-    cam = scene_views(scene, args.file, n=16, width=512, height=512)[0]
+    cam = scene_views(scene, args.file, n=DEFAULT_VIEWS, width=512, height=512)[0]
     t0 = time.perf_counter()
     image = render(scene, cam, device=device)
     png = out / "view0.png"
