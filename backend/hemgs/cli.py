@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    if hasattr(args, "lam"):
+        args.lam_given = args.lam is not None
+        if args.lam is None:
+            args.lam = 1e-3
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -92,9 +96,35 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_eval)
 
+    fit_args = argparse.ArgumentParser(add_help=False)
+    fit_args.add_argument("--lambda", dest="lam", type=float, default=None,
+                          help="rate-distortion weight λ (default 1e-3; larger = smaller file)")
+    fit_args.add_argument("--steps", type=int, default=300, help="render-space training steps")
+    fit_args.add_argument("--warm-steps", type=int, default=400, help="attribute-space warm-start steps")
+    fit_args.add_argument("--train-width", dest="width", type=int, default=256, help="training render size")
+    fit_args.add_argument("--views", type=int, default=32, help="sampled training views (every 8th held out)")
+
+    s = sub.add_parser("train", parents=[common, fit_args], help="fit a model to a 3DGS scene (train once, export many)")
+    s.add_argument("src")
+    s.add_argument("-o", "--output", required=True, help="model file (.safetensors)")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("compress", parents=[common, fit_args], help="write a .hgs from a trained model (or a PLY: trains first)")
+    s.add_argument("src")
+    s.add_argument("-o", "--output", required=True, help="output .hgs")
+    s.set_defaults(func=cmd_compress)
+
+    s = sub.add_parser("decompress", parents=[common], help="decode a .hgs to a 3DGS PLY or SPZ (baked)")
+    s.add_argument("file")
+    s.add_argument("-o", "--output", required=True, help="output .ply or .spz")
+    s.add_argument("--sh-degree", type=int, default=1, choices=[0, 1, 2, 3], help="SH degree of the baked colours")
+    s.set_defaults(func=cmd_decompress)
+
     s = sub.add_parser("demo", parents=[common], help="the main job on a scene (the bundled demo by default)")
     s.add_argument("file")
     s.add_argument("-o", "--output", default="out/demo", help="output folder")
+    s.add_argument("--steps", type=int, default=150, help="render-space training steps")
+    s.add_argument("--warm-steps", type=int, default=200, help="warm-start steps")
     s.set_defaults(func=cmd_demo)
     return p
 
@@ -235,52 +265,171 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def render_views(scene, cams, device, desc: str):
-    """Render a list of views with a progress bar; returns (H,W,3) float arrays."""
-    from .render import render
+def _stage_progress():
+    """A progress callback for pipeline stages: one tqdm bar per stage, on stderr."""
+    from tqdm import tqdm
 
-    return [render(scene, cam, device=device) for cam in _progress(cams, desc, total=len(cams))]
+    bars: dict = {}
+
+    def report(stage: str, step: int, total: int, info: dict) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            for other in bars.values():
+                other.close()
+            bar = bars[stage] = tqdm(total=total, desc=STAGE_NAMES.get(stage, stage), file=sys.stderr,
+                                     leave=False, disable=None)
+        bar.n = step
+        shown = {k: f"{v:.4g}" for k, v in info.items() if isinstance(v, float)}
+        if shown:
+            bar.set_postfix(shown, refresh=False)
+        bar.refresh()
+        if step >= total:
+            bar.close()
+
+    return report
+
+
+STAGE_NAMES = {"teacher": "rendering the source", "warm": "warm start", "render": "training (render space)"}
+
+
+def _views_progress(desc: str, total: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="view", file=sys.stderr, leave=False, disable=None)
+
+    def report(step: int, n: int) -> None:
+        bar.n = step
+        bar.refresh()
+        if step >= n:
+            bar.close()
+
+    return report
+
+
+def evaluate(source: str, other: str, cams, device) -> dict:
+    """PSNR/SSIM of OTHER's renders (a scene, or a .hgs decoded) against SOURCE's, same views."""
+    from .metrics import compare_images
+    from .pipeline import render_views
+
+    refs = render_views(source, cams, device, _views_progress("rendering source", len(cams)))
+    tests = render_views(other, cams, device, _views_progress("rendering other", len(cams)))
+    res = compare_images(refs, tests)
+    res.update(source=source, other=other, source_bytes=os.path.getsize(source), other_bytes=os.path.getsize(other))
+    return res
+
+
+def _print_eval(res: dict, cams) -> None:
+    print(f"{res['other']} against {res['source']}, {res['views']} views at {cams[0].width}x{cams[0].height}:")
+    print(f"  PSNR  {res['psnr']:.2f} dB")
+    print(f"  SSIM  {res['ssim']:.4f}")
+    print(f"  size  {_human_bytes(res['other_bytes'])} vs {_human_bytes(res['source_bytes'])} "
+          f"({res['source_bytes'] / max(res['other_bytes'], 1):.2f}x)")
+    print(f"  {res['lpips_note']}")
 
 
 def cmd_eval(args) -> int:
-    from .metrics import compare_images
-
     device = _setup_torch(args)
-    source, other = _load(args.source), _load(args.other)
+    source = _load(args.source)
     cams = _views(source, args, n=args.views, source_path=args.source)
-    refs = render_views(source, cams, device, "rendering source")
-    tests = render_views(other, cams, device, "rendering other")
-    res = compare_images(refs, tests)
-    res.update(source=args.source, other=args.other,
-               source_bytes=os.path.getsize(args.source), other_bytes=os.path.getsize(args.other))
+    res = evaluate(args.source, args.other, cams, device)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
-        print(f"{args.other} against {args.source}, {res['views']} views at {cams[0].width}x{cams[0].height}:")
-        print(f"  PSNR  {res['psnr']:.2f} dB")
-        print(f"  SSIM  {res['ssim']:.4f}")
-        print(f"  size  {_human_bytes(res['other_bytes'])} vs {_human_bytes(res['source_bytes'])} "
-              f"({res['source_bytes'] / max(res['other_bytes'], 1):.2f}x)")
-        print(f"  {res['lpips_note']}")
+        _print_eval(res, cams)
+    return 0
+
+
+def _fit_config(args):
+    from .fit import FitConfig
+
+    cfg = FitConfig(lam=args.lam, width=args.width, steps=args.steps, warm_steps=args.warm_steps, views=args.views)
+    cfg.validate()
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from .pipeline import train
+
+    device = _setup_torch(args)
+    cfg = _fit_config(args)
+    t0 = time.perf_counter()
+    fitted = train(args.src, args.output, cfg, progress=_stage_progress(), device=device)
+    print(f"wrote {args.output}: {fitted.model.num_anchors:,} anchors, λ={cfg.lam:g}, "
+          f"trained in {time.perf_counter() - t0:.0f} s on {device.type}")
+    return 0
+
+
+def _print_sizes(report: dict, source_bytes: int | None) -> None:
+    total = report["bytes"]
+    ratio = f" ({source_bytes / total:.1f}x smaller than the source)" if source_bytes else ""
+    print(f"wrote {report['path']}: {_human_bytes(total)}{ratio}, {report['anchors']:,} anchors, "
+          f"encoded in {report['seconds']:.2f} s")
+    for name, n in report["sections"].items():
+        print(f"  {name:<10} {n:>10,} bytes  {100 * n / total:5.1f}%")
+
+
+def cmd_compress(args) -> int:
+    from .io import detect_format
+    from .pipeline import compress, compress_model, train
+
+    device = _setup_torch(args)
+    if detect_format(args.src) != "model":
+        import tempfile
+
+        cfg = _fit_config(args)
+        with tempfile.TemporaryDirectory() as tmp:
+            fitted = train(args.src, Path(tmp) / "model.safetensors", cfg, progress=_stage_progress(), device=device)
+        report = compress_model(fitted.model, fitted.entropy, args.output, lam=cfg.lam,
+                                header_extra={"source": os.path.basename(args.src),
+                                              "source_bytes": os.path.getsize(args.src)})
+        source_bytes = os.path.getsize(args.src)
+    else:
+        report = compress(args.src, args.output, lam=args.lam if args.lam_given else None)
+        source_bytes = report.get("source_bytes")
+    _print_sizes(report, source_bytes)
+    return 0
+
+
+def cmd_decompress(args) -> int:
+    from .pipeline import decompress
+
+    _setup_torch(args)
+    scene = decompress(args.file, args.output, sh_degree=args.sh_degree)
+    print(f"wrote {args.output}: {len(scene):,} Gaussians (baked, SH degree {scene.sh_degree})")
     return 0
 
 
 def cmd_demo(args) -> int:
-    """Until the codec lands: summarise the scene and render it to a PNG."""
+    """The main job on a scene: summary, a render, then train, compress, decode and measure."""
+    from .cameras import scene_views
+    from .fit import FitConfig
+    from .pipeline import compress_model, train
+    from .render import render
+
     device = _setup_torch(args)
     scene = _load(args.file)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     _print_info({"file": args.file, "format": "ply", "bytes": os.path.getsize(args.file), **scene.summary()})
-    from .cameras import scene_views
-    from .render import render
-
     cam = scene_views(scene, args.file, n=DEFAULT_VIEWS, width=512, height=512)[0]
     t0 = time.perf_counter()
-    image = render(scene, cam, device=device)
-    png = out / "view0.png"
-    _save_png(image, str(png))
-    print(f"rendered {png} (512x512) in {time.perf_counter() - t0:.2f} s on {device.type}")
+    _save_png(render(scene, cam, device=device), str(out / "source.png"))
+    print(f"rendered {out / 'source.png'} (512x512) in {time.perf_counter() - t0:.2f} s on {device.type}")
+
+    cfg = FitConfig(lam=1e-3, width=128, warm_steps=args.warm_steps, steps=args.steps)
+    t0 = time.perf_counter()
+    fitted = train(args.file, out / "model.safetensors", cfg, progress=_stage_progress(), device=device)
+    print(f"trained {out / 'model.safetensors'} in {time.perf_counter() - t0:.0f} s "
+          f"({fitted.model.num_anchors:,} anchors)")
+    report = compress_model(fitted.model, fitted.entropy, out / "demo.hgs", lam=cfg.lam)
+    _print_sizes(report, os.path.getsize(args.file))
+    cams = scene_views(scene, args.file, n=DEFAULT_VIEWS, width=256, height=256)
+    res = evaluate(args.file, str(out / "demo.hgs"), cams, device)
+    _print_eval(res, cams)
+    from .fit import render_views_anchor
+
+    _save_png(render_views_anchor(report["decoded"].model, [cam])[0], str(out / "decoded.png"))
+    print(f"rendered the decoded scene to {out / 'decoded.png'}")
     return 0
 
 

@@ -27,7 +27,7 @@ __all__ = [
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """'ply', 'scaffold_ply', 'spz' or 'hgs', from the file's content.
+    """'ply', 'scaffold_ply', 'spz', 'hgs' or 'model' (a trained model: safetensors), from the content.
 
     SPZ v2/v3 files are gzip streams (1f 8b); v4 files start with 'NGSP'. Raises InputError for a
     missing file and FormatError for content of none of these formats.
@@ -36,6 +36,7 @@ def detect_format(path: str | os.PathLike) -> str:
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
+            after = fh.read(1)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -49,6 +50,8 @@ def detect_format(path: str | os.PathLike) -> str:
         return "spz"
     if not head:
         raise FormatError(f"{path}: empty file")
+    if len(head) == 8 and after == b"{":  # safetensors: u64 header length, then its JSON header
+        return "model"
     raise FormatError(f"{path}: unknown format (not PLY, SPZ or .hgs; starts with {head[:6]!r})")
 
 

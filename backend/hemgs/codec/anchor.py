@@ -1,0 +1,225 @@
+"""Anchor-mode codec: AnchorModel + entropy model  <->  .hgs sections.
+
+Progressive order (paper §3.2): locations first (lossless octree), then everything else is
+conditioned on them through the hash-grid context at the decoded anchor positions. Per attribute
+group (features, scaling, offsets) a section holds:
+
+    u32 len | step guard      -- the encoder's snapped quantization steps (coding/steps.py)
+    u32 len | parameter guard -- the encoder's snapped means/scales (coding/exact_params.py)
+    u32 len | parameter CRCs  -- per chunk: a decoder whose parameters differ fails loudly
+    u32     | CRC32 of the symbols, so any other cross-machine mismatch fails loudly too
+    rest    | the symbol stream (coding/gaussian_coder.py)
+
+Only the offsets of slots whose mask is on are coded. Every number the decoder needs is in the
+file: the header carries configs and geometry, `networks` the float16 weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..anchor.model import AnchorConfig, AnchorModel, MASK_OFF_LOGIT, MASK_ON_LOGIT
+from ..coding.bits import decode_bits, encode_bits
+from ..coding.exact_params import (
+    apply_guard, check_param_checksums, param_checksums, run_deterministic, snap_for_encoder,
+)
+from ..coding.gaussian_coder import decode_symbols, encode_symbols
+from ..coding.locations import decode_locations, encode_locations
+from ..coding.steps import snap_steps, step_values, steps_from_guard
+from ..entropy.hac import BASE_STEP, GROUPS, HacEntropyModel
+from ..entropy.hashgrid import HashGridConfig
+from ..errors import FormatError, IntegrityError
+from .weights import pack_weights, round_to_half, unpack_weights
+
+MODE = "anchor"
+CODEC = "hac"
+
+
+@dataclass
+class Decoded:
+    model: AnchorModel
+    entropy: HacEntropyModel
+    header: dict
+
+
+def _positions64(coords: np.ndarray, origin, voxel_size: float) -> torch.Tensor:
+    """Anchor positions in float64 from integers and header floats: identical on every machine."""
+    c = torch.as_tensor(coords.astype(np.float64))
+    return torch.as_tensor(np.asarray(origin, dtype=np.float64)) + (c + 0.5) * float(voxel_size)
+
+
+# Rows per network evaluation. Not a format constant: the guard absorbs the tiny differences
+# another chunking gives (tested), so a decoder may pick what suits its memory.
+CHUNK = 4096
+
+
+def _raw_params(entropy: HacEntropyModel, pos64: torch.Tensor, chunk: int) -> torch.Tensor:
+    """The entropy head's raw output through the exact path (float64, fixed chunks)."""
+    lo = entropy.bbox_min.double()
+    span = (entropy.bbox_max.double() - lo).clamp_min(1e-9)
+    ctx = run_deterministic(entropy.grid, (pos64 - lo) / span, chunk=chunk)
+    return run_deterministic(entropy.mlp, ctx, chunk=chunk)
+
+
+def _group_values(model_attrs: dict, group: str, mask: np.ndarray) -> np.ndarray:
+    v = model_attrs[group].reshape(mask.shape[0], -1).double().numpy()
+    if group == "offsets":
+        return v[np.repeat(mask, 3, axis=1)]
+    return v.reshape(-1)
+
+
+def _select(x: torch.Tensor, group: str, mask: np.ndarray) -> np.ndarray:
+    x = x.numpy()
+    if group == "offsets":
+        return x[np.repeat(mask, 3, axis=1)]
+    return x.reshape(-1)
+
+
+def _pack(parts: list[bytes], symbols_crc: int, stream: bytes) -> bytes:
+    out = [struct.pack("<I", len(p)) + p for p in parts]
+    return b"".join(out) + struct.pack("<I", symbols_crc) + stream
+
+
+def _unpack(data: bytes, name: str) -> tuple[list[bytes], int, bytes]:
+    parts, pos = [], 0
+    for what in ("step guard", "parameter guard", "parameter checksums"):
+        if pos + 4 > len(data):
+            raise FormatError(f"section {name}: truncated before its {what}")
+        (n,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if pos + n > len(data):
+            raise FormatError(f"section {name}: its {what} runs past the section end")
+        parts.append(bytes(data[pos:pos + n]))
+        pos += n
+    if pos + 4 > len(data):
+        raise FormatError(f"section {name}: truncated before its symbol checksum")
+    (crc,) = struct.unpack_from("<I", data, pos)
+    return parts, crc, bytes(data[pos + 4:])
+
+
+def encode(model: AnchorModel, entropy: HacEntropyModel, *, lam: float, header_extra: dict | None = None,
+           chunk: int = CHUNK) -> tuple[dict, dict[str, bytes], Decoded]:
+    """Code a trained model. Returns (header, sections, the decoded result the file will give)."""
+    model, entropy = copy.deepcopy(model).cpu(), copy.deepcopy(entropy).cpu()
+    round_to_half(model.mlps)
+    round_to_half(entropy.mlp)
+    coords = model.coords.numpy().astype(np.uint16)
+    loc_bytes, order = encode_locations(coords)
+    coords = coords[order]
+    attrs = {k: v[torch.as_tensor(order)] for k, v in model.anchor_attributes().items()}
+    mask = attrs["mask"].numpy().astype(bool)
+    n = coords.shape[0]
+
+    header = {
+        "mode": MODE, "codec": CODEC, "lambda": float(lam), "anchors": int(n),
+        "anchor_config": model.config.to_dict(),
+        "origin": [float(v) for v in model.origin.double()],
+        "entropy": {"feat_dim": entropy.feat_dim, "k": entropy.k, "hidden": entropy.mlp[0].out_features,
+                    "bbox_min": [float(v) for v in entropy.bbox_min.double()],
+                    "bbox_max": [float(v) for v in entropy.bbox_max.double()],
+                    "grid": entropy.grid.config.to_dict()},
+        **(header_extra or {}),
+    }
+    sections = {
+        "locations": loc_bytes,
+        "networks": pack_weights({"anchor": model.mlps, "entropy": entropy.mlp}),
+        "grid": encode_bits(entropy.grid.binary_tables().numpy()),
+        "mask": encode_bits(mask.reshape(-1)),
+    }
+    pos64 = _positions64(coords, header["origin"], model.config.voxel_size)
+    params = entropy.split(_raw_params(entropy, pos64, chunk)) if n else None
+    decoded = {}
+    for group in GROUPS:
+        base = BASE_STEP[group]
+        values = _group_values(attrs, group, mask)
+        if n == 0:
+            sections[group] = _pack([b"", b"", b""], zlib.crc32(b""), b"")
+            decoded[group] = np.zeros(0)
+            continue
+        p = params[group]
+        step_idx, step_guard = snap_steps(p.step.numpy(), base)
+        q_anchor = step_values(step_idx, base)  # (N,) one step per anchor and group
+        q = np.broadcast_to(q_anchor[:, None], p.mean.shape)
+        q_sel = _select(torch.as_tensor(np.ascontiguousarray(q)), group, mask)
+        means = _select(p.mean, group, mask) / q_sel
+        scales = _select(p.scale, group, mask) / q_sel
+        snapped, guard = snap_for_encoder(means, scales)
+        symbols = np.rint(values / q_sel).astype(np.int64)
+        symbols = np.clip(symbols, -(2**31 - 1), 2**31 - 1).astype(np.int32)
+        stream = encode_symbols(symbols, snapped.means, snapped.scales)
+        sections[group] = _pack([step_guard, guard, param_checksums(snapped)],
+                                zlib.crc32(symbols.astype("<i4").tobytes()), stream)
+        decoded[group] = symbols.astype(np.float64) * q_sel
+    result = _assemble(model.config, coords, header["origin"], mask, decoded, model.mlp_state(), entropy, header)
+    return header, sections, result
+
+
+def _assemble(config: AnchorConfig, coords, origin, mask, values: dict, mlp_state, entropy, header) -> Decoded:
+    n, k, f = coords.shape[0], int(config.k), int(config.feat_dim)
+    offsets = np.zeros((n, k * 3))
+    offsets[np.repeat(mask, 3, axis=1)] = values["offsets"]
+    attrs = {
+        "features": torch.as_tensor(values["features"].reshape(n, f), dtype=torch.float32),
+        "scaling": torch.as_tensor(values["scaling"].reshape(n, 6), dtype=torch.float32),
+        "offsets": torch.as_tensor(offsets.reshape(n, k, 3), dtype=torch.float32),
+        "mask": torch.as_tensor(mask),
+    }
+    model = AnchorModel.from_attributes(config, torch.as_tensor(coords.astype(np.int64)),
+                                        torch.as_tensor(origin, dtype=torch.float32), attrs, mlp_state)
+    return Decoded(model, entropy, header)
+
+
+def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK) -> Decoded:
+    """Rebuild the decoded anchor model from a file's header and sections."""
+    if header.get("mode") != MODE or header.get("codec") != CODEC:
+        raise FormatError(f"not an anchor-mode HAC file (mode {header.get('mode')!r}, codec {header.get('codec')!r})")
+    for name in ("locations", "networks", "grid", "mask", *GROUPS):
+        if name not in sections:
+            raise FormatError(f"the file lacks its '{name}' section")
+    try:
+        config = AnchorConfig.from_dict(dict(header["anchor_config"]))
+        e = header["entropy"]
+        origin = [float(v) for v in header["origin"]]
+        entropy = HacEntropyModel(int(e["feat_dim"]), int(e["k"]), e["bbox_min"], e["bbox_max"],
+                                  HashGridConfig.from_dict(dict(e["grid"])), hidden=int(e["hidden"]))
+        n_header = int(header["anchors"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"the file's header is incomplete or malformed: {exc}") from None
+    if int(e["feat_dim"]) != config.feat_dim or int(e["k"]) != config.k:
+        raise FormatError("the file's entropy and anchor configs disagree on sizes")
+    coords = decode_locations(sections["locations"])
+    n = coords.shape[0]
+    if n != n_header:
+        raise FormatError(f"the location stream holds {n} anchors, the header says {n_header}")
+    probe = AnchorModel(config, torch.zeros((0, 3), dtype=torch.int64), torch.zeros(3), seed=0)
+    unpack_weights(sections["networks"], {"anchor": probe.mlps, "entropy": entropy.mlp})
+    grid_bits = decode_bits(sections["grid"], entropy.grid.num_bits())
+    entropy.grid.load_binary_tables(torch.as_tensor(grid_bits))
+    mask = decode_bits(sections["mask"], n * config.k).reshape(n, config.k).astype(bool)
+
+    values = {}
+    pos64 = _positions64(coords, origin, config.voxel_size)
+    params = entropy.split(_raw_params(entropy, pos64, chunk)) if n else None
+    for group in GROUPS:
+        (step_guard, guard, crcs), sym_crc, stream = _unpack(sections[group], group)
+        if n == 0:
+            values[group] = np.zeros(0)
+            continue
+        base = BASE_STEP[group]
+        p = params[group]
+        q_anchor = step_values(steps_from_guard(p.step.numpy(), base, step_guard), base)
+        q = np.broadcast_to(q_anchor[:, None], p.mean.shape)
+        q_sel = _select(torch.as_tensor(np.ascontiguousarray(q)), group, mask)
+        snapped = apply_guard(_select(p.mean, group, mask) / q_sel, _select(p.scale, group, mask) / q_sel, guard)
+        check_param_checksums(snapped, crcs, group)
+        symbols = decode_symbols(stream, snapped.means, snapped.scales)
+        if zlib.crc32(symbols.astype("<i4").tobytes()) != sym_crc:
+            raise IntegrityError(f"decoded {group} differ from what the encoder coded (entropy-coder mismatch)")
+        values[group] = symbols.astype(np.float64) * q_sel
+    return _assemble(config, coords, origin, mask, values, probe.mlp_state(), entropy, header)

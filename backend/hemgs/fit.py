@@ -1,0 +1,185 @@
+"""Fit an anchor model and its entropy model to a 3DGS scene (the teacher).
+
+Stages, each reported through `progress(stage, step, total, info)`:
+1. "teacher"  render the source from the training views (cameras.json beside the PLY, else
+              sampled views; every 8th view is held out for evaluation);
+2. "warm"     voxelize and fit the anchor model to the source Gaussians in attribute space
+              (hemgs.anchor.warm_start) — what makes a CPU run practical;
+3. "render"   fine-tune in render space: L1 + SSIM against the teacher's renders (Scaffold-GS's
+              0.8/0.2 mix), plus λ·bits per parameter once the rate joins (HAC trains the first
+              part of its schedule without the rate, then with straight-through quantization).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .anchor.model import AnchorConfig, AnchorModel
+from .anchor.render import render_anchor, visible_anchors
+from .anchor.warm_start import build_anchor_model, warm_start
+from .cameras import Camera, scene_views, split_views
+from .entropy.hac import AnchorAttrs, HacEntropyModel
+from .entropy.hashgrid import HashGridConfig
+from .errors import InputError, SceneError
+from .metrics import ssim_loss_term
+from .render import render
+from .scene import GaussianScene
+
+Progress = Callable[[str, int, int, dict], None]
+LAMBDA_RANGE = (1e-4, 1e-1)
+
+
+@dataclass
+class FitConfig:
+    lam: float = 1e-3  # rate weight (HAC mode: one λ per model)
+    width: int = 256  # training render size (square unless height is set)
+    height: int | None = None
+    views: int = 32  # sampled views when the scene has no cameras; every 8th is held out
+    warm_steps: int = 400
+    steps: int = 300  # render-space steps
+    rate_start: float = 0.3  # fraction of the render steps trained before the rate joins
+    target_ratio: float = 4.0  # source Gaussians per anchor (voxel size choice)
+    lr_features: float = 5e-3
+    lr_offsets: float = 5e-3
+    lr_scaling: float = 5e-3
+    lr_mask: float = 1e-2
+    lr_mlp: float = 2e-3
+    lr_entropy: float = 5e-3
+    mask_weight: float = 5e-4  # HAC's push towards pruning offsets
+    seed: int = 0
+
+    def validate(self) -> None:
+        lo, hi = LAMBDA_RANGE
+        if not (math.isfinite(self.lam) and lo <= self.lam <= hi):
+            raise InputError(f"λ must be a number in [{lo:g}, {hi:g}], got {self.lam}")
+        if self.width < 16 or (self.height is not None and self.height < 16):
+            raise InputError("training renders need at least 16x16 pixels")
+        if self.steps < 0 or self.warm_steps < 0 or self.views < 2:
+            raise InputError("steps must be >= 0 and views >= 2")
+
+
+@dataclass
+class Fitted:
+    model: AnchorModel
+    entropy: HacEntropyModel
+    config: FitConfig
+    train_views: list[Camera]
+    test_views: list[Camera]
+    history: dict = field(default_factory=dict)
+
+
+def teacher_views(scene: GaussianScene, source_path, cfg: FitConfig) -> tuple[list[Camera], list[Camera]]:
+    cams = scene_views(scene, source_path, n=cfg.views, width=cfg.width, height=cfg.height or cfg.width)
+    train, test = split_views(cams)
+    if not train or not test:
+        raise SceneError(f"need at least 2 views to train and evaluate, got {len(cams)}")
+    return train, test
+
+
+def new_entropy_model(model: AnchorModel, seed: int = 0) -> HacEntropyModel:
+    a = model.anchors.detach()
+    lo, hi = a.min(0).values - model.voxel_size, a.max(0).values + model.voxel_size
+    return HacEntropyModel(model.config.feat_dim, model.config.k, lo, hi,
+                           HashGridConfig.for_anchor_count(model.num_anchors), seed=seed)
+
+
+def fit(scene: GaussianScene, *, source_path=None, cfg: FitConfig | None = None,
+        progress: Progress | None = None, device: torch.device | None = None) -> Fitted:
+    cfg = cfg or FitConfig()
+    cfg.validate()
+    if len(scene) == 0:
+        raise SceneError("the scene has no Gaussians to fit")
+    report = progress or (lambda *a: None)
+    device = device or torch.device("cpu")
+    torch.manual_seed(cfg.seed)
+    history: dict = {"config": asdict(cfg)}
+
+    # 1. teacher renders
+    train, test = teacher_views(scene, source_path, cfg)
+    t0 = time.perf_counter()
+    targets = []
+    for i, cam in enumerate(train):
+        targets.append(torch.as_tensor(render(scene, cam, device=device)).to(device))
+        report("teacher", i + 1, len(train), {})
+    history["teacher_seconds"] = time.perf_counter() - t0
+
+    # 2. warm start in attribute space
+    t0 = time.perf_counter()
+    model = build_anchor_model(scene, AnchorConfig(), target_ratio=cfg.target_ratio, seed=cfg.seed).to(device)
+    ws = warm_start(model, scene, steps=cfg.warm_steps, seed=cfg.seed,
+                    progress=lambda s, n, loss: report("warm", s, n, {"loss": loss}))
+    history["warm_seconds"] = time.perf_counter() - t0
+    history["warm_final_loss"] = ws.losses["total"][-1] if ws.losses["total"] else None
+    history["anchors"] = model.num_anchors
+
+    # 3. render-space fine-tune
+    entropy = new_entropy_model(model, cfg.seed).to(device)
+    t0 = time.perf_counter()
+    history["render"] = render_finetune(model, entropy, train, targets, cfg, report)
+    history["render_seconds"] = time.perf_counter() - t0
+    return Fitted(model, entropy, cfg, train, test, history)
+
+
+def render_finetune(model: AnchorModel, entropy: HacEntropyModel, views: list[Camera], targets: list[torch.Tensor],
+                    cfg: FitConfig, report: Progress) -> dict:
+    opt = torch.optim.Adam([
+        {"params": [model.features], "lr": cfg.lr_features},
+        {"params": [model.offsets], "lr": cfg.lr_offsets},
+        {"params": [model.scaling], "lr": cfg.lr_scaling},
+        {"params": [model.mask_logits], "lr": cfg.lr_mask},
+        {"params": list(model.mlps.parameters()), "lr": cfg.lr_mlp},
+        {"params": list(entropy.parameters()), "lr": cfg.lr_entropy},
+    ])
+    base = [g["lr"] for g in opt.param_groups]
+    rng = random.Random(cfg.seed)
+    order: list[int] = []
+    rate_from = int(cfg.rate_start * cfg.steps)
+    log = {"loss": [], "l1": [], "bits_per_param": []}
+    for step in range(cfg.steps):
+        if not order:
+            order = list(range(len(views)))
+            rng.shuffle(order)
+        i = order.pop()
+        cam, target = views[i], targets[i]
+        vis = visible_anchors(model, cam)
+        if not bool(vis.any()):
+            continue
+        attrs = AnchorAttrs(model.features[vis], model.scaling[vis], model.offsets[vis], model.binary_mask()[vis])
+        bpp = None
+        if step >= rate_from:
+            attrs, bits = entropy(model.anchors[vis], attrs)
+            bpp = sum(bits.values()) / (int(vis.sum()) * entropy.params_per_anchor())
+        image, _ = render_anchor(model, cam, attrs=attrs, visible=vis)
+        l1 = (image - target).abs().mean()
+        loss = 0.8 * l1 + 0.2 * ssim_loss_term(image, target)
+        loss = loss + cfg.mask_weight * torch.sigmoid(model.mask_logits[vis]).mean()
+        if bpp is not None:
+            loss = loss + cfg.lam * bpp
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        decay = 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * step / max(cfg.steps, 1)))
+        for g, lr in zip(opt.param_groups, base):
+            g["lr"] = lr * decay
+        opt.step()
+        log["loss"].append(float(loss))
+        log["l1"].append(float(l1))
+        log["bits_per_param"].append(float(bpp) if bpp is not None else None)
+        report("render", step + 1, cfg.steps, {"loss": float(loss), "l1": float(l1),
+                                               "bits_per_param": float(bpp) if bpp is not None else None})
+    return log
+
+
+def render_views_anchor(model: AnchorModel, views: list[Camera]) -> list[np.ndarray]:
+    out = []
+    with torch.no_grad():
+        for cam in views:
+            img, _ = render_anchor(model, cam)
+            out.append(img.clamp(0, 1).cpu().numpy())
+    return out

@@ -1,0 +1,117 @@
+"""The user-level operations, shared by the CLI, the worker and the Blender add-on.
+
+train: source scene -> trained model file; compress: model -> .hgs; decompress: .hgs -> PLY/SPZ;
+open_renderable / render_views: anything we can read -> images for evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cameras import Camera
+from .container import read_hgs, write_hgs
+from .errors import FormatError, InputError
+from .fit import FitConfig, Fitted, Progress, fit, render_views_anchor
+from .io import detect_format, load_scene, save_scene
+from .model_store import load_model, save_model
+from .scene import GaussianScene, sanitize
+
+# Baked exports (PLY/SPZ from .hgs): SH degree 1 keeps most of the view dependence for 4x9 floats.
+BAKE_SH_DEGREE = 1
+
+
+def load_source(path) -> tuple[GaussianScene, list[str]]:
+    scene = load_scene(path)
+    return sanitize(scene)
+
+
+def train(source, out_model, cfg: FitConfig | None = None, progress: Progress | None = None,
+          device=None) -> Fitted:
+    cfg = cfg or FitConfig()
+    scene, _ = load_source(source)
+    fitted = fit(scene, source_path=source, cfg=cfg, progress=progress, device=device)
+    save_model(out_model, fitted.model, fitted.entropy, lam=cfg.lam,
+               extra={"source": os.path.basename(str(source)), "source_bytes": os.path.getsize(source),
+                      "fit": {k: v for k, v in fitted.history.items() if k.endswith("seconds") or k == "anchors"}})
+    return fitted
+
+
+def check_lambda(trained: float, asked: float | None) -> float:
+    """HAC mode is fixed-rate: a model codes at the λ it was trained for."""
+    if asked is None:
+        return trained
+    if not (isinstance(asked, (int, float)) and math.isfinite(asked) and asked > 0):
+        raise InputError(f"λ must be a positive number, got {asked}")
+    if abs(asked - trained) > 1e-6 * max(trained, 1e-12):
+        raise InputError(f"this model is fixed-rate (HAC mode), trained at λ={trained:g}; "
+                         f"λ={asked:g} needs another model (hemgs train --lambda {asked:g})")
+    return trained
+
+
+def compress_model(model, entropy, out_hgs, *, lam: float, header_extra: dict | None = None) -> dict:
+    from .codec.anchor import encode
+
+    t0 = time.perf_counter()
+    header, sections, decoded = encode(model, entropy, lam=lam, header_extra=header_extra)
+    write_hgs(out_hgs, header, sections)
+    return {"path": str(out_hgs), "bytes": os.path.getsize(out_hgs), "seconds": time.perf_counter() - t0,
+            "sections": {k: len(v) for k, v in sections.items()}, "anchors": header["anchors"],
+            "decoded": decoded}
+
+
+def compress(model_path, out_hgs, *, lam: float | None = None) -> dict:
+    model, entropy, meta = load_model(model_path)
+    lam = check_lambda(float(meta["lambda"]), lam)
+    extra = {k: meta[k] for k in ("source", "source_bytes") if k in meta}
+    report = compress_model(model, entropy, out_hgs, lam=lam, header_extra=extra)
+    report["source_bytes"] = meta.get("source_bytes")
+    return report
+
+
+def decode_file(path):
+    from .codec.anchor import decode
+
+    hgs = read_hgs(path)
+    mode = hgs.header.get("mode")
+    if mode != "anchor":
+        raise FormatError(f"{path}: unknown coding mode {mode!r}")
+    return decode(hgs.header, hgs.sections)
+
+
+def decompress(hgs_path, out_path, *, sh_degree: int = BAKE_SH_DEGREE) -> GaussianScene:
+    from .anchor.bake import bake
+
+    decoded = decode_file(hgs_path)
+    scene = bake(decoded.model, mode="sh_fit", sh_degree=sh_degree)
+    save_scene(scene, out_path)
+    return scene
+
+
+def render_views(path, views: list[Camera], device=None, progress=None) -> list[np.ndarray]:
+    """Renders of any file we read: scenes directly, .hgs through its decoded anchor model
+    (view-dependent, as the codec means it to be seen)."""
+    from .render import render
+
+    if detect_format(path) == "hgs":
+        model = decode_file(path).model
+        if device is not None:
+            model = model.to(device)
+        out = []
+        for i, cam in enumerate(views):
+            out.extend(render_views_anchor(model, [cam]))
+            if progress:
+                progress(i + 1, len(views))
+        return out
+    scene, _ = load_source(path)
+    out = []
+    for i, cam in enumerate(views):
+        out.append(render(scene, cam, device=device or "auto"))
+        if progress:
+            progress(i + 1, len(views))
+    return out
