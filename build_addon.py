@@ -6,14 +6,18 @@ and wheels/: the backend's own wheel (built from backend/) and the pure-Python w
 numpy-only readers need inside Blender's Python. Run with the project's Python:
     python build_addon.py [--offline]
 --offline uses the wheels already in wheels/ instead of asking PyPI for the third-party ones.
+--validate then runs Blender's own extension validator on the zip (`blender_ext.py validate` and
+`build`, from the bpy wheel in .venv-blender, or the file named by HEMGS_BLENDER_EXT).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import tomllib
 import zipfile
 from pathlib import Path
@@ -78,11 +82,41 @@ def build(offline: bool = False) -> Path:
     return out
 
 
+def find_blender_ext() -> Path | None:
+    """Blender's extension command-line tool; it runs under plain Python."""
+    if os.environ.get("HEMGS_BLENDER_EXT"):
+        return Path(os.environ["HEMGS_BLENDER_EXT"])
+    found = sorted(ROOT.glob(".venv-blender/lib/python3*/site-packages/bpy/*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
+    return found[-1] if found else None
+
+
+def validate(zpath: Path) -> None:
+    """Run Blender's `validate` on the zip and `build` on its unpacked files; SystemExit with
+    the validator's output when either refuses it."""
+    tool = find_blender_ext()
+    if tool is None:
+        raise SystemExit("build_addon: blender_ext.py not found (run scripts/setup.sh, or set HEMGS_BLENDER_EXT)")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "src", Path(tmp) / "out"
+        with zipfile.ZipFile(zpath) as zf:
+            zf.extractall(src)
+        out.mkdir()
+        for cmd in (["validate", str(zpath)], ["build", "--source-dir", str(src), "--output-dir", str(out)]):
+            run = subprocess.run([sys.executable, str(tool), *cmd], capture_output=True, text=True)
+            if run.returncode != 0:
+                raise SystemExit(f"build_addon: Blender's {cmd[0]} refused {zpath.name}: "
+                                 f"{(run.stdout + run.stderr).strip()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--offline", action="store_true", help="use only the wheels already in wheels/")
+    ap.add_argument("--validate", action="store_true", help="check the zip with Blender's extension validator")
     args = ap.parse_args()
-    print(build(offline=args.offline))
+    zpath = build(offline=args.offline)
+    if args.validate:
+        validate(zpath)
+    print(zpath)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,18 @@
 """The "HEMGS" tab of the 3D view's sidebar."""
 
+from __future__ import annotations
+
 import bpy
 
-from . import preferences
+from . import jobs, preferences, props
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return str(n)
 
 
 class HEMGS_PT_main(bpy.types.Panel):
@@ -14,11 +24,51 @@ class HEMGS_PT_main(bpy.types.Panel):
 
     def draw(self, context):
         layout = self.layout
-        python = preferences.get(context).backend_python
+        p = context.scene.hemgs
+        python = preferences.backend_python(context)
         if python:
-            layout.label(text=f"Backend: {bpy.path.basename(python)}", icon="CHECKMARK")
+            layout.label(text=f"Backend: {python}", icon="CHECKMARK")
         else:
-            layout.label(text="Set the backend Python in the preferences", icon="INFO")
+            layout.label(text="Set up the backend in the preferences", icon="INFO")
+
+        col = layout.column(align=True)
+        col.prop(p, "source_path")
+        col.operator("hemgs.load_source", icon="POINTCLOUD_DATA")
+
+        box = layout.box()
+        box.label(text="Compression (needs the codec, coming)")
+        row = box.row(align=True)
+        row.operator("hemgs.train")
+        row.operator("hemgs.load_model")
+        sub = box.column()
+        sub.enabled = False
+        sub.prop(p, "log_lambda", text=f"λ = {props.lambda_value(p):.2e}  (log10)")
+        box.operator("hemgs.compress")
+
+        box = layout.box()
+        box.label(text="Measure against a second file")
+        box.prop(p, "other_path")
+        box.prop(p, "views")
+        box.operator("hemgs.evaluate", icon="IMAGE_RGB")
+
+        st = jobs.state
+        if st.running:
+            row = layout.row(align=True)
+            if hasattr(row, "progress"):  # Blender 4.0+
+                row.progress(factor=st.fraction, type="BAR", text=f"{st.op}: {st.stage}")
+            else:
+                row.label(text=f"{st.op}: {st.stage} {st.fraction:.0%}")
+            row.operator("hemgs.cancel", text="", icon="CANCEL")
+        elif st.message:
+            layout.label(text=st.message, icon="ERROR" if st.is_error else "INFO")
+
+        if p.result_source_bytes:
+            box = layout.box()
+            box.label(text="Results")
+            ratio = p.result_source_bytes / max(p.result_bytes, 1.0)
+            box.label(text=f"Size: {_human(p.result_bytes)} ({ratio:.2f}x smaller than the source)")
+            box.label(text="PSNR: identical renders" if p.result_identical else f"PSNR: {p.result_psnr:.2f} dB")
+            box.label(text=f"SSIM: {p.result_ssim:.4f}")
 
 
 def register():

@@ -1,0 +1,178 @@
+"""The extension inside real Blender (the `bpy` wheel from PyPI, in .venv-blender, headless):
+the built zip installs and enables in an isolated user folder, PLY/SPZ import makes a point cloud
+with the preview attributes, the node group and material, and background-mode API calls run the
+worker and block until its result."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DEMO_PLY, REPO, shared_file
+
+BLENDER_PY = REPO / ".venv-blender" / "bin" / "python"
+
+SCRIPT = r'''
+import json, math, sys, time
+import numpy as np
+import bpy
+
+zip_path, lod2, spz, demo, backend_python, big_ply, out_json = sys.argv[-7:]
+res = {}
+r = bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
+res["install"] = list(r)
+mod = "bl_ext.user_default.hemgs_blender"
+res["enabled"] = mod in bpy.context.preferences.addons
+import importlib
+api = importlib.import_module(mod + ".api")
+import hemgs
+res["hemgs_from"] = hemgs.__file__
+res["torch_loaded"] = "torch" in sys.modules
+bpy.context.preferences.addons[mod].preferences.backend_python = backend_python
+
+t = time.perf_counter(); ob = api.load_preview(lod2); res["t_125k"] = time.perf_counter() - t
+pc = ob.data
+res["type"], res["points"] = ob.type, len(pc.points)
+res["attrs"] = {a.name: [a.data_type, a.domain] for a in pc.attributes}
+n = len(pc.points)
+col = np.empty(n * 4, np.float32); pc.attributes["hemgs_color"].data.foreach_get("color", col)
+op = np.empty(n, np.float32); pc.attributes["hemgs_opacity"].data.foreach_get("value", op)
+sz = np.empty(n, np.float32); pc.attributes["hemgs_size"].data.foreach_get("value", sz)
+pos = np.empty(n * 3, np.float32); pc.attributes["position"].data.foreach_get("vector", pos)
+np.save(out_json + ".col.npy", col.reshape(n, 4)); np.save(out_json + ".op.npy", op)
+np.save(out_json + ".pos.npy", pos.reshape(n, 3)); np.save(out_json + ".size.npy", sz)
+res["modifier_group"] = ob.modifiers[0].node_group.name if ob.modifiers else None
+res["material"] = ob.data.materials[0].name if len(ob.data.materials) else None
+mat = bpy.data.materials[res["material"]]
+res["material_attrs"] = sorted(nd.attribute_name for nd in mat.node_tree.nodes if nd.type == "ATTRIBUTE")
+dg = bpy.context.evaluated_depsgraph_get()
+ev = ob.evaluated_get(dg).data
+rad = np.empty(len(ev.points), np.float32); ev.attributes["radius"].data.foreach_get("value", rad)
+res["eval_points"] = len(ev.points)
+res["eval_radius_is_size"] = bool(np.allclose(rad, sz))
+
+t = time.perf_counter(); big = api.load_preview(big_ply); res["t_1m"] = time.perf_counter() - t
+res["points_1m"] = len(big.data.points)
+r = bpy.ops.hemgs.import_spz(filepath=spz); res["spz_op"] = list(r)
+res["spz_points"] = len(bpy.context.collection.objects[-1].data.points)
+try:
+    bpy.ops.hemgs.import_ply(filepath=zip_path)  # not a PLY: an error report, not a crash
+    res["bad_import"] = "no error"
+except RuntimeError as exc:
+    res["bad_import"] = str(exc)
+res["train_poll"] = bpy.ops.hemgs.train.poll()
+res["compress_poll"] = bpy.ops.hemgs.compress.poll()
+
+res["info"] = api.info(demo)
+t = time.perf_counter()
+res["eval"] = api.evaluate(demo, demo, views=2, width=32)
+res["t_eval"] = time.perf_counter() - t
+try:
+    api.evaluate(demo, "/nonexistent.ply", views=1, width=16)
+except Exception as exc:
+    res["eval_error"] = [type(exc).__name__, getattr(exc, "kind", ""), str(exc)]
+res["versions"] = api.backend_versions()
+api.shutdown()
+json.dump(res, open(out_json, "w"))
+'''
+
+
+def _big_ply(tmp_path: Path) -> Path:
+    """A synthetic 1,000,000-splat PLY (SH degree 0), written with our own writer."""
+    import numpy as np
+
+    from hemgs.io import write_ply
+    from hemgs.scene import GaussianScene
+
+    rng = np.random.default_rng(1)
+    n = 1_000_000
+    q = rng.normal(size=(n, 4))
+    scene = GaussianScene(rng.uniform(-1, 1, (n, 3)), q, np.full((n, 3), -5.0), rng.normal(size=n),
+                          rng.normal(size=(n, 1, 3)))
+    path = tmp_path / "big.ply"
+    write_ply(scene, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def blender_run(tmp_path_factory):
+    if not BLENDER_PY.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{BLENDER_PY} is missing: scripts/setup.sh installs the bpy wheel there")
+        pytest.skip(f"{BLENDER_PY} not present (run scripts/setup.sh)")
+    tmp = tmp_path_factory.mktemp("blender")
+    spec = importlib.util.spec_from_file_location("build_addon", REPO / "build_addon.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    zpath = builder.build()
+    script = tmp / "run.py"
+    script.write_text(SCRIPT)
+    out = tmp / "result.json"
+    env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp / "user"), OMP_NUM_THREADS="1", HEMGS_THREADS="1")
+    args = [str(zpath), str(shared_file("playbot_lod2.ply")), str(shared_file("biker.spz")), str(DEMO_PLY),
+            sys.executable, str(_big_ply(tmp)), str(out)]
+    t0 = time.monotonic()
+    run = subprocess.run([str(BLENDER_PY), str(script), *args], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0 and out.exists(), run.stdout[-3000:] + run.stderr[-3000:]
+    res = json.loads(out.read_text())
+    res["_out"], res["_wall"], res["_user"] = str(out), time.monotonic() - t0, tmp / "user"
+    return res
+
+
+def test_zip_installs_and_enables_in_isolated_user_folder(blender_run):
+    assert blender_run["install"] == ["FINISHED"] and blender_run["enabled"]
+    # The bundled backend wheel is what Blender's Python imports, from the isolated user folder.
+    assert blender_run["hemgs_from"].startswith(str(blender_run["_user"]))
+    assert not blender_run["torch_loaded"]
+
+
+def test_playbot_lod2_becomes_a_point_cloud_with_preview_attributes(blender_run):
+    import numpy as np
+    import plyfile
+
+    r = blender_run
+    assert r["type"] == "POINTCLOUD" and r["points"] == 125_000 == r["eval_points"]
+    assert r["attrs"]["hemgs_color"] == ["FLOAT_COLOR", "POINT"]
+    assert r["attrs"]["hemgs_opacity"] == ["FLOAT", "POINT"] and r["attrs"]["hemgs_size"] == ["FLOAT", "POINT"]
+    assert r["modifier_group"] == "HEMGS Splat Preview" and r["material"] == "HEMGS Splat"
+    assert r["material_attrs"] == ["hemgs_color", "hemgs_opacity"] and r["eval_radius_is_size"]
+    v = plyfile.PlyData.read(str(shared_file("playbot_lod2.ply")))["vertex"].data
+    pos, col = np.load(r["_out"] + ".pos.npy"), np.load(r["_out"] + ".col.npy")
+    np.testing.assert_allclose(pos, np.stack([v["x"], v["y"], v["z"]], 1), atol=1e-6)
+    np.testing.assert_allclose(np.load(r["_out"] + ".op.npy"), 1 / (1 + np.exp(-v["opacity"].astype(float))),
+                               atol=1e-5)
+    # Stored linear; encoded back to sRGB it is the viewers' DC colour.
+    lin = col[:, :3].astype(np.float64)
+    srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055)
+    dc = np.stack([v[f"f_dc_{i}"] for i in range(3)], 1).astype(np.float64)
+    np.testing.assert_allclose(srgb, np.clip(0.28209479177387814 * dc + 0.5, 0, 1), atol=1e-4)
+    assert (np.load(r["_out"] + ".size.npy") > 0).all()
+
+
+def test_import_speed_and_spz(blender_run):
+    r = blender_run
+    assert r["points_1m"] == 1_000_000
+    # Target: 1M splats in <= 2 s (file read included); a loaded 2-core CI machine gets slack.
+    print(f"import: 125k {r['t_125k']:.2f} s, 1M {r['t_1m']:.2f} s")
+    assert r["t_1m"] < 4.0 and r["t_125k"] < 2.0, (r["t_125k"], r["t_1m"])
+    assert r["spz_op"] == ["FINISHED"] and r["spz_points"] == 152_746
+    assert "unknown format" in r["bad_import"]
+
+
+def test_codec_steps_are_disabled_not_faked(blender_run):
+    assert blender_run["train_poll"] is False and blender_run["compress_poll"] is False
+
+
+def test_background_mode_api_blocks_on_the_worker(blender_run):
+    r = blender_run
+    assert r["info"]["gaussians"] == 31000
+    assert r["eval"]["views"] == 2 and r["eval"]["psnr"] is None and r["eval"]["ssim"] == pytest.approx(1.0)
+    kind, wkind, message = r["eval_error"]
+    assert kind == "WorkerError" and wkind == "InputError" and "/nonexistent.ply" in message
+    assert r["versions"]["torch"] and r["versions"]["gsplat"]  # what "Check backend" shows
