@@ -120,11 +120,31 @@ def fit(scene: GaussianScene, *, source_path=None, cfg: FitConfig | None = None,
     history["anchors"] = model.num_anchors
 
     # 3. render-space fine-tune
+    history["feature_rescale"] = rescale_features(model, FEATURE_STD)
     entropy = new_entropy_model(model, cfg.seed).to(device)
     t0 = time.perf_counter()
     history["render"] = render_finetune(model, entropy, train, targets, cfg, report)
     history["render_seconds"] = time.perf_counter() - t0
     return Fitted(model, entropy, cfg, train, test, history)
+
+
+# HAC quantizes features with a base step of 1, so its features spread over several units. The
+# warm start leaves them far smaller (most would round to 0): rescale them, and the MLPs' input
+# weights inversely, which changes no output but makes the quantization step meaningful.
+FEATURE_STD = 3.0
+
+
+def rescale_features(model: AnchorModel, target_std: float) -> float:
+    with torch.no_grad():
+        std = float(model.features.std()) if model.features.numel() > 1 else 0.0
+        if not std > 0:
+            return 1.0
+        c = target_std / std
+        model.features.mul_(c)
+        f = model.config.feat_dim
+        for head in (model.mlps.opacity, model.mlps.cov, model.mlps.color):
+            head[0].weight[:, :f].div_(c)
+    return c
 
 
 def render_finetune(model: AnchorModel, entropy: HacEntropyModel, views: list[Camera], targets: list[torch.Tensor],
@@ -168,7 +188,7 @@ def render_finetune(model: AnchorModel, entropy: HacEntropyModel, views: list[Ca
         for g, lr in zip(opt.param_groups, base):
             g["lr"] = lr * decay
         opt.step()
-        log["loss"].append(float(loss))
+        log["loss"].append(float(loss.detach()))
         log["l1"].append(float(l1))
         log["bits_per_param"].append(float(bpp) if bpp is not None else None)
         report("render", step + 1, cfg.steps, {"loss": float(loss), "l1": float(l1),
