@@ -5,7 +5,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import DEMO_PLY
 from hemgs.anchor.warm_start import build_anchor_model, warm_start

@@ -11,33 +11,14 @@ from hemgs.anchor.bake import bake
 from hemgs.anchor.model import AnchorConfig, AnchorModel, generate_neural_gaussians
 from hemgs.anchor.voxelize import MAX_COORD, choose_voxel_size, min_voxel_size, voxelize
 from hemgs.anchor.warm_start import build_anchor_model, warm_start
+from hemgs.io import load_scene
 from hemgs.errors import FormatError, SceneError
 from hemgs.scene import GaussianScene, sanitize
 
 
-def _load(path) -> GaussianScene:
-    try:
-        from hemgs.io import load_scene
-    except ImportError:  # the reader module is another engineer's; fall back to plyfile
-        load_scene = None
-    if load_scene is not None:
-        return load_scene(path)
-    import plyfile
-
-    v = plyfile.PlyData.read(str(path))["vertex"].data
-    g = lambda n: np.asarray(v[n], np.float32)  # noqa: E731
-    rest = sorted((n for n in v.dtype.names if n.startswith("f_rest_")), key=lambda s: int(s[7:]))
-    r = np.stack([g(n) for n in rest], 1).reshape(len(v), 3, -1).transpose(0, 2, 1)
-    dc = np.stack([g(f"f_dc_{i}") for i in range(3)], 1)[:, None]
-    return GaussianScene(
-        np.stack([g("x"), g("y"), g("z")], 1), np.stack([g(f"rot_{i}") for i in range(4)], 1),
-        np.stack([g(f"scale_{i}") for i in range(3)], 1), g("opacity"), np.concatenate([dc, r], 1),
-    )
-
-
 @pytest.fixture(scope="module")
 def demo():
-    return _load(DEMO_PLY)
+    return load_scene(DEMO_PLY)
 
 
 @pytest.fixture(scope="module")

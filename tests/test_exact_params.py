@@ -3,7 +3,6 @@
 A small real MLP (seeded) on the demo scene's attributes stands in for the entropy model.
 """
 
-import json
 import os
 import subprocess
 import sys

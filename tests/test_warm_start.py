@@ -9,36 +9,16 @@ from hemgs.anchor.voxelize import voxelize
 from hemgs.anchor.warm_start import (
     LOSS_NAMES, assign_slots, build_anchor_model, evaluate_fit, init_from_targets, warm_start,
 )
+from hemgs.io import load_scene
 from hemgs.errors import SceneError
-from hemgs.scene import GaussianScene
 
 STEPS = 200
-
-
-def _load(path) -> GaussianScene:
-    try:
-        from hemgs.io import load_scene
-    except ImportError:  # the reader module is another engineer's; fall back to plyfile
-        load_scene = None
-    if load_scene is not None:
-        return load_scene(path)
-    import plyfile
-
-    v = plyfile.PlyData.read(str(path))["vertex"].data
-    g = lambda n: np.asarray(v[n], np.float32)  # noqa: E731
-    rest = sorted((n for n in v.dtype.names if n.startswith("f_rest_")), key=lambda s: int(s[7:]))
-    r = np.stack([g(n) for n in rest], 1).reshape(len(v), 3, -1).transpose(0, 2, 1)
-    dc = np.stack([g(f"f_dc_{i}") for i in range(3)], 1)[:, None]
-    return GaussianScene(
-        np.stack([g("x"), g("y"), g("z")], 1), np.stack([g(f"rot_{i}") for i in range(4)], 1),
-        np.stack([g(f"scale_{i}") for i in range(3)], 1), g("opacity"), np.concatenate([dc, r], 1),
-    )
 
 
 @pytest.fixture(scope="module")
 def piece():
     """3,000 neighbouring Gaussians of the demo (a contiguous piece keeps anchors well filled)."""
-    scene = _load(DEMO_PLY)
+    scene = load_scene(DEMO_PLY)
     centre = scene.means[np.argmax(scene.opacities)]
     nearest = np.argsort(np.linalg.norm(scene.means - centre, axis=1))[:3000]
     return scene.subset(np.sort(nearest))

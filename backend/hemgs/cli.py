@@ -100,7 +100,8 @@ def _build_parser() -> argparse.ArgumentParser:
     fit_args.add_argument("--lambda", dest="lam", type=float, default=None,
                           help="rate-distortion weight λ (default 1e-3; larger = smaller file)")
     fit_args.add_argument("--steps", type=int, default=300, help="render-space training steps")
-    fit_args.add_argument("--warm-steps", type=int, default=400, help="attribute-space warm-start steps")
+    fit_args.add_argument("--warm-steps", type=int, default=None,
+                          help="attribute-space warm-start steps (default: about 250 visits per anchor)")
     fit_args.add_argument("--train-width", dest="width", type=int, default=256, help="training render size")
     fit_args.add_argument("--views", type=int, default=32, help="sampled training views (every 8th held out)")
 

@@ -1,7 +1,7 @@
 """The user-level operations, shared by the CLI, the worker and the Blender add-on.
 
 train: source scene -> trained model file; compress: model -> .hgs; decompress: .hgs -> PLY/SPZ;
-open_renderable / render_views: anything we can read -> images for evaluation.
+render_views: renders of anything we read (a .hgs through its decoded anchor model) for evaluation.
 """
 
 from __future__ import annotations
@@ -9,10 +9,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from .cameras import Camera
 from .container import read_hgs, write_hgs

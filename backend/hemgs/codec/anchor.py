@@ -17,6 +17,7 @@ file: the header carries configs and geometry, `networks` the float16 weights.
 from __future__ import annotations
 
 import copy
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..anchor.model import AnchorConfig, AnchorModel, MASK_OFF_LOGIT, MASK_ON_LOGIT
+from ..anchor.model import AnchorConfig, AnchorModel
 from ..coding.bits import decode_bits, encode_bits
 from ..coding.exact_params import (
     apply_guard, check_param_checksums, param_checksums, run_deterministic, snap_for_encoder,
@@ -34,7 +35,7 @@ from ..coding.locations import decode_locations, encode_locations
 from ..coding.steps import snap_steps, step_values, steps_from_guard
 from ..entropy.hac import BASE_STEP, GROUPS, HacEntropyModel
 from ..entropy.hashgrid import HashGridConfig
-from ..errors import FormatError, IntegrityError
+from ..errors import FormatError, HemgsError, IntegrityError
 from .weights import pack_weights, round_to_half, unpack_weights
 
 MODE = "anchor"
@@ -175,25 +176,108 @@ def _assemble(config: AnchorConfig, coords, origin, mask, values: dict, mlp_stat
     return Decoded(model, entropy, header)
 
 
+# Untrusted headers: every size is a plain int in a sane range, and what the sizes imply must fit
+# in the bytes actually present, all checked BEFORE any network or table is allocated.
+_MAX_DIM = 1 << 16  # feat_dim, k, hidden widths, levels, resolutions: real values are < 1000
+_MAX_LOG2_TABLE = 24
+# An anchor costs at least one bit of the file (its location alone costs more): a header or a
+# location stream that claims more anchors than that is lying (or a decompression bomb).
+_MIN_BITS_PER_ANCHOR = 1
+# A hash-grid entry costs ~1 bit (its ±1 values are near 50/50 after training); allowing 512 per
+# byte of the grid section still bounds memory by the file size while accepting skewed tables.
+_MAX_GRID_BITS_PER_BYTE = 512
+_MIN_GRID_BITS_ALLOWED = 1 << 16
+
+
+def _size(d: dict, key: str, lo: int, hi: int, where: str, *, optional: bool = False) -> int | None:
+    v = d.get(key) if isinstance(d, dict) else None
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise FormatError(f"the file's {where}.{key} must be an integer in [{lo}, {hi}], got {v!r}"[:200])
+    return v
+
+
+def network_sizes(anchor_cfg: dict, entropy_cfg: dict) -> tuple[int, int]:
+    """(weights of all networks, bits of the hash grid) that header configs imply, validated.
+
+    Pure arithmetic on the untrusted dicts (mirrors AnchorMLPs, HacEntropyModel, BinaryHashGrid;
+    tests check it against the real modules), so nothing is allocated for a lying header.
+    """
+    if not isinstance(anchor_cfg, dict) or not isinstance(entropy_cfg, dict):
+        raise FormatError("the file's anchor_config and entropy entries must be JSON objects")
+    f = _size(anchor_cfg, "feat_dim", 1, _MAX_DIM, "anchor_config")
+    k = _size(anchor_cfg, "k", 1, _MAX_DIM, "anchor_config")
+    h = _size(anchor_cfg, "hidden", 1, _MAX_DIM, "anchor_config", optional=True) or f
+    use_dist = anchor_cfg.get("use_dist", True)
+    if not isinstance(use_dist, bool):
+        raise FormatError(f"the file's anchor_config.use_dist must be true or false, got {use_dist!r}"[:200])
+    if entropy_cfg.get("feat_dim") != f or entropy_cfg.get("k") != k:
+        raise FormatError("the file's entropy and anchor configs disagree on sizes")
+    g = entropy_cfg.get("grid")
+    if not isinstance(g, dict):
+        raise FormatError("the file's entropy.grid must be a JSON object")
+    l3 = _size(g, "levels_3d", 1, _MAX_DIM, "entropy.grid")
+    l2 = _size(g, "levels_2d", 1, _MAX_DIM, "entropy.grid")
+    feats = _size(g, "features", 1, _MAX_DIM, "entropy.grid")
+    t3 = 1 << _size(g, "log2_table_3d", 0, _MAX_LOG2_TABLE, "entropy.grid")
+    t2 = 1 << _size(g, "log2_table_2d", 0, _MAX_LOG2_TABLE, "entropy.grid")
+    for key in ("res_3d", "res_2d"):
+        r = g.get(key)
+        if (not isinstance(r, list) or len(r) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= _MAX_DIM for v in r)):
+            raise FormatError(f"the file's entropy.grid.{key} must be two integers in [1, {_MAX_DIM}]")
+    eh = _size(entropy_cfg, "hidden", 1, _MAX_DIM, "entropy", optional=True) or 2 * f
+    mlp_in = f + 3 + (1 if use_dist else 0)
+    anchor = 3 * (mlp_in * h + h) + h * 11 * k + 11 * k  # opacity (k), cov (7k), colour (3k) heads
+    grid_out = (l3 + 3 * l2) * feats
+    out = 2 * (f + 6 + 3 * k) + len(GROUPS)
+    entropy = grid_out * eh + eh + eh * out + out
+    return anchor + entropy, (l3 * t3 + 3 * l2 * t2) * feats
+
+
+def _check_budget(header: dict, sections: dict[str, bytes]) -> None:
+    """Refuse a header whose sizes the file's bytes cannot hold (before anything is allocated)."""
+    weights, grid_bits = network_sizes(header.get("anchor_config"), header.get("entropy"))
+    if 2 * weights > len(sections["networks"]):  # float16: two bytes a weight
+        raise FormatError(f"the file's configs need {weights} network weights, its 'networks' section holds "
+                          f"{len(sections['networks'])} bytes")
+    if grid_bits > max(_MAX_GRID_BITS_PER_BYTE * len(sections["grid"]), _MIN_GRID_BITS_ALLOWED):
+        raise FormatError(f"the file's hash grid needs {grid_bits} bits, its 'grid' section holds "
+                          f"{len(sections['grid'])} bytes")
+    n = header.get("anchors")
+    total = sum(len(v) for v in sections.values())
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise FormatError(f"the file's anchor count must be a non-negative integer, got {n!r}"[:200])
+    if n * _MIN_BITS_PER_ANCHOR > 8 * total:
+        raise FormatError(f"the header claims {n} anchors, more than a {total}-byte file can hold")
+
+
 def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK) -> Decoded:
     """Rebuild the decoded anchor model from a file's header and sections."""
     if header.get("mode") != MODE or header.get("codec") != CODEC:
-        raise FormatError(f"not an anchor-mode HAC file (mode {header.get('mode')!r}, codec {header.get('codec')!r})")
+        raise FormatError(f"not an anchor-mode HAC file (mode {header.get('mode')!r}, codec {header.get('codec')!r})"[:200])
     for name in ("locations", "networks", "grid", "mask", *GROUPS):
         if name not in sections:
             raise FormatError(f"the file lacks its '{name}' section")
+    _check_budget(header, sections)
     try:
         config = AnchorConfig.from_dict(dict(header["anchor_config"]))
         e = header["entropy"]
         origin = [float(v) for v in header["origin"]]
-        entropy = HacEntropyModel(int(e["feat_dim"]), int(e["k"]), e["bbox_min"], e["bbox_max"],
+        bbox = [[float(v) for v in e[key]] for key in ("bbox_min", "bbox_max")]
+        if len(origin) != 3 or any(len(b) != 3 for b in bbox):
+            raise ValueError("origin and bounding box need 3 numbers each")
+        if not all(math.isfinite(v) for v in origin + bbox[0] + bbox[1] + [config.voxel_size]):
+            raise ValueError("origin, bounding box and voxel size must be finite")
+        entropy = HacEntropyModel(int(e["feat_dim"]), int(e["k"]), bbox[0], bbox[1],
                                   HashGridConfig.from_dict(dict(e["grid"])), hidden=int(e["hidden"]))
         n_header = int(header["anchors"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FormatError(f"the file's header is incomplete or malformed: {exc}") from None
+    except (KeyError, TypeError, ValueError, HemgsError) as exc:
+        raise FormatError(f"the file's header is incomplete or malformed: {' '.join(str(exc).split())}"[:300]) from None
     if int(e["feat_dim"]) != config.feat_dim or int(e["k"]) != config.k:
         raise FormatError("the file's entropy and anchor configs disagree on sizes")
-    coords = decode_locations(sections["locations"])
+    coords = decode_locations(sections["locations"], max_anchors=n_header)
     n = coords.shape[0]
     if n != n_header:
         raise FormatError(f"the location stream holds {n} anchors, the header says {n_header}")
