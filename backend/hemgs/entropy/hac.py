@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hashgrid import BinaryHashGrid, HashGridConfig
+from .hashgrid import BinaryHashGrid, GridLookup, HashGridConfig
 from .rate import bernoulli_bits, gaussian_bits, quantize
 
 GROUPS = ("features", "scaling", "offsets")
@@ -63,6 +63,15 @@ class HacEntropyModel(nn.Module):
     def context(self, xyz: torch.Tensor) -> torch.Tensor:
         return self.grid(self.normalise(xyz))
 
+    def lookup(self, xyz: torch.Tensor) -> GridLookup:
+        """The hash grid's interpolation at fixed positions `xyz`, built once: `context_of(lookup)`
+        then equals `context(xyz)` (up to summation order) at a fraction of the cost."""
+        return self.grid.lookup(self.normalise(xyz))
+
+    def context_of(self, lookup: GridLookup) -> torch.Tensor:
+        """Context features of the positions behind `lookup` (differentiable in the tables)."""
+        return self.grid.encode(lookup)
+
     def head(self, ctx: torch.Tensor) -> dict[str, GroupParams]:
         """Distribution parameters of every group from a context feature."""
         return self.split(self.mlp(ctx))
@@ -79,9 +88,12 @@ class HacEntropyModel(nn.Module):
             out[group].step = BASE_STEP[group] * (1 + torch.tanh(raw[:, at + i:at + i + 1]))
         return out
 
-    def forward(self, xyz: torch.Tensor, attrs: AnchorAttrs) -> tuple[AnchorAttrs, dict[str, torch.Tensor]]:
-        """Training pass: quantized attributes (straight-through, for rendering) and bits per group."""
-        params = self.head(self.context(xyz))
+    def forward(self, xyz: torch.Tensor | None, attrs: AnchorAttrs, context: torch.Tensor | None = None
+                ) -> tuple[AnchorAttrs, dict[str, torch.Tensor]]:
+        """Training pass: quantized attributes (straight-through, for rendering) and bits per group.
+
+        `context` (rows matching `attrs`, e.g. from `context_of`) replaces `xyz` when given."""
+        params = self.head(self.context(xyz) if context is None else context)
         bits, quant = {}, {}
         for group in GROUPS:
             p, x = params[group], attrs.flat(group)

@@ -10,6 +10,7 @@ they cost one bit each, coded by hemgs.coding.bits.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +62,54 @@ class _SignSTE(torch.autograd.Function):
         return grad * (x.abs() <= 1).to(grad.dtype)
 
 
+class GridLookup:
+    """Where N fixed positions read the tables, as sparse matrices: row (position, level) holds
+    the interpolation weights of the table rows at its cell's corners. It depends on the
+    positions only, so for anchors (which never move) it is built once and reused while the
+    tables train; a feature is then one sparse-dense product per table (and its transpose for
+    the backward), instead of a gather and scatter per corner and level.
+    """
+
+    def __init__(self, n: int, index3, weight3, rows3: int, index2, weight2, rows2: int):
+        self.n = int(n)
+        self.m3, self.m3t = _csr_pair(index3, weight3, rows3)
+        self.m2, self.m2t = _csr_pair(index2, weight2, rows2)
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _csr_pair(index: torch.Tensor, weight: torch.Tensor, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, L, c) corner rows/weights -> CSR matrix (N*L, cols) and its transpose.
+
+    Built directly (no COO coalescing: a repeated corner row simply appears twice in a row,
+    which the product sums); the transpose needs one stable sort by table row."""
+    n, c = index.shape[0] * index.shape[1], index.shape[2]
+    col, val = index.reshape(-1), weight.reshape(-1)
+    crow = torch.arange(0, n * c + 1, c, device=index.device)
+    order = torch.argsort(col, stable=True)
+    crow_t = torch.zeros(cols + 1, dtype=torch.int64, device=index.device)
+    crow_t[1:] = torch.cumsum(torch.bincount(col, minlength=cols), 0)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the ops used here are basic
+        warnings.simplefilter("ignore", UserWarning)
+        m = torch.sparse_csr_tensor(crow, col, val, (n, cols), check_invariants=False)
+        mt = torch.sparse_csr_tensor(crow_t, order // c, val[order], (cols, n), check_invariants=False)
+    return m, mt
+
+
+class _SparseRead(torch.autograd.Function):
+    """features = M @ table, gradient M^T @ grad (M is constant: only the table trains)."""
+
+    @staticmethod
+    def forward(ctx, m, mt, table):
+        ctx.mt = mt
+        return m @ table
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None, ctx.mt @ grad.contiguous()
+
+
 def _resolutions(levels: int, lo_hi: tuple[int, int]) -> list[int]:
     lo, hi = lo_hi
     if levels == 1:
@@ -109,6 +158,45 @@ class BinaryHashGrid(nn.Module):
             uv = xyz01[:, (a, b)]
             feats += [self._level2(uv, t2[p, i], r) for i, r in enumerate(self.res2)]
         return torch.cat(feats, dim=1)
+
+    # ---- cached encoding (training) -------------------------------------------------------------
+    @torch.no_grad()
+    def lookup(self, xyz01: torch.Tensor) -> GridLookup:
+        """The GridLookup of positions in [0,1]^3: `encode(lookup(x))` equals `forward(x)` up to
+        float summation order (the weights are computed exactly as `_interp` does)."""
+        t3, t2 = self.table3.shape[1], self.table2.shape[2]
+        i3, w3 = zip(*[self._corners(xyz01, r, 3, t3, lvl * t3) for lvl, r in enumerate(self.res3)])
+        i2, w2 = [], []
+        for p, (a, b) in enumerate(((0, 1), (0, 2), (1, 2))):
+            uv = xyz01[:, (a, b)]
+            for lvl, r in enumerate(self.res2):
+                i, w = self._corners(uv, r, 2, t2, (p * len(self.res2) + lvl) * t2)
+                i2.append(i)
+                w2.append(w)
+        return GridLookup(xyz01.shape[0], torch.stack(i3, 1), torch.stack(w3, 1), self.table3.shape[0] * t3,
+                          torch.stack(i2, 1), torch.stack(w2, 1), self.table2.shape[0] * self.table2.shape[1] * t2)
+
+    def encode(self, lk: GridLookup) -> torch.Tensor:
+        """The (N, out_dim) feature of the positions behind `lk`, same layout as `forward`."""
+        f, dt = self.config.features, lk.m3.dtype
+        t3 = _SignSTE.apply(self.table3).to(dt).reshape(-1, f)
+        t2 = _SignSTE.apply(self.table2).to(dt).reshape(-1, f)
+        a = _SparseRead.apply(lk.m3, lk.m3t, t3).reshape(lk.n, -1)
+        b = _SparseRead.apply(lk.m2, lk.m2t, t2).reshape(lk.n, -1)
+        return torch.cat([a, b], dim=1)
+
+    def _corners(self, x: torch.Tensor, res: int, dims: int, size: int, row0: int):
+        # Same arithmetic as _interp, so the weights are bit-identical to the uncached path.
+        pos = x.clamp(0, 1) * res
+        base = torch.floor(pos).clamp(max=res - 1)
+        frac = pos - base
+        base = base.to(torch.int64)
+        idx, wts = [], []
+        for c in range(1 << dims):
+            offs = torch.tensor([(c >> d) & 1 for d in range(dims)], dtype=torch.int64, device=x.device)
+            wts.append(torch.prod(torch.where(offs.bool(), frac, 1 - frac), dim=1))
+            idx.append(self._index(base + offs, res, size) + row0)
+        return torch.stack(idx, 1), torch.stack(wts, 1)
 
     @staticmethod
     def _index(corner: torch.Tensor, res: int, size: int) -> torch.Tensor:
