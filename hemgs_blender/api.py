@@ -7,9 +7,18 @@ Every call blocks until it is done and returns its result, with or without a UI:
     api.info("/data/scene.ply")                             # {'gaussians': ..., 'sh_degree': ...}
     api.evaluate("/data/scene.ply", "/data/scene.spz")      # {'psnr': ..., 'ssim': ...}
 
+    model = api.train("/data/scene.ply", lam=1e-3, preset="quick")["model"]
+    api.compress_model(model, "/tmp/scene.hgs", source="/data/scene.ply")   # size, ratio, PSNR, SSIM
+    api.compress(["/data/a.ply", "/data/b.ply"], lambdas=[1e-3, 4e-3], output_dir="/tmp/out")  # a list
+    api.decompress("/tmp/scene.hgs", "/tmp/scene_decoded.ply")
+
 `load_preview` and `info` read the file in Blender's own Python (the extension ships the numpy-only
-readers); `evaluate` renders, so it runs in the backend worker (preferences: Backend Python).
-`compress` / `decompress` / `train` come with the codec.
+readers); a .hgs preview, `evaluate`, `train`, `compress` and `decompress` need torch, so they run
+in the backend worker (preferences: Backend Python).
+
+Today's codec is fixed-rate (HAC mode): a model codes at the λ it was trained for, so `compress`
+over several λ trains one model per (file, λ). The variable-rate HEMGS model will train once per
+file and code every λ in its trained range; `compress` keeps its signature.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Callable, Iterable
 
 import bpy
 
@@ -38,19 +48,29 @@ def _worker() -> WorkerClient:
 
 
 def read_preview(path: str | os.PathLike):
-    """The preview arrays (hemgs.preview.SplatPreview) of a 3DGS/Scaffold PLY or SPZ file.
+    """The preview arrays (hemgs.preview.SplatPreview) of a 3DGS/Scaffold PLY, SPZ or .hgs file.
 
-    Read in Blender's Python when the bundled readers import; otherwise the worker bakes them."""
+    Read in Blender's Python when the bundled readers import; otherwise, and for .hgs files (which
+    the decoder, in torch, must decode and bake), the worker bakes them."""
     try:
+        from hemgs.io import detect_format
         from hemgs.preview import preview_file
     except ImportError:
+        return _read_preview_via_worker(path)
+    if detect_format(path) == "hgs":
         return _read_preview_via_worker(path)
     return preview_file(path)
 
 
-def _read_preview_via_worker(path):
-    out = preferences.user_dir() / "previews" / f"preview-{os.getpid()}-{time.monotonic_ns()}.npz"
+def preview_cache_path(tag: str = "preview") -> Path:
+    """A fresh .npz name in the extension's user folder, for previews the worker bakes."""
+    out = preferences.user_dir() / "previews" / f"{tag}-{os.getpid()}-{time.monotonic_ns()}.npz"
     out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _read_preview_via_worker(path):
+    out = preview_cache_path()
     try:
         _worker().run("load_preview", {"path": str(path), "output": str(out)}, outputs=[str(out)])
         from hemgs.preview import load_preview_npz
@@ -98,6 +118,127 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, spz_version: int | N
     if spz_version:
         args["spz_version"] = int(spz_version)
     return _worker().run("convert", args, outputs=[str(dst)])
+
+
+# ---- the codec ---------------------------------------------------------------------------------
+def _writable_folder(folder: Path, explicit: bool = False) -> Path:
+    """`folder` (made if `explicit`: the caller named it) when we may write there, else the
+    extension's user folder (e.g. a source among read-only data)."""
+    if explicit:
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    if folder.is_dir() and os.access(folder, os.W_OK):
+        return folder
+    out = preferences.user_dir() / "models"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def lambda_tag(lam: float) -> str:
+    """λ in file names, 3 significant digits: 1e-3 -> 'lam1e-03', 2.5e-3 -> 'lam2.5e-03'."""
+    mantissa, exponent = f"{lam:.2e}".split("e")
+    return f"lam{mantissa.rstrip('0').rstrip('.')}e{exponent}"
+
+
+def default_model_path(source: str | os.PathLike, lam: float, folder: str | os.PathLike | None = None) -> Path:
+    """Where a model trained on `source` at λ goes: `<stem>.<lamtag>.safetensors` beside the source
+    (or in `folder`; in the user folder when the source's folder is read-only)."""
+    src = Path(source)
+    return _writable_folder(Path(folder or src.parent), bool(folder)) / f"{src.stem}.{lambda_tag(lam)}.safetensors"
+
+
+def default_hgs_path(source: str | os.PathLike, lam: float, folder: str | os.PathLike | None = None) -> Path:
+    src = Path(source)
+    return _writable_folder(Path(folder or src.parent), bool(folder)) / f"{src.stem}.{lambda_tag(lam)}.hgs"
+
+
+def train(source: str | os.PathLike, model: str | os.PathLike | None = None, lam: float = 1e-3,
+          preset: str = "quick", steps: int | None = None, warm_steps: int | None = None,
+          width: int | None = None, views: int | None = None, device: str = "auto",
+          timeout: float | None = None) -> dict:
+    """Fit a model to `source` at rate weight `lam` (fixed-rate today) and write it to `model`
+    (default: `default_model_path`). `preset` "quick" or "standard" sets the training budget;
+    steps/warm_steps/width/views override it. Returns the worker's result (model, lambda, anchors,
+    seconds, ...); raises WorkerError on a bad input or a crash."""
+    model = str(model or default_model_path(source, lam))
+    args: dict = {"source": str(source), "model": model, "lambda": float(lam), "preset": preset, "device": device}
+    for name, value in (("steps", steps), ("warm_steps", warm_steps), ("width", width), ("views", views)):
+        if value is not None:
+            args[name] = int(value)
+    return _worker().run("train", args, outputs=[model], timeout=timeout)
+
+
+def model_info(path: str | os.PathLike) -> dict:
+    """A trained model's λ (lambda_min/lambda_max: its codable range), anchors and source."""
+    return _worker().run("model_info", {"path": str(path)})
+
+
+def compress_model(model: str | os.PathLike, output: str | os.PathLike, source: str | os.PathLike | None = None,
+                   views: int = 16, width: int = 256, preview: str | os.PathLike | None = None,
+                   lam: float | None = None, device: str = "auto", timeout: float | None = None) -> dict:
+    """Code the trained `model` into the .hgs `output` (at the model's λ; `lam` only for a
+    variable-rate model). With `source`: ratio, and PSNR/SSIM of the decoded file against the source
+    over `views` views at `width` (0 views: none). With `preview`, the decoded scene's preview .npz."""
+    args: dict = {"model": str(model), "output": str(output), "views": int(views), "width": int(width),
+                  "device": device}
+    outputs = [str(output)]
+    if source is not None:
+        args["source"] = str(source)
+    if preview is not None:
+        args["preview"] = str(preview)
+        outputs.append(str(preview))
+    if lam is not None:
+        args["lambda"] = float(lam)
+    return _worker().run("compress", args, outputs=outputs, timeout=timeout)
+
+
+def compress(sources: str | os.PathLike | Iterable[str | os.PathLike], lambdas: float | Iterable[float] = (1e-3,),
+             output_dir: str | os.PathLike | None = None, preset: str = "quick", eval_views: int = 16,
+             eval_width: int = 256, reuse_models: bool = True, on_result: Callable[[dict], None] | None = None,
+             **train_args) -> list[dict]:
+    """Batch: every file of `sources` at every λ of `lambdas` -> `<stem>.<lamtag>.hgs` in `output_dir`
+    (default: beside each source), each measured against its source over `eval_views` views at
+    `eval_width` pixels (0 views: sizes only).
+
+    The codec is fixed-rate today, so each (file, λ) gets a model of its own, trained with `preset`
+    (and `train_args`: steps, warm_steps, width, views) and kept as `<stem>.<lamtag>.safetensors`
+    beside the .hgs; with `reuse_models`, a model already there for that λ is used instead of
+    training again. Returns one dict per (file, λ): source, lambda, model, trained (bool), output,
+    bytes, ratio, psnr, ssim. `on_result` is called with each as it is done."""
+    srcs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    lams = [float(lambdas)] if isinstance(lambdas, (int, float)) else [float(x) for x in lambdas]
+    rows = []
+    for src in srcs:
+        for lam in lams:
+            model = default_model_path(src, lam, output_dir)
+            trained = not (reuse_models and model.exists() and _model_has_lambda(model, lam))
+            if trained:
+                train(src, model, lam=lam, preset=preset, **train_args)
+            res = compress_model(model, default_hgs_path(src, lam, output_dir), source=src, views=eval_views,
+                                 width=eval_width)
+            row = {"source": str(src), "lambda": lam, "model": str(model), "trained": trained,
+                   **{k: res.get(k) for k in ("output", "bytes", "source_bytes", "ratio", "psnr", "ssim", "sections")}}
+            rows.append(row)
+            if on_result is not None:
+                on_result(row)
+    return rows
+
+
+def _model_has_lambda(model: Path, lam: float) -> bool:
+    from .worker_client import WorkerError
+
+    try:
+        info = model_info(model)
+    except WorkerError:
+        return False  # unreadable: train it again
+    return info["lambda_min"] * (1 - 1e-6) <= lam <= info["lambda_max"] * (1 + 1e-6)
+
+
+def decompress(path: str | os.PathLike, output: str | os.PathLike, sh_degree: int = 1,
+               timeout: float | None = None) -> dict:
+    """Decode the .hgs `path` to a 3DGS `output` (.ply or .spz; colours baked to SH `sh_degree`)."""
+    return _worker().run("decompress", {"path": str(path), "output": str(output), "sh_degree": int(sh_degree)},
+                         outputs=[str(output)], timeout=timeout)
 
 
 def backend_versions() -> dict:

@@ -1,18 +1,17 @@
-"""Operators: File > Import of splat files, loading the panel's source, measuring, and the codec
-steps that are shown but disabled until the codec lands."""
+"""Operators: File > Import of splat files and .hgs, File > Export .hgs, loading the panel's source,
+training, loading a model, compressing and measuring (the last ones run in the backend worker)."""
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import bpy
-from bpy_extras.io_utils import ImportHelper
+from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from . import api, jobs
+from . import api, jobs, props as hprops
 from .worker_client import error_text
-
-CODEC_COMING = "needs the codec (coming)"
 
 
 def _import(op, context, path: str):
@@ -22,6 +21,17 @@ def _import(op, context, path: str):
         op.report({"ERROR"}, error_text(exc))
         return {"CANCELLED"}
     op.report({"INFO"}, f"Imported {obj['hemgs_count']:,} splats from {Path(path).name}")
+    return {"FINISHED"}
+
+
+def _start(op, context, name: str, args: dict, outputs=(), on_done=None):
+    """Start a worker job (blocking in background mode); errors become a report and the panel's message."""
+    try:
+        jobs.run(context, name, args, outputs, on_done=on_done)
+    except Exception as exc:  # noqa: BLE001 - shown in the panel
+        jobs.state.message, jobs.state.is_error = error_text(exc), True
+        op.report({"ERROR"}, jobs.state.message)
+        return {"CANCELLED"}
     return {"FINISHED"}
 
 
@@ -49,6 +59,64 @@ class HEMGS_OT_import_spz(bpy.types.Operator, ImportHelper):  # type: ignore[mis
 
     def execute(self, context):
         return _import(self, context, self.filepath)
+
+
+def _show_preview_npz(npz: str, path: str, beside: str = "") -> object:
+    """Build the preview object of the .hgs `path` from its worker-baked .npz (then deleted); with
+    `beside` (a source path), place it next to that source's preview, or in its place with the
+    source hidden. Runs when the job ends, so it takes the context of that moment."""
+    from hemgs.preview import load_preview_npz
+
+    from .preview_object import build_preview_object
+
+    context = bpy.context
+    try:
+        preview = load_preview_npz(npz)
+    finally:
+        Path(npz).unlink(missing_ok=True)
+    obj = build_preview_object(context, preview, f"{Path(path).stem} (decoded)")
+    obj["hemgs_kind"], obj["hemgs_path"], obj["hemgs_source_format"] = "decoded", path, "hgs"
+    if beside:
+        _place_beside(context, obj, beside)
+    return obj
+
+
+def _same_file(a, b) -> bool:
+    return bool(a) and bool(b) and os.path.realpath(str(a)) == os.path.realpath(str(b))
+
+
+def _place_beside(context, obj, source: str) -> None:
+    src = next((o for o in reversed(list(context.scene.objects)) if o is not obj
+                and _same_file(o.get("hemgs_path"), source) and o.get("hemgs_kind") != "decoded"), None)
+    if src is None:
+        return
+    if context.scene.hemgs.side_by_side:
+        xs = [v[0] for v in src.bound_box]
+        obj.location = src.location.copy()
+        obj.location.x += 1.1 * (max(xs) - min(xs))
+        obj.rotation_euler = src.rotation_euler.copy()
+    else:
+        obj.matrix_world = src.matrix_world.copy()
+        try:
+            src.hide_set(True)
+        except RuntimeError:  # not in the view layer
+            src.hide_viewport = True
+
+
+class HEMGS_OT_import_hgs(bpy.types.Operator, ImportHelper):  # type: ignore[misc]  # stub-only clash
+    """Decode a HEMGS .hgs file (in the backend) and import its baked Gaussians as a splat preview"""
+
+    bl_idname = "hemgs.import_hgs"
+    bl_label = "Import HEMGS"
+    bl_options = {"REGISTER", "UNDO"}
+    filename_ext = ".hgs"
+    filter_glob: bpy.props.StringProperty(default="*.hgs", options={"HIDDEN"})  # type: ignore[valid-type]
+
+    def execute(self, context):
+        path = self.filepath
+        npz = str(api.preview_cache_path("hgs"))
+        return _start(self, context, "load_preview", {"path": path, "output": npz}, [npz],
+                      on_done=lambda res: _show_preview_npz(npz, path))
 
 
 class HEMGS_OT_load_source(bpy.types.Operator):
@@ -80,80 +148,177 @@ class HEMGS_OT_evaluate(bpy.types.Operator):
     def execute(self, context):
         props = context.scene.hemgs
         args = {"source": bpy.path.abspath(props.source_path), "other": bpy.path.abspath(props.other_path),
-                "views": props.views}
-        try:
-            jobs.run(context, "eval", args, on_done=lambda res: store_results(props, res))
-        except Exception as exc:  # noqa: BLE001 - shown in the panel
-            jobs.state.message, jobs.state.is_error = error_text(exc), True
-            self.report({"ERROR"}, jobs.state.message)
-            return {"CANCELLED"}
-        return {"FINISHED"}
+                "views": props.views, "width": props.eval_width}
+        return _start(self, context, "eval", args, on_done=lambda res: store_results(props, res))
 
 
 def store_results(props, res: dict) -> None:
-    """Put an eval result into the panel's fields (PSNR None: the renders were identical)."""
+    """Put an eval or compress result into the panel's fields (PSNR None: identical renders)."""
     psnr = res.get("psnr")
+    props.result_has_quality = "ssim" in res
     if psnr is None or not math.isfinite(psnr):
-        props.result_identical, props.result_psnr = True, 0.0
+        props.result_identical, props.result_psnr = props.result_has_quality, 0.0
     else:
         props.result_identical, props.result_psnr = False, float(psnr)
     props.result_ssim = float(res.get("ssim") or 0.0)
-    props.result_bytes = float(res.get("other_bytes") or 0)
+    props.result_bytes = float(res.get("other_bytes") or res.get("bytes") or 0)
     props.result_source_bytes = float(res.get("source_bytes") or 0)
+    props.result_file = str(res.get("output") or res.get("other") or "")
 
 
-class _CodecStep(bpy.types.Operator):
-    """Shown disabled until the codec lands: poll() says why"""
-
-    bl_options = {"INTERNAL"}
-
-    @classmethod
-    def poll(cls, context):
-        cls.poll_message_set(CODEC_COMING)
-        return False
-
-    def execute(self, context):
-        self.report({"ERROR"}, CODEC_COMING)
-        return {"CANCELLED"}
+def store_model(props, info: dict) -> None:
+    """A trained/loaded model's λ (range) into the panel: Compress codes at what it allows."""
+    props.model_path = info["model"]
+    props.model_lambda = float(info["lambda"])
+    props.model_lambda_min = float(info.get("lambda_min", info["lambda"]))
+    props.model_lambda_max = float(info.get("lambda_max", info["lambda"]))
+    props.model_variable_rate = bool(info.get("variable_rate", False))
+    props.model_anchors = int(info.get("anchors") or 0)
 
 
-class HEMGS_OT_train(_CodecStep):
-    """Fit the HEMGS model to the source scene (needs the codec, coming)"""
+def train_args(props) -> dict:
+    """The panel's Train settings as worker arguments."""
+    source = bpy.path.abspath(props.source_path)
+    lam = hprops.lambda_value(props)
+    args: dict = {"source": source, "model": str(api.default_model_path(source, lam)), "lambda": lam}
+    if props.train_preset == "CUSTOM":
+        args.update(preset="standard", steps=props.train_steps, warm_steps=props.train_warm_steps,
+                    width=props.train_width, views=props.train_views)
+    else:
+        args["preset"] = props.train_preset.lower()
+    return args
+
+
+class HEMGS_OT_train(bpy.types.Operator):
+    """Fit a HEMGS model to the source scene at the slider's λ (in the backend; Cancel stops it)"""
 
     bl_idname = "hemgs.train"
     bl_label = "Train"
 
+    @classmethod
+    def poll(cls, context):
+        if not context.scene.hemgs.source_path:
+            cls.poll_message_set("Set the source file first")
+            return False
+        return not jobs.state.running
 
-class HEMGS_OT_load_model(_CodecStep):
-    """Load an already trained HEMGS model (needs the codec, coming)"""
+    def execute(self, context):
+        props = context.scene.hemgs
+        args = train_args(props)
+        return _start(self, context, "train", args, [args["model"]], on_done=lambda res: store_model(props, res))
+
+
+class HEMGS_OT_load_model(bpy.types.Operator, ImportHelper):  # type: ignore[misc]  # stub-only clash
+    """Load a trained HEMGS model (.safetensors): Compress will code it at the λ it allows"""
 
     bl_idname = "hemgs.load_model"
     bl_label = "Load model"
+    filename_ext = ".safetensors"
+    filter_glob: bpy.props.StringProperty(default="*.safetensors", options={"HIDDEN"})  # type: ignore[valid-type]
+
+    @classmethod
+    def poll(cls, context):
+        return not jobs.state.running
+
+    def execute(self, context):
+        props = context.scene.hemgs
+        return _start(self, context, "model_info", {"path": self.filepath}, on_done=lambda res: store_model(props, res))
 
 
-class HEMGS_OT_compress(_CodecStep):
-    """Write a .hgs file for the chosen λ and measure it (needs the codec, coming)"""
+def compress_args(props, output: str) -> tuple[dict, str]:
+    """Worker arguments for coding the loaded model to `output` and measuring it against the source."""
+    npz = str(api.preview_cache_path("decoded"))
+    args: dict = {"model": bpy.path.abspath(props.model_path), "output": output, "views": props.views,
+                  "width": props.eval_width, "preview": npz}
+    if props.source_path:
+        args["source"] = bpy.path.abspath(props.source_path)
+    lam = hprops.compress_lambda(props)
+    if lam is not None:  # variable-rate models only; a fixed-rate one codes at its own λ
+        args["lambda"] = lam
+    return args, npz
+
+
+def _compress(op, context, output: str):
+    props = context.scene.hemgs
+    args, npz = compress_args(props, output)
+    source = args.get("source", "")
+
+    def done(res: dict) -> None:
+        store_results(props, res)
+        _show_preview_npz(npz, output, beside=source)
+
+    return _start(op, context, "compress", args, [output, npz], on_done=done)
+
+
+def _model_ready(cls, context) -> bool:
+    p = context.scene.hemgs
+    if not (p.model_path and p.model_lambda > 0):
+        cls.poll_message_set("Train or load a model first")
+        return False
+    return not jobs.state.running
+
+
+class HEMGS_OT_compress(bpy.types.Operator):
+    """Write the model's .hgs file, measure it against the source and show its decoded preview"""
 
     bl_idname = "hemgs.compress"
     bl_label = "Compress"
+
+    @classmethod
+    def poll(cls, context):
+        return _model_ready(cls, context)
+
+    def execute(self, context):
+        props = context.scene.hemgs
+        output = bpy.path.abspath(props.output_path) if props.output_path else ""
+        if not output:
+            base = props.source_path or props.model_path
+            output = str(api.default_hgs_path(bpy.path.abspath(base), props.model_lambda))
+        elif os.path.isdir(output):
+            self.report({"ERROR"}, f"{output} is a folder; set an .hgs file name")
+            return {"CANCELLED"}
+        return _compress(self, context, output)
+
+
+class HEMGS_OT_export_hgs(bpy.types.Operator, ExportHelper):  # type: ignore[misc]  # stub-only clash
+    """Compress the loaded model of the panel's source to a HEMGS .hgs file"""
+
+    bl_idname = "hemgs.export_hgs"
+    bl_label = "Export HEMGS"
+    filename_ext = ".hgs"
+    filter_glob: bpy.props.StringProperty(default="*.hgs", options={"HIDDEN"})  # type: ignore[valid-type]
+
+    @classmethod
+    def poll(cls, context):
+        return _model_ready(cls, context)
+
+    def execute(self, context):
+        return _compress(self, context, self.filepath)
 
 
 def menu_import(self, context):
     self.layout.operator(HEMGS_OT_import_ply.bl_idname, text="3DGS / Scaffold PLY (.ply)")
     self.layout.operator(HEMGS_OT_import_spz.bl_idname, text="Gaussian Splats SPZ (.spz)")
+    self.layout.operator(HEMGS_OT_import_hgs.bl_idname, text="HEMGS (.hgs)")
 
 
-classes = (HEMGS_OT_import_ply, HEMGS_OT_import_spz, HEMGS_OT_load_source, HEMGS_OT_evaluate,
-           HEMGS_OT_train, HEMGS_OT_load_model, HEMGS_OT_compress)
+def menu_export(self, context):
+    self.layout.operator(HEMGS_OT_export_hgs.bl_idname, text="HEMGS (.hgs)")
+
+
+classes = (HEMGS_OT_import_ply, HEMGS_OT_import_spz, HEMGS_OT_import_hgs, HEMGS_OT_load_source, HEMGS_OT_evaluate,
+           HEMGS_OT_train, HEMGS_OT_load_model, HEMGS_OT_compress, HEMGS_OT_export_hgs)
 
 
 def register():
     for cls in classes:
         bpy.utils.register_class(cls)
     bpy.types.TOPBAR_MT_file_import.append(menu_import)
+    bpy.types.TOPBAR_MT_file_export.append(menu_export)
 
 
 def unregister():
+    bpy.types.TOPBAR_MT_file_export.remove(menu_export)
     bpy.types.TOPBAR_MT_file_import.remove(menu_import)
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

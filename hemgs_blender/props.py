@@ -6,9 +6,13 @@ import math
 
 import bpy
 
-# The λ range HEMGS trains one model over (paper defaults, 1e-3..4e-3); the codec will report the
-# trained model's own range.
-LAMBDA_MIN, LAMBDA_MAX = 1e-3, 4e-3
+# The λ a model can be trained at (= hemgs.fit.LAMBDA_RANGE; the backend refuses others). The
+# slider is log10(λ): each decade gets the same travel.
+LAMBDA_MIN, LAMBDA_MAX = 1e-4, 1e-1
+# Training budget presets (the backend's TRAIN_PRESETS; CUSTOM sends the steps below).
+PRESETS = [("QUICK", "Quick", "100 + 150 warm-start steps at 128 px: a first look, minutes on a CPU"),
+           ("STANDARD", "Standard", "300 + 400 warm-start steps at 256 px (hemgs train's defaults)"),
+           ("CUSTOM", "Custom", "The steps set below")]
 
 
 class HEMGS_SceneProps(bpy.types.PropertyGroup):
@@ -18,21 +22,69 @@ class HEMGS_SceneProps(bpy.types.PropertyGroup):
         name="Compare with", description="A second version of the scene (e.g. an SPZ) to measure against "
         "the source", subtype="FILE_PATH")
     views: bpy.props.IntProperty(  # type: ignore[valid-type]
-        name="Views", description="Number of views rendered for PSNR/SSIM", default=16, min=1, max=256)
+        name="Views", description="Number of views rendered for PSNR/SSIM (the sampled views of hemgs eval)",
+        default=16, min=1, max=256)
+    eval_width: bpy.props.IntProperty(  # type: ignore[valid-type]
+        name="Size", description="Width of the PSNR/SSIM renders, in pixels", default=256, min=16, max=4096)
+
+    # ---- training ----
     log_lambda: bpy.props.FloatProperty(  # type: ignore[valid-type]
-        name="λ", description="Rate-distortion trade-off, on a log scale over the trained range "
-        "(needs the codec, coming)", default=math.log10(2e-3),
-        min=math.log10(LAMBDA_MIN), max=math.log10(LAMBDA_MAX))
-    # Results of the last measurement (0: none yet).
+        name="λ", description="Rate-distortion weight the model is trained for, as log10(λ): larger is a "
+        "smaller file", default=math.log10(1e-3), min=math.log10(LAMBDA_MIN), max=math.log10(LAMBDA_MAX))
+    train_preset: bpy.props.EnumProperty(  # type: ignore[valid-type]
+        name="Budget", items=PRESETS, default="QUICK")
+    train_steps: bpy.props.IntProperty(  # type: ignore[valid-type]
+        name="Steps", description="Render-space training steps", default=300, min=0, max=100000)
+    train_warm_steps: bpy.props.IntProperty(  # type: ignore[valid-type]
+        name="Warm-start steps", default=400, min=0, max=100000)
+    train_width: bpy.props.IntProperty(  # type: ignore[valid-type]
+        name="Render size", description="Width of the training renders, in pixels", default=256, min=16, max=2048)
+    train_views: bpy.props.IntProperty(  # type: ignore[valid-type]
+        name="Views", description="Sampled training views (every 8th is held out)", default=32, min=2, max=1024)
+
+    # ---- the loaded (or just trained) model ----
+    model_path: bpy.props.StringProperty(  # type: ignore[valid-type]
+        name="Model", description="Trained model (.safetensors) that Compress codes", subtype="FILE_PATH")
+    model_lambda: bpy.props.FloatProperty(name="Model λ", default=0.0)  # type: ignore[valid-type]
+    model_lambda_min: bpy.props.FloatProperty(default=0.0)  # type: ignore[valid-type]
+    model_lambda_max: bpy.props.FloatProperty(default=0.0)  # type: ignore[valid-type]
+    model_variable_rate: bpy.props.BoolProperty(default=False)  # type: ignore[valid-type]
+    model_anchors: bpy.props.IntProperty(default=0)  # type: ignore[valid-type]
+    # Variable-rate models only: where in the model's trained λ range to code (0 = λ min, 1 = λ max).
+    rate_position: bpy.props.FloatProperty(  # type: ignore[valid-type]
+        name="λ", description="Where in the model's trained λ range to code (log scale)",
+        default=0.5, min=0.0, max=1.0, subtype="FACTOR")
+
+    # ---- compressing ----
+    output_path: bpy.props.StringProperty(  # type: ignore[valid-type]
+        name="Output", description=".hgs file to write (empty: beside the source, named by λ)",
+        subtype="FILE_PATH")
+    side_by_side: bpy.props.BoolProperty(  # type: ignore[valid-type]
+        name="Beside the source", description="Place the decoded preview beside the source preview "
+        "(off: in its place, with the source preview hidden)", default=True)
+
+    # Results of the last measurement or compression (0: none yet).
     result_psnr: bpy.props.FloatProperty(name="PSNR", default=0.0)  # type: ignore[valid-type]
     result_ssim: bpy.props.FloatProperty(name="SSIM", default=0.0)  # type: ignore[valid-type]
     result_bytes: bpy.props.FloatProperty(name="Size", default=0.0)  # type: ignore[valid-type]
     result_source_bytes: bpy.props.FloatProperty(name="Source size", default=0.0)  # type: ignore[valid-type]
     result_identical: bpy.props.BoolProperty(default=False)  # type: ignore[valid-type]
+    result_has_quality: bpy.props.BoolProperty(default=True)  # type: ignore[valid-type]
+    result_file: bpy.props.StringProperty(default="")  # type: ignore[valid-type]
 
 
 def lambda_value(props) -> float:
+    """The λ Train uses (the slider)."""
     return 10.0 ** props.log_lambda
+
+
+def compress_lambda(props) -> float | None:
+    """The λ Compress asks for: None for a fixed-rate model (it codes at its own λ); for a
+    variable-rate one, `rate_position` on a log scale over the model's trained range."""
+    if not props.model_variable_rate or not props.model_lambda_min > 0:
+        return None
+    lo, hi = props.model_lambda_min, max(props.model_lambda_max, props.model_lambda_min)
+    return lo * (hi / lo) ** props.rate_position
 
 
 def register():

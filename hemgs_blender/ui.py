@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import bpy
 
 from . import jobs, preferences, props
@@ -36,19 +38,43 @@ class HEMGS_PT_main(bpy.types.Panel):
         col.operator("hemgs.load_source", icon="POINTCLOUD_DATA")
 
         box = layout.box()
-        box.label(text="Compression (needs the codec, coming)")
+        box.label(text="Train a model", icon="SETTINGS")
+        box.prop(p, "log_lambda", text=f"λ = {props.lambda_value(p):.2e}  (log10)")
+        box.prop(p, "train_preset")
+        if p.train_preset == "CUSTOM":
+            row = box.row(align=True)
+            row.prop(p, "train_steps")
+            row.prop(p, "train_warm_steps", text="Warm")
+            row = box.row(align=True)
+            row.prop(p, "train_width")
+            row.prop(p, "train_views")
         row = box.row(align=True)
-        row.operator("hemgs.train")
-        row.operator("hemgs.load_model")
-        sub = box.column()
-        sub.enabled = False
-        sub.prop(p, "log_lambda", text=f"λ = {props.lambda_value(p):.2e}  (log10)")
-        box.operator("hemgs.compress")
+        row.operator("hemgs.train", icon="PLAY")
+        row.operator("hemgs.load_model", icon="FILE_FOLDER")
+
+        box = layout.box()
+        box.label(text="Compress", icon="PACKAGE")
+        if p.model_path:
+            box.label(text=f"Model: {Path(p.model_path).name} ({p.model_anchors:,} anchors)")
+            if p.model_variable_rate:
+                # Variable-rate model: code anywhere in its trained range.
+                lam = props.compress_lambda(p) or p.model_lambda
+                box.prop(p, "rate_position", text=f"λ = {lam:.2e}  ({p.model_lambda_min:.0e}..{p.model_lambda_max:.0e})")
+            else:
+                # Fixed-rate (HAC mode): the model codes at the λ it was trained for, nothing else.
+                box.label(text=f"λ = {p.model_lambda:.2e} (fixed-rate model; train again for another λ)")
+        else:
+            box.label(text="Train or load a model first", icon="INFO")
+        box.prop(p, "output_path")
+        row = box.row(align=True)
+        row.prop(p, "views")
+        row.prop(p, "eval_width")
+        box.prop(p, "side_by_side")
+        box.operator("hemgs.compress", icon="EXPORT")
 
         box = layout.box()
         box.label(text="Measure against a second file")
         box.prop(p, "other_path")
-        box.prop(p, "views")
         box.operator("hemgs.evaluate", icon="IMAGE_RGB")
 
         st = jobs.state
@@ -64,11 +90,12 @@ class HEMGS_PT_main(bpy.types.Panel):
 
         if p.result_source_bytes:
             box = layout.box()
-            box.label(text="Results")
+            box.label(text=f"Results: {Path(p.result_file).name}" if p.result_file else "Results")
             ratio = p.result_source_bytes / max(p.result_bytes, 1.0)
             box.label(text=f"Size: {_human(p.result_bytes)} ({ratio:.2f}x smaller than the source)")
-            box.label(text="PSNR: identical renders" if p.result_identical else f"PSNR: {p.result_psnr:.2f} dB")
-            box.label(text=f"SSIM: {p.result_ssim:.4f}")
+            if p.result_has_quality:
+                box.label(text="PSNR: identical renders" if p.result_identical else f"PSNR: {p.result_psnr:.2f} dB")
+                box.label(text=f"SSIM: {p.result_ssim:.4f}")
 
 
 def register():

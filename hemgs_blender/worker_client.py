@@ -54,6 +54,7 @@ class Job:
         self.message = ""
         self.done = 0
         self.total = 0
+        self.overall: float | None = None  # the whole job's progress, for ops that send one
         self.result: dict | None = None
         self.error: WorkerError | None = None
         self.warnings: list[str] = []
@@ -65,7 +66,10 @@ class Job:
 
     @property
     def fraction(self) -> float:
-        """Progress in [0, 1] within the current stage (0 while it is unknown)."""
+        """Progress in [0, 1]: of the whole job where the worker says (train, compress), else
+        within the current stage (0 while it is unknown)."""
+        if self.overall is not None:
+            return min(1.0, max(0.0, self.overall))
         return min(1.0, self.done / self.total) if self.total else 0.0
 
     def poll(self) -> list[dict]:
@@ -232,6 +236,8 @@ class WorkerClient:
             job.message = ev.get("message", "")
             if "done" in ev:
                 job.done, job.total = int(ev["done"]), int(ev.get("total") or 0)
+            if isinstance(ev.get("fraction"), (int, float)):
+                job.overall = float(ev["fraction"])
         elif kind == "result":
             job.state, job.result = DONE, ev.get("result") or {}
         elif kind == "error":

@@ -22,7 +22,7 @@ import json, math, sys, time
 import numpy as np
 import bpy
 
-zip_path, lod2, spz, demo, backend_python, big_ply, out_json = sys.argv[-7:]
+zip_path, lod2, spz, demo, backend_python, big_ply, tiny, out_json = sys.argv[-8:]
 res = {}
 r = bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
 res["install"] = list(r)
@@ -65,8 +65,8 @@ try:
     res["bad_import"] = "no error"
 except RuntimeError as exc:
     res["bad_import"] = str(exc)
-res["train_poll"] = bpy.ops.hemgs.train.poll()
-res["compress_poll"] = bpy.ops.hemgs.compress.poll()
+res["train_poll_no_source"] = bpy.ops.hemgs.train.poll()
+res["compress_poll_no_model"] = bpy.ops.hemgs.compress.poll()
 
 res["info"] = api.info(demo)
 t = time.perf_counter()
@@ -77,6 +77,48 @@ try:
 except Exception as exc:
     res["eval_error"] = [type(exc).__name__, getattr(exc, "kind", ""), str(exc)]
 res["versions"] = api.backend_versions()
+
+# The codec through the panel's operators (background mode: each blocks until the worker is done).
+import os
+work = os.path.dirname(tiny)
+p = bpy.context.scene.hemgs
+p.source_path = tiny
+bpy.ops.hemgs.load_source()
+p.log_lambda = math.log10(2e-3)
+p.train_preset = "CUSTOM"
+p.train_steps, p.train_warm_steps, p.train_width, p.train_views = 5, 10, 32, 8
+t = time.perf_counter()
+res["train_op"] = list(bpy.ops.hemgs.train())
+res["t_train_op"] = time.perf_counter() - t
+res["model"] = [p.model_path, p.model_lambda, p.model_variable_rate, p.model_anchors]
+p.views, p.eval_width, p.side_by_side = 4, 64, True
+p.output_path = os.path.join(work, "panel.hgs")
+n_before = len(bpy.data.objects)
+res["compress_op"] = list(bpy.ops.hemgs.compress())
+res["panel"] = {"bytes": p.result_bytes, "source_bytes": p.result_source_bytes, "psnr": p.result_psnr,
+                "ssim": p.result_ssim, "file": p.result_file}
+dec = [o for o in bpy.data.objects[:] if o.get("hemgs_kind") == "decoded"]
+src = [o for o in bpy.data.objects[:] if o.get("hemgs_path") == tiny]
+res["decoded_objects"] = [[o.name, o.get("hemgs_path"), len(o.data.points), o.location.x] for o in dec]
+res["source_x"] = [o.location.x for o in src]
+res["new_objects"] = len(bpy.data.objects) - n_before
+res["import_hgs"] = list(bpy.ops.hemgs.import_hgs(filepath=p.output_path))
+imported = [o for o in bpy.data.objects if o.get("hemgs_kind") == "decoded" and o not in dec]
+res["imported"] = [o.name for o in imported]
+res["import_points"] = [len(o.data.points) for o in imported]
+res["export_hgs"] = list(bpy.ops.hemgs.export_hgs(filepath=os.path.join(work, "exported.hgs")))
+p2 = bpy.ops.hemgs.load_model(filepath=p.model_path)
+res["load_model"] = list(p2)
+# The batch API: one tiny model per λ (fixed-rate codec), each measured against the source.
+t = time.perf_counter()
+rows = api.compress(tiny, [1e-3, 4e-3], output_dir=os.path.join(work, "batch"), eval_views=2, eval_width=32,
+                    steps=5, warm_steps=10, width=32, views=8)
+res["t_batch"] = time.perf_counter() - t
+res["batch"] = rows
+again = api.compress(tiny, [4e-3], output_dir=os.path.join(work, "batch"), eval_views=0)
+res["batch_again"] = again
+res["decompress"] = api.decompress(rows[0]["output"], os.path.join(work, "batch", "decoded.ply"))
+res["hgs_preview_points"] = len(api.load_preview(rows[0]["output"]).data.points)
 api.shutdown()
 json.dump(res, open(out_json, "w"))
 '''
@@ -99,6 +141,20 @@ def _big_ply(tmp_path: Path) -> Path:
     return path
 
 
+def _tiny_ply(tmp_path: Path) -> Path:
+    """3,000 Gaussians of the demo scene, in a folder of their own (models and .hgs files go there)."""
+    import numpy as np
+
+    from hemgs.io import load_scene, write_ply
+
+    scene = load_scene(DEMO_PLY)
+    keep = np.sort(np.random.default_rng(0).choice(len(scene), 3000, replace=False))
+    (tmp_path / "codec").mkdir()
+    path = tmp_path / "codec" / "tiny.ply"
+    write_ply(scene.subset(keep), path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def blender_run(tmp_path_factory):
     if not BLENDER_PY.exists():
@@ -115,7 +171,7 @@ def blender_run(tmp_path_factory):
     out = tmp / "result.json"
     env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp / "user"), OMP_NUM_THREADS="1", HEMGS_THREADS="1")
     args = [str(zpath), str(shared_file("playbot_lod2.ply")), str(shared_file("biker.spz")), str(DEMO_PLY),
-            sys.executable, str(_big_ply(tmp)), str(out)]
+            sys.executable, str(_big_ply(tmp)), str(_tiny_ply(tmp)), str(out)]
     t0 = time.monotonic()
     run = subprocess.run([str(BLENDER_PY), str(script), *args], capture_output=True, text=True, env=env,
                          timeout=300)
@@ -165,8 +221,47 @@ def test_import_speed_and_spz(blender_run):
     assert "unknown format" in r["bad_import"]
 
 
-def test_codec_steps_are_disabled_not_faked(blender_run):
-    assert blender_run["train_poll"] is False and blender_run["compress_poll"] is False
+def test_codec_steps_wait_for_their_inputs(blender_run):
+    # Train needs a source, Compress/Export a trained or loaded model: disabled until then.
+    assert blender_run["train_poll_no_source"] is False and blender_run["compress_poll_no_model"] is False
+
+
+def test_train_and_compress_from_the_panel_show_results_and_decoded_preview(blender_run):
+    from hemgs.io import detect_format
+
+    r = blender_run
+    assert r["train_op"] == ["FINISHED"] and r["compress_op"] == ["FINISHED"]
+    model, lam, variable, anchors = r["model"]
+    assert model.endswith("tiny.lam2e-03.safetensors") and Path(model).is_file()
+    assert lam == pytest.approx(2e-3) and variable is False and anchors > 0
+    hgs = Path(r["panel"]["file"])
+    assert hgs.name == "panel.hgs" and detect_format(hgs) == "hgs"
+    assert r["panel"]["bytes"] == hgs.stat().st_size and r["panel"]["source_bytes"] > r["panel"]["bytes"]
+    assert 12 < r["panel"]["psnr"] < 60 and 0.2 < r["panel"]["ssim"] < 1.0
+    # The decoded preview sits beside the source preview.
+    (name, path, points, x), = r["decoded_objects"]
+    assert path == str(hgs) and points > 0 and r["new_objects"] == 1
+    assert x > max(r["source_x"])
+    # File > Import HEMGS (.hgs): a second decoded object, the same baked Gaussians.
+    assert r["import_hgs"] == ["FINISHED"] and r["import_points"] == [points]
+    assert r["export_hgs"] == ["FINISHED"] and detect_format(hgs.with_name("exported.hgs")) == "hgs"
+    assert r["load_model"] == ["FINISHED"]
+    assert not list(hgs.parent.glob(".*.tmp"))
+
+
+def test_batch_api_trains_one_model_per_lambda(blender_run):
+    r = blender_run
+    rows = r["batch"]
+    assert [row["lambda"] for row in rows] == [1e-3, 4e-3] and all(row["trained"] for row in rows)
+    assert len({row["model"] for row in rows}) == 2 and all(Path(row["model"]).is_file() for row in rows)
+    for row in rows:
+        assert Path(row["output"]).stat().st_size == row["bytes"] and row["ratio"] > 1
+        assert 10 < row["psnr"] < 60 and 0 < row["ssim"] < 1
+    # A second run reuses the model trained for that λ.
+    (again,) = r["batch_again"]
+    assert again["trained"] is False and again["model"] == rows[1]["model"] and again["psnr"] is None
+    assert r["decompress"]["gaussians"] == r["hgs_preview_points"] > 0
+    print(f"panel train {r['t_train_op']:.1f} s, batch of 2 {r['t_batch']:.1f} s")
 
 
 def test_background_mode_api_blocks_on_the_worker(blender_run):

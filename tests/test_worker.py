@@ -1,6 +1,7 @@
 """The worker subprocess (`python -m hemgs.worker`) driven by the add-on's client, without Blender:
 handshake, real operations with progress, errors, cancel (process tree gone within 2 s, no output
-left) and a crashed worker."""
+left), a crashed worker, and the codec ops (train, compress, decompress, .hgs previews) on a
+few thousand Gaussians of the demo scene with a tiny training budget."""
 
 import importlib.util
 import json
@@ -46,7 +47,8 @@ def test_handshake_and_info(client):
     hello = client.start()
     assert hello["protocol"] == wc.PROTOCOL == 1
     assert {"info", "load_preview", "render", "convert", "eval"} <= set(hello["ops"])
-    assert set(hello["planned"]) == {"train", "compress", "decompress"}
+    assert {"train", "compress", "decompress", "model_info"} <= set(hello["ops"]) and hello["planned"] == []
+    assert hello["codec"] == {"mode": "hac", "variable_rate": False}  # fixed-rate today, and says so
     info = client.run("info", {"path": str(DEMO_PLY)}, timeout=60)
     assert info["gaussians"] == 31000 and info["format"] == "ply" and info["bytes"] == DEMO_PLY.stat().st_size
 
@@ -76,10 +78,19 @@ def test_errors_are_events_and_the_worker_goes_on(client, tmp_path):
     with pytest.raises(wc.WorkerError) as err:
         client.run("info", {"path": str(bad)}, timeout=60)
     assert "broken.ply" in err.value.message and "\n" not in err.value.message
-    for op in ("train", "compress", "decompress"):
+    for op, args, kind, text in [
+        ("train", {"model": str(tmp_path / "m.safetensors")}, "InputError", "missing argument 'source'"),
+        ("train", {"source": str(DEMO_PLY), "model": str(tmp_path / "m.safetensors"), "lambda": 5.0},
+         "InputError", "λ must be a number in"),
+        ("compress", {"model": str(bad), "output": str(tmp_path / "x.hgs")}, "FormatError", "broken.ply"),
+        ("compress", {"model": str(tmp_path / "none.safetensors"), "output": str(tmp_path / "x.hgs")},
+         "InputError", "model file not found"),
+        ("decompress", {"path": str(DEMO_PLY), "output": str(tmp_path / "x.txt")}, "InputError", ".ply or .spz"),
+    ]:
         with pytest.raises(wc.WorkerError) as err:
-            client.run(op, {}, timeout=60)
-        assert err.value.kind == "NotAvailable" and "not available in this version" in err.value.message
+            client.run(op, args, timeout=60)
+        assert err.value.kind == kind and text in err.value.message and "\n" not in err.value.message, err.value
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.ply"]  # no output of a failed job
     with pytest.raises(wc.WorkerError) as err:
         client.run("eval", {"source": str(DEMO_PLY)}, timeout=60)
     assert "missing argument 'other'" in err.value.message
@@ -142,3 +153,99 @@ def test_missing_backend_python_is_a_clear_error(tmp_path):
     c = wc.WorkerClient("/bin/false")  # starts, then dies before its hello
     with pytest.raises(wc.WorkerError, match="did not start"):
         c.start()
+
+
+# ---- the codec -----------------------------------------------------------------------------------
+TINY_FIT = {"steps": 5, "warm_steps": 10, "width": 32, "views": 8}
+
+
+@pytest.fixture(scope="module")
+def tiny_ply(tmp_path_factory):
+    """3,000 Gaussians of the demo scene: enough to train and code, small enough to take seconds."""
+    import numpy as np
+
+    from hemgs.io import load_scene, write_ply
+
+    scene = load_scene(DEMO_PLY)
+    keep = np.sort(np.random.default_rng(0).choice(len(scene), 3000, replace=False))
+    path = tmp_path_factory.mktemp("tiny") / "tiny.ply"
+    write_ply(scene.subset(keep), path)
+    return path
+
+
+def test_train_compress_decompress_through_the_worker(client, tiny_ply, tmp_path):
+    import numpy as np
+    import torch
+
+    from hemgs.cameras import scene_views
+    from hemgs.cli import evaluate
+    from hemgs.io import load_scene
+    from hemgs.preview import load_preview_npz
+
+    model = tmp_path / "tiny.safetensors"
+    job = client.submit("train", {"source": str(tiny_ply), "model": str(model), "lambda": 2e-3, **TINY_FIT},
+                        outputs=[str(model)])
+    events = []
+    while not job.finished:
+        events += job.poll()
+        time.sleep(0.02)
+    trained = job.wait(1)
+    progress = [e for e in events if e.get("event") == "progress"]
+    stages = [e["stage"] for e in progress]
+    assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == ["teacher", "warm", "render"]
+    fractions = [e["fraction"] for e in progress]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert all(e["done"] <= e["total"] for e in progress)
+    assert trained["lambda"] == trained["lambda_min"] == trained["lambda_max"] == 2e-3
+    assert trained["variable_rate"] is False and trained["anchors"] > 0 and model.stat().st_size == trained["bytes"]
+    info = client.run("model_info", {"path": str(model)}, timeout=60)
+    assert info["lambda"] == 2e-3 and info["anchors"] == trained["anchors"] and info["source"] == "tiny.ply"
+
+    hgs, npz = tmp_path / "tiny.hgs", tmp_path / "decoded.npz"
+    res = client.run("compress", {"model": str(model), "output": str(hgs), "source": str(tiny_ply), "views": 4,
+                                  "width": 64, "preview": str(npz)}, outputs=[str(hgs), str(npz)], timeout=120)
+    size = hgs.stat().st_size
+    assert res["bytes"] == size and 0 < sum(res["sections"].values()) <= size
+    assert res["source_bytes"] == tiny_ply.stat().st_size and res["ratio"] == pytest.approx(res["source_bytes"] / size)
+    assert res["lambda"] == 2e-3 and res["views"] == 4 and res["width"] == res["height"] == 64
+    # The metrics are hemgs eval's, on its views, of the file as written.
+    cams = scene_views(load_scene(tiny_ply), tiny_ply, n=4, width=64, height=64)
+    ref = evaluate(str(tiny_ply), str(hgs), cams, torch.device("cpu"))
+    assert res["psnr"] == pytest.approx(ref["psnr"], abs=1e-3) and res["ssim"] == pytest.approx(ref["ssim"], abs=1e-4)
+    assert 12 < res["psnr"] < 60 and 0.2 < res["ssim"] < 1.0
+    preview = load_preview_npz(npz)
+    assert len(preview) == res["preview_count"] > 0
+    assert np.isfinite(preview.positions).all() and (preview.opacities > 0).all()
+
+    # The .hgs previews through the worker as the decoded, baked scene; decompress writes the same Gaussians.
+    via_worker = tmp_path / "hgs_preview.npz"
+    lp = client.run("load_preview", {"path": str(hgs), "output": str(via_worker)}, timeout=60)
+    assert lp["kind"] == "decoded" and lp["count"] == len(preview)
+    np.testing.assert_allclose(load_preview_npz(via_worker).positions, preview.positions, atol=1e-6)
+    ply = tmp_path / "decoded.ply"
+    dec = client.run("decompress", {"path": str(hgs), "output": str(ply)}, outputs=[str(ply)], timeout=60)
+    assert dec["gaussians"] == len(preview) == len(load_scene(ply)) and dec["sh_degree"] == 1
+
+    # Fixed-rate: another λ is refused, naming the model's own, and writes nothing.
+    with pytest.raises(wc.WorkerError) as err:
+        client.run("compress", {"model": str(model), "output": str(tmp_path / "other.hgs"), "lambda": 1e-3},
+                   timeout=60)
+    assert err.value.kind == "InputError" and "fixed-rate" in err.value.message and "λ=0.002" in err.value.message
+    assert not (tmp_path / "other.hgs").exists()
+
+
+def test_cancel_during_train_leaves_no_model_and_no_worker(client, tiny_ply, tmp_path):
+    model = tmp_path / "cancelled.safetensors"
+    job = client.submit("train", {"source": str(tiny_ply), "model": str(model), "lambda": 1e-3, "steps": 5000,
+                                  "warm_steps": 10, "width": 32, "views": 8}, outputs=[str(model)])
+    pid = client.proc.pid
+    deadline = time.monotonic() + 60
+    while job.stage != "render" and not job.finished and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.02)
+    assert job.stage == "render" and not job.finished  # really training
+    t0 = time.monotonic()
+    job.cancel()
+    assert time.monotonic() - t0 < 2.0 and not _alive(pid)
+    assert job.state == wc.CANCELLED
+    assert list(tmp_path.iterdir()) == []

@@ -103,11 +103,24 @@ def preview_from_anchors(anchors) -> SplatPreview:
                         {"kind": "anchors", **{k: v for k, v in anchors.meta.items() if k == "path"}})
 
 
-def preview_file(path: str | os.PathLike) -> SplatPreview:
-    """Read a 3DGS PLY, Scaffold-GS anchor PLY or SPZ file and bake its preview.
+def preview_hgs(path: str | os.PathLike) -> SplatPreview:
+    """Decode a .hgs file and bake its anchor model to static Gaussians (SH degree 1, as
+    `hemgs decompress` writes them); the preview shows those. Needs torch (the backend)."""
+    from .anchor.bake import bake
+    from .pipeline import BAKE_SH_DEGREE, decode_file
 
-    Bad files raise the readers' InputError/FormatError; a .hgs file needs the decoder (torch), so
-    it is refused here with a message saying so.
+    scene = bake(decode_file(path).model, mode="sh_fit", sh_degree=BAKE_SH_DEGREE)
+    out = preview_from_scene(scene)
+    out.meta.update(kind="decoded", path=str(path), source_format="hgs")
+    return out
+
+
+def preview_file(path: str | os.PathLike) -> SplatPreview:
+    """Read a 3DGS PLY, Scaffold-GS anchor PLY, SPZ or .hgs file and bake its preview.
+
+    Bad files raise the readers' InputError/FormatError. A .hgs file is decoded and baked
+    (`preview_hgs`), which needs torch: without it (Blender's own Python) it is refused with a
+    message saying so, and the add-on asks the backend worker instead.
     """
     from .io import detect_format, load_scene
     from .scene import sanitize
@@ -123,7 +136,12 @@ def preview_file(path: str | os.PathLike) -> SplatPreview:
         out.meta["source_format"] = fmt
         return out
     if fmt == "hgs":
-        raise FormatError(f"{path}: is a .hgs file; previewing it needs the HEMGS decoder (not in this version)")
+        try:
+            import torch  # noqa: F401 - only to know whether the decoder can run here
+        except ImportError:
+            raise FormatError(f"{path}: is a .hgs file; previewing it needs the HEMGS decoder (torch), "
+                              "which runs in the backend") from None
+        return preview_hgs(path)
     scene, warnings = sanitize(load_scene(path))
     out = preview_from_scene(scene)
     out.meta["warnings"] = warnings

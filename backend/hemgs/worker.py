@@ -26,8 +26,12 @@ from . import __version__
 from .errors import HemgsError, InputError
 
 PROTOCOL = 1
-# Operations the codec will add; until it lands they are answered with a clear error event.
-PLANNED_OPS = ("train", "compress", "decompress")
+# Operations of the protocol this backend does not serve yet (answered with a NotAvailable error).
+PLANNED_OPS: tuple[str, ...] = ()
+# What the codec can do, for the add-on's λ controls. HAC mode is fixed-rate: a model codes only at
+# the λ it was trained for. The variable-rate HEMGS model (one model, any λ in its trained range)
+# will set "variable_rate": true, and its models report their own lambda_min/lambda_max.
+CODEC = {"mode": "hac", "variable_rate": False}
 
 
 class NotAvailable(HemgsError):
@@ -213,6 +217,183 @@ def op_eval(args: dict, progress: Callable) -> dict:
     return res
 
 
+# ---- the codec ---------------------------------------------------------------------------------
+# Training budget presets; explicit steps/warm_steps/width/views override them.
+TRAIN_PRESETS = {
+    "quick": {"steps": 100, "warm_steps": 150, "width": 128, "views": 16},  # minutes on a CPU
+    "standard": {"steps": 300, "warm_steps": 400, "width": 256, "views": 32},  # = hemgs train's defaults
+}
+# Rough share of a training run's time per stage (CPU, defaults), so the bar moves evenly overall.
+_STAGE_COST = {"teacher": 1.0, "warm": 0.15, "render": 3.0}
+STAGE_NAMES = {"teacher": "rendering the source", "warm": "warm start", "render": "training"}
+
+
+def _device(args: dict, op: str):
+    from .device import resolve_device
+
+    return resolve_device(_arg(args, "device", str, "auto", op))
+
+
+def _fit_config(args: dict):
+    from .fit import FitConfig
+
+    preset = _arg(args, "preset", str, "standard", "train")
+    if preset not in TRAIN_PRESETS:
+        raise InputError(f"train: unknown preset {preset!r}; use one of {', '.join(TRAIN_PRESETS)}")
+    values = dict(TRAIN_PRESETS[preset])
+    for name in ("steps", "warm_steps", "width", "views"):
+        if args.get(name) is not None:
+            values[name] = _arg(args, name, int, op="train")
+    lam = _arg(args, "lambda", float, 1e-3, "train")
+    cfg = FitConfig(lam=lam, **values)
+    cfg.validate()  # λ within fit.LAMBDA_RANGE, sizes, steps
+    return cfg
+
+
+def _stage_reporter(cfg, progress: Callable) -> Callable:
+    """Turn fit's progress(stage, step, total, info) into protocol events with an overall fraction."""
+    n_teacher = cfg.views - (cfg.views + 7) // 8  # every 8th view is held out
+    work = {"teacher": n_teacher * _STAGE_COST["teacher"], "warm": cfg.warm_steps * _STAGE_COST["warm"],
+            "render": cfg.steps * _STAGE_COST["render"]}
+    total_work = sum(work.values()) or 1.0
+    before = {"teacher": 0.0, "warm": work["teacher"], "render": work["teacher"] + work["warm"]}
+    last = {"t": 0.0}
+
+    def report(stage: str, step: int, total: int, info: dict) -> None:
+        now = time.monotonic()
+        # At most ~10 events a second, but always the last step of a stage.
+        if step < total and now - last["t"] < 0.1:
+            return
+        last["t"] = now
+        frac = (before.get(stage, 0.0) + work.get(stage, 0.0) * step / max(total, 1)) / total_work
+        loss = info.get("loss")
+        text = STAGE_NAMES.get(stage, stage) + (f", loss {loss:.4g}" if isinstance(loss, float) else "")
+        progress(stage, done=step, total=total, message=text, fraction=min(1.0, frac))
+
+    return report
+
+
+def model_summary(path: str) -> dict:
+    """What the add-on shows about a trained model: its λ (range), anchors, source, training budget."""
+    from .model_store import load_model
+
+    model, _, meta = load_model(path)
+    lam = float(meta["lambda"])
+    return {"model": path, "mode": meta.get("mode"), "codec": meta.get("codec"), "lambda": lam,
+            # Fixed-rate: the range is the one trained λ. A variable-rate model will store its own.
+            "lambda_min": float(meta.get("lambda_min", lam)), "lambda_max": float(meta.get("lambda_max", lam)),
+            "variable_rate": bool(meta.get("variable_rate", False)), "anchors": model.num_anchors,
+            "source": meta.get("source"), "source_bytes": meta.get("source_bytes"), "bytes": os.path.getsize(path),
+            "fit": meta.get("fit")}
+
+
+def op_train(args: dict, progress: Callable) -> dict:
+    """Fit a model to `source` at λ and write it to `model` (.safetensors, atomically, at the end)."""
+    from .pipeline import train
+
+    source, model = _arg(args, "source", str, op="train"), _arg(args, "model", str, op="train")
+    cfg = _fit_config(args)
+    device = _device(args, "train")
+    progress("teacher", done=0, total=1, message="reading the source", fraction=0.0)
+    t0 = time.perf_counter()
+    fitted = train(source, model, cfg, progress=_stage_reporter(cfg, progress), device=device)
+    h = fitted.history
+    return {"model": model, "lambda": cfg.lam, "lambda_min": cfg.lam, "lambda_max": cfg.lam, "variable_rate": False,
+            "anchors": fitted.model.num_anchors, "bytes": os.path.getsize(model), "source": source,
+            "source_bytes": os.path.getsize(source), "steps": cfg.steps, "warm_steps": cfg.warm_steps,
+            "width": cfg.width, "views": cfg.views, "seconds": round(time.perf_counter() - t0, 3),
+            "stage_seconds": {k[:-8]: round(v, 3) for k, v in h.items() if k.endswith("_seconds")}}
+
+
+def op_model_info(args: dict, progress: Callable) -> dict:
+    """Summary of a trained model file (see model_summary)."""
+    return model_summary(_arg(args, "path", str, op="model_info"))
+
+
+def op_compress(args: dict, progress: Callable) -> dict:
+    """Code `model` into the .hgs `output` at the model's λ, decode the written file, measure it
+    against `source` (PSNR/SSIM over the views `hemgs eval` uses) and bake its preview (`preview`)."""
+    from .anchor.bake import bake
+    from .fit import render_views_anchor
+    from .metrics import compare_images
+    from .pipeline import check_lambda, compress, decode_file
+    from .preview import preview_from_scene, save_preview
+    from .render import render
+
+    model, output = _arg(args, "model", str, op="compress"), _arg(args, "output", str, op="compress")
+    source = _arg(args, "source", str, None, "compress") if args.get("source") is not None else None
+    preview_out = _arg(args, "preview", str, None, "compress") if args.get("preview") is not None else None
+    lam = _arg(args, "lambda", float, None, "compress") if args.get("lambda") is not None else None
+    device = _device(args, "compress")
+    n_views = _arg(args, "views", int, 16, "compress")
+    if n_views < 0:
+        raise InputError("compress: views must be at least 0 (0: no PSNR/SSIM)")
+    progress("encoding", done=0, total=1, fraction=0.0)
+    summary = model_summary(model)
+    check_lambda(summary["lambda"], lam)  # fixed-rate: refuse another λ before any work
+    report = compress(model, output, lam=lam)
+    progress("encoding", done=1, total=1, fraction=0.2)
+    out: dict[str, Any] = {"output": output, "model": model, "lambda": summary["lambda"], "bytes": report["bytes"],
+                           "sections": report["sections"], "anchors": report["anchors"],
+                           "encode_seconds": round(report["seconds"], 3)}
+    # The metrics and the preview come from the file as written, decoded again: what a user gets.
+    progress("decoding", done=0, total=1, fraction=0.2)
+    decoded = decode_file(output).model.to(device)
+    progress("decoding", done=1, total=1, fraction=0.25)
+    if source is not None:
+        out["source"], out["source_bytes"] = source, os.path.getsize(source)
+        out["ratio"] = out["source_bytes"] / max(report["bytes"], 1)
+        if n_views > 0:
+            scene = _load(source, progress)
+            cams = _views(scene, args, "compress", source)
+            total = 2 * len(cams)
+            refs, tests = [], []
+            for i, cam in enumerate(cams):
+                progress("rendering", done=2 * i, total=total, message=f"view {i + 1} of {len(cams)}",
+                         fraction=0.25 + 0.65 * i / len(cams))
+                refs.append(render(scene, cam, device=device))
+                tests.extend(render_views_anchor(decoded, [cam]))
+            progress("rendering", done=total, total=total, fraction=0.9)
+            res = compare_images(refs, tests)
+            out.update({k: res[k] for k in ("psnr", "ssim", "psnr_per_view", "ssim_per_view", "views") if k in res})
+            out.update(width=cams[0].width, height=cams[0].height)
+    elif report.get("source_bytes"):
+        out["source_bytes"] = report["source_bytes"]  # recorded at training time
+        out["ratio"] = report["source_bytes"] / max(report["bytes"], 1)
+    if preview_out is not None:
+        progress("baking", done=0, total=1, message="preview of the decoded scene", fraction=0.9)
+        preview = preview_from_scene(bake(decoded.cpu(), mode="sh_fit", sh_degree=1))
+        save_preview(preview, preview_out)
+        out["preview"], out["preview_count"] = preview_out, len(preview)
+        progress("baking", done=1, total=1, fraction=1.0)
+    return _finite(out)
+
+
+def op_decompress(args: dict, progress: Callable) -> dict:
+    """Decode the .hgs `path` and write its baked Gaussians to `output` (.ply or .spz)."""
+    from pathlib import Path
+
+    from .anchor.bake import bake
+    from .io import save_scene
+    from .pipeline import BAKE_SH_DEGREE, decode_file
+
+    path, output = _arg(args, "path", str, op="decompress"), _arg(args, "output", str, op="decompress")
+    sh_degree = _arg(args, "sh_degree", int, BAKE_SH_DEGREE, "decompress")
+    if Path(output).suffix.lower() not in (".ply", ".spz"):  # say so before decoding, not after
+        raise InputError(f"decompress: {output}: the output must be a .ply or .spz file")
+    if not 0 <= sh_degree <= 3:
+        raise InputError(f"decompress: sh_degree must be 0..3, got {sh_degree}")
+    progress("decoding", done=0, total=3)
+    decoded = decode_file(path)
+    progress("baking", done=1, total=3)
+    scene = bake(decoded.model, mode="sh_fit", sh_degree=sh_degree)
+    progress("writing", done=2, total=3)
+    save_scene(scene, output)
+    progress("writing", done=3, total=3)
+    return {"output": output, "gaussians": len(scene), "sh_degree": scene.sh_degree, "bytes": os.path.getsize(output),
+            "hgs_bytes": os.path.getsize(path), "anchors": decoded.header.get("anchors")}
+
+
 def _planned(op: str) -> Callable:
     def run(args: dict, progress: Callable) -> dict:
         raise NotAvailable(f"{op} is not available in this version of the hemgs backend ({__version__}): "
@@ -227,6 +408,10 @@ OPS: dict[str, Callable[[dict, Callable], dict]] = {
     "render": op_render,
     "convert": op_convert,
     "eval": op_eval,
+    "train": op_train,
+    "compress": op_compress,
+    "decompress": op_decompress,
+    "model_info": op_model_info,
 }
 
 
@@ -237,12 +422,15 @@ def handle(request: dict, emit: Emitter) -> None:
     op = request.get("op")
     last = [0.0]
 
-    def progress(stage: str, done: int | None = None, total: int | None = None, message: str | None = None):
+    def progress(stage: str, done: int | None = None, total: int | None = None, message: str | None = None,
+                 fraction: float | None = None):
         event: dict[str, Any] = {"id": rid, "event": "progress", "stage": stage}
         if done is not None:
             event.update(done=int(done), total=int(total or 0))
         if message:
             event["message"] = message
+        if fraction is not None:  # the whole job's progress, for ops with several stages
+            event["fraction"] = round(float(fraction), 4)
         emit.send(event)
         last[0] = time.monotonic()
 
@@ -287,7 +475,8 @@ def serve(stdin: TextIO, stdout: TextIO) -> int:
     """Read requests from `stdin` until EOF or `shutdown`; events go to `stdout`."""
     emit = Emitter(stdout)
     emit.send({"event": "hello", "protocol": PROTOCOL, "hemgs": __version__, "pid": os.getpid(),
-               "ops": sorted(OPS), "planned": list(PLANNED_OPS)})
+               "ops": sorted(OPS), "planned": list(PLANNED_OPS), "codec": CODEC,
+               "train_presets": TRAIN_PRESETS})
     for line in stdin:
         line = line.strip()
         if not line:
