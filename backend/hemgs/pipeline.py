@@ -85,6 +85,8 @@ def decode_file(path):
 def decompress(hgs_path, out_path, *, sh_degree: int = BAKE_SH_DEGREE) -> GaussianScene:
     from .anchor.bake import bake
 
+    if os.path.splitext(str(out_path))[1].lower() not in (".ply", ".spz"):
+        raise InputError(f"{out_path}: decompress writes .ply or .spz (the extension picks the format)")
     decoded = decode_file(hgs_path)
     scene = bake(decoded.model, mode="sh_fit", sh_degree=sh_degree)
     save_scene(scene, out_path)
