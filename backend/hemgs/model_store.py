@@ -8,6 +8,7 @@ anchor model and the entropy model's state.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .anchor.model import AnchorConfig, AnchorModel
+from .codec.anchor import network_sizes
 from .entropy.hac import HacEntropyModel
 from .entropy.hashgrid import HashGridConfig
 from .errors import FormatError, InputError
@@ -39,7 +41,25 @@ def save_model(path, model: AnchorModel, entropy: HacEntropyModel, *, lam: float
         save_file(tensors, str(tmp), metadata={"hemgs": json.dumps(meta)})
 
 
+def _check_budget(path: Path, meta: dict, tensors: dict) -> None:
+    """Refuse configs whose networks and per-anchor arrays the file's tensors cannot hold, before
+    the model is built (a lying feat_dim would otherwise allocate gigabytes of zeros)."""
+    try:
+        weights, grid_bits = network_sizes(meta.get("anchor_config"), meta.get("entropy"))
+    except FormatError as exc:
+        raise FormatError(f"{path}: {exc}") from None
+    coords = tensors.get("anchor.coords")
+    n = int(coords.shape[0]) if coords is not None and coords.ndim >= 1 else 0
+    cfg = meta["anchor_config"]
+    per_anchor = cfg["feat_dim"] + 6 + 4 * cfg["k"]  # features, scaling, offsets (3k), mask logits (k)
+    need = weights + grid_bits + n * per_anchor
+    have = sum(t.numel() for t in tensors.values() if t.is_floating_point())
+    if need > have:
+        raise FormatError(f"{path}: model configs need {need} values, the file holds {have}")
+
+
 def load_model(path) -> tuple[AnchorModel, HacEntropyModel, dict]:
+    """Read a trained model file (safetensors only: nothing is unpickled); FormatError if bad."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
@@ -57,8 +77,15 @@ def load_model(path) -> tuple[AnchorModel, HacEntropyModel, dict]:
         meta = None
     if not isinstance(meta, dict) or meta.get("kind") != KIND:
         raise FormatError(f"{path} is a safetensors file but not a HEMGS model")
-    if int(meta.get("format", 0)) > FORMAT_VERSION:
-        raise FormatError(f"{path} was made by a newer hemgs (model format {meta['format']}); update hemgs")
+    fmt = meta.get("format", 0)
+    if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt < 1:
+        raise FormatError(f"{path}: model file has an invalid format version {fmt!r}"[:200])
+    if fmt > FORMAT_VERSION:
+        raise FormatError(f"{path} was made by a newer hemgs (model format {fmt}); update hemgs")
+    lam = meta.get("lambda")
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (math.isfinite(lam) and lam > 0):
+        raise FormatError(f"{path}: model file has an invalid λ {lam!r}"[:200])
+    _check_budget(path, meta, tensors)
     try:
         config = AnchorConfig.from_dict(dict(meta["anchor_config"]))
         e = meta["entropy"]

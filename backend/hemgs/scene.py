@@ -21,6 +21,9 @@ from .errors import SceneError
 
 SH_C0 = 0.28209479177387814  # Y_0^0: colour = SH_C0 * f_dc + 0.5
 MAX_SH_DEGREE = 3
+# Positions beyond this are garbage, not scenery: float32 resolves at best ~1 unit there, and the
+# camera framing and projection of such points overflow (a 1e30 coordinate rendered all black).
+MAX_ABS_COORD = 1e7
 
 
 def sh_coeffs(degree: int) -> int:
@@ -133,6 +136,7 @@ def sanitize(scene: GaussianScene) -> tuple[GaussianScene, list[str]]:
     Documented repairs (everything else is kept bit for bit):
     - Gaussians with any NaN/Inf attribute are dropped;
     - Gaussians with a zero-length quaternion are dropped;
+    - Gaussians farther than MAX_ABS_COORD from the origin on any axis are dropped (see there);
     - the remaining quaternions are normalised to unit length.
     """
     warnings: list[str] = []
@@ -146,6 +150,11 @@ def sanitize(scene: GaussianScene) -> tuple[GaussianScene, list[str]]:
         warnings.append(f"dropped {int((~finite).sum())} of {n} Gaussians with NaN/Inf attributes")
     with np.errstate(invalid="ignore", over="ignore"):
         norms = np.linalg.norm(scene.quats.astype(np.float64), axis=1)
+    with np.errstate(invalid="ignore"):
+        far = finite & ~(np.abs(scene.means) <= MAX_ABS_COORD).all(1)
+    if far.any():
+        warnings.append(f"dropped {int(far.sum())} of {n} Gaussians more than {MAX_ABS_COORD:g} units from the origin")
+    finite = finite & ~far
     zero_q = finite & ~(norms > 1e-12)
     if zero_q.any():
         warnings.append(f"dropped {int(zero_q.sum())} of {n} Gaussians with a zero quaternion")

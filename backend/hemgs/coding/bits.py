@@ -27,6 +27,14 @@ def _bytes_to_words(data: bytes, what: str) -> np.ndarray:
     return np.frombuffer(data, dtype="<u4").astype(np.uint32)
 
 
+def ans_decoder(words: np.ndarray, what: str):
+    """An ANS decoder over untrusted words; constriction's own refusal becomes a FormatError."""
+    try:
+        return constriction.stream.stack.AnsCoder(np.asarray(words, dtype=np.uint32))
+    except Exception as exc:  # constriction raises ValueError (e.g. a stream ending in a zero word)
+        raise FormatError(f"{what}: corrupt ANS data ({exc})") from None
+
+
 def encode_bits(bits) -> bytes:
     """Code a binary array (any shape; values 0/1 or bool) losslessly; decode with `decode_bits`.
 
@@ -70,7 +78,7 @@ def decode_bits(data: bytes, n: int) -> np.ndarray:
     if n * min_bits > 8 * len(payload) + 64:
         raise FormatError(f"bit stream: {n} bits cannot fit in {len(payload)} bytes")
     words = _bytes_to_words(payload, "bit stream")
-    coder = constriction.stream.stack.AnsCoder(words)
+    coder = ans_decoder(words, "bit stream")
     try:
         out = coder.decode(constriction.stream.model.Bernoulli(p, perfect=False), n)
     except Exception as exc:  # constriction raises its own errors on malformed streams

@@ -26,7 +26,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from ..errors import FormatError, InputError
-from .bits import decode_varints, encode_varints
+from .bits import ans_decoder, decode_varints, encode_varints
 
 MIN_SCALE = 0.05  # constriction needs std > 0; below 0.05 a centred bin already has p > 1 - 1e-6
 TAIL_SIGMAS = 8.0
@@ -113,7 +113,7 @@ def decode_symbols(data: bytes, means, scales, *, max_abs: int = MAX_SYMBOL) -> 
             raise FormatError("symbol stream: data present for zero symbols")
         return np.zeros(0, dtype=np.int32)
     lg = _group_log2(sd)
-    coder = constriction.stream.stack.AnsCoder(np.frombuffer(body, dtype="<u4").astype(np.uint32))
+    coder = ans_decoder(np.frombuffer(body, dtype="<u4"), "symbol stream")
     coded = np.empty(n, dtype=np.int64)
     try:
         for g in np.unique(lg):

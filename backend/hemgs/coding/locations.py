@@ -26,6 +26,7 @@ import constriction
 import numpy as np
 
 from ..errors import FormatError, InputError
+from .bits import ans_decoder
 
 _VERSION = 1
 _HEAD = struct.Struct("<BBI")
@@ -186,8 +187,11 @@ def encode_locations(coords) -> tuple[bytes, np.ndarray]:
     return data, order
 
 
-def decode_locations(data: bytes) -> np.ndarray:
-    """Inverse of `encode_locations`: (N,3) uint16 coordinates in Morton order."""
+def decode_locations(data: bytes, max_anchors: int | None = None) -> np.ndarray:
+    """Inverse of `encode_locations`: (N,3) uint16 coordinates in Morton order.
+
+    `max_anchors` (the count the caller expects) refuses a stream claiming more before decoding.
+    """
     data = bytes(data)
     if len(data) < _HEAD.size:
         raise FormatError("location stream: truncated header")
@@ -208,7 +212,9 @@ def decode_locations(data: bytes) -> np.ndarray:
     cap = 1 if depth == 0 else int(8 * len(body) / _MIN_BITS_PER_DECISION) + 8
     if n > min(cap, MAX_ANCHORS):
         raise FormatError(f"location stream: {n} anchors cannot fit in {len(data)} bytes")
-    coder = constriction.stream.stack.AnsCoder(np.frombuffer(body, dtype="<u4").astype(np.uint32))
+    if max_anchors is not None and n > max_anchors:
+        raise FormatError(f"location stream: holds {n} anchors, the header says {max_anchors}")
+    coder = ans_decoder(np.frombuffer(body, dtype="<u4"), "location stream")
     family = constriction.stream.model.Bernoulli(perfect=False)
 
     def decode(p1, _):

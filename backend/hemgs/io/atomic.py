@@ -34,6 +34,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             break
         except FileExistsError:
             continue
+        except OSError as exc:
+            # Name the file the user asked for, not our hidden temporary name.
+            raise type(exc)(exc.errno, exc.strerror, str(final)) from None
     try:
         yield tmp
         os.replace(tmp, final)

@@ -248,7 +248,8 @@ def scene_to_vertices(scene: GaussianScene) -> np.ndarray:
     for j in range(3):
         rec[f"f_dc_{j}"] = scene.sh[:, 0, j]
     # Coefficient-major (N, K-1, 3) back to Inria's channel-major f_rest order.
-    rest = scene.sh[:, 1:, :].transpose(0, 2, 1).reshape(n, -1)
+    # An explicit width: reshape(n, -1) cannot infer it when n == 0 (an empty scene).
+    rest = scene.sh[:, 1:, :].transpose(0, 2, 1).reshape(n, 3 * (scene.sh.shape[1] - 1))
     for i in range(rest.shape[1]):
         rec[f"f_rest_{i}"] = rest[:, i]
     rec["opacity"] = scene.opacity_logits

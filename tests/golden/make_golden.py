@@ -1,0 +1,98 @@
+"""Regenerate the golden .hgs files and their checksums (tests/golden/checksums.json).
+
+Run ONLY when the .hgs format version changes on purpose (a new FORMAT_MAJOR/MINOR in
+hemgs/container.py or a new codec layout); otherwise the goldens are the proof that files written
+by older builds still decode to the very same values, and regenerating them hides a break.
+
+    OMP_NUM_THREADS=1 .venv/bin/python tests/golden/make_golden.py
+
+The models are tiny (a few hundred Gaussians of the bundled demo scene, small networks and hash
+grid) so each file stays well under 30 kB. Also imported by the fuzz tests for `tiny_model`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+DEMO_PLY = REPO / "data" / "demo" / "playbot_lod3.ply"
+CHECKSUMS = HERE / "checksums.json"
+
+# name -> (first Gaussian, count, seed, lambda): different parts of the scene, so the goldens
+# cover different anchor layouts and mask patterns.
+GOLDENS = {
+    "tiny_a.hgs": (0, 300, 0, 2e-3),
+    "tiny_b.hgs": (12000, 500, 1, 5e-3),
+}
+
+
+def tiny_model(start: int = 0, count: int = 300, seed: int = 0):
+    """A small warm-started anchor model + entropy model of part of the demo scene (~1 s)."""
+    import torch
+
+    from hemgs.anchor.model import AnchorConfig
+    from hemgs.anchor.warm_start import build_anchor_model, warm_start
+    from hemgs.entropy.hac import HacEntropyModel
+    from hemgs.entropy.hashgrid import HashGridConfig
+    from hemgs.io import load_scene
+
+    torch.manual_seed(seed)
+    scene = load_scene(DEMO_PLY).subset(slice(start, start + count))
+    # Small networks: the float16 weights are most of a tiny file's bytes.
+    model = build_anchor_model(scene, AnchorConfig(feat_dim=8, k=4, hidden=8), seed=seed)
+    warm_start(model, scene, steps=5, seed=seed)
+    a = model.anchors
+    grid = HashGridConfig(levels_3d=2, res_3d=(4, 16), log2_table_3d=6, levels_2d=1, res_2d=(8, 16),
+                          log2_table_2d=6, features=2)
+    entropy = HacEntropyModel(8, 4, a.min(0).values, a.max(0).values, grid, hidden=16, seed=seed)
+    return model, entropy
+
+
+def decoded_checksum(decoded) -> str:
+    """SHA-256 over everything a decoder rebuilds: anchor attributes, MLPs, the entropy model."""
+    h = hashlib.sha256()
+    parts = {f"attr.{k}": v for k, v in decoded.model.anchor_attributes().items()}
+    parts.update({f"mlp.{k}": v for k, v in decoded.model.mlp_state().items()})
+    parts.update({f"entropy.{k}": v for k, v in decoded.entropy.state_dict().items()})
+    parts["coords"] = decoded.model.coords
+    for name in sorted(parts):
+        t = parts[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def main() -> int:
+    import torch
+
+    torch.set_num_threads(1)
+    from hemgs.codec.anchor import decode, encode
+    from hemgs.container import read_hgs, write_hgs
+
+    record = {}
+    for name, (start, count, seed, lam) in GOLDENS.items():
+        model, entropy = tiny_model(start, count, seed)
+        header, sections, _ = encode(model, entropy, lam=lam)
+        path = HERE / name
+        write_hgs(path, header, sections)
+        f = read_hgs(path)
+        record[name] = {
+            "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "bytes": path.stat().st_size,
+            "anchors": int(header["anchors"]),
+            "version": list(f.version),
+            "decoded_sha256": decoded_checksum(decode(f.header, f.sections)),
+        }
+        print(f"{name}: {record[name]['bytes']} bytes, {record[name]['anchors']} anchors")
+    CHECKSUMS.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "backend"))
+    sys.exit(main())
