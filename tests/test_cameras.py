@@ -220,3 +220,15 @@ def test_scene_views_prefers_cameras_json_next_to_the_source(demo, tmp_path):
     assert (got[0].width, got[0].height) == (200, 150)  # resized, aspect kept
     assert np.allclose(got[0].viewmat, own[0].viewmat) and np.allclose(got[-1].viewmat, own[-1].viewmat)
     assert np.isclose(got[0].K[0, 0], own[0].K[0, 0] / 2)
+
+
+def test_a_scene_without_extent_is_seen_whole():
+    """One Gaussian: the views must stand back by its size, not sit on it (the frame was black)."""
+    from hemgs.render import render
+    from hemgs.scene import GaussianScene
+
+    s = GaussianScene(np.zeros((1, 3)), [[1, 0, 0, 0]], np.log(np.full((1, 3), 0.1)), [3.0], np.ones((1, 1, 3)))
+    for cam in sample_views(s, n=3, width=64, height=64):
+        img = render(s, cam)
+        covered = (img.max(axis=2) > 0.05).mean()
+        assert 0.05 < covered < 0.9, covered

@@ -284,6 +284,13 @@ def sample_views(scene, n: int = 16, width: int = 256, height: int = 256, seed: 
     # The object should fill most of the frame: nearly all points inside the central 90%.
     tan_x, tan_y = 0.9 * 0.5 * width / K[0, 0], 0.9 * 0.5 * height / K[1, 1]
 
+    # Floor for the distance: the Gaussians' own 3-sigma size must fit too, so a scene with no
+    # extent (one Gaussian, or all at one point) is still seen whole instead of from inside.
+    size_floor = 0.0
+    if len(scene.means):
+        sigma = float(np.percentile(np.exp(np.asarray(scene.log_scales, np.float64)).max(axis=1), 99))
+        size_floor = 3.0 * sigma / min(tan_x, tan_y) if math.isfinite(sigma) else 0.0
+
     front, side = _front_side(up)
     # View 0 is a three-quarter front view (30 degrees round from the front axis, towards -side),
     # the usual "hero" angle, which shows both a figure's face and its depth.
@@ -307,7 +314,7 @@ def sample_views(scene, n: int = 16, width: int = 256, height: int = 256, seed: 
         # over the points, so floaters cannot push the camera away.
         pc = pts @ view[:3, :3].T
         need = np.maximum(np.abs(pc[:, 0]) / tan_x, np.abs(pc[:, 1]) / tan_y) - pc[:, 2]
-        dist = max(float(np.percentile(need, 99)), 1e-3 * max(float(np.linalg.norm(hi - lo)), 1e-6))
+        dist = max(float(np.percentile(need, 99)), size_floor, 1e-3 * max(float(np.linalg.norm(hi - lo)), 1e-6))
         eye = center + dist * d
         cams.append(Camera(look_at(eye, center, up_v), K.copy(), width, height, name=f"view_{i:03d}"))
     return cams
