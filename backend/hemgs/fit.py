@@ -192,10 +192,10 @@ def render_finetune(model: AnchorModel, entropy: HacEntropyModel, views: list[Ca
             g["lr"] = lr * decay
         opt.step()
         log["loss"].append(float(loss.detach()))
-        log["l1"].append(float(l1))
-        log["bits_per_param"].append(float(bpp) if bpp is not None else None)
-        report("render", step + 1, cfg.steps, {"loss": float(loss), "l1": float(l1),
-                                               "bits_per_param": float(bpp) if bpp is not None else None})
+        log["l1"].append(float(l1.detach()))
+        bpp_f = float(bpp.detach()) if bpp is not None else None
+        log["bits_per_param"].append(bpp_f)
+        report("render", step + 1, cfg.steps, {"loss": log["loss"][-1], "l1": log["l1"][-1], "bits_per_param": bpp_f})
     return log
 
 

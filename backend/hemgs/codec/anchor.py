@@ -2,13 +2,8 @@
 
 Progressive order (paper §3.2): locations first (lossless octree), then everything else is
 conditioned on them through the hash-grid context at the decoded anchor positions. Per attribute
-group (features, scaling, offsets) a section holds:
-
-    u32 len | step guard      -- the encoder's snapped quantization steps (coding/steps.py)
-    u32 len | parameter guard -- the encoder's snapped means/scales (coding/exact_params.py)
-    u32 len | parameter CRCs  -- per chunk: a decoder whose parameters differ fails loudly
-    u32     | CRC32 of the symbols, so any other cross-machine mismatch fails loudly too
-    rest    | the symbol stream (coding/gaussian_coder.py)
+group (features, scaling, offsets) a section holds one stream (codec/streams.py: step guard,
+parameter guard, parameter CRCs, symbol CRC, symbols); HAC's steps are one per anchor and group.
 
 Only the offsets of slots whose mask is on are coded. Every number the decoder needs is in the
 file: the header carries configs and geometry, `networks` the float16 weights.
@@ -18,8 +13,6 @@ from __future__ import annotations
 
 import copy
 import math
-import struct
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,15 +20,13 @@ import torch
 
 from ..anchor.model import AnchorConfig, AnchorModel
 from ..coding.bits import decode_bits, encode_bits
-from ..coding.exact_params import (
-    apply_guard, check_param_checksums, param_checksums, run_deterministic, snap_for_encoder,
-)
-from ..coding.gaussian_coder import decode_symbols, encode_symbols
+from ..coding.exact_params import run_deterministic
 from ..coding.locations import decode_locations, encode_locations
 from ..coding.steps import snap_steps, step_values, steps_from_guard
 from ..entropy.hac import BASE_STEP, GROUPS, HacEntropyModel
 from ..entropy.hashgrid import HashGridConfig
-from ..errors import FormatError, HemgsError, IntegrityError
+from ..errors import FormatError, HemgsError
+from . import streams
 from .weights import pack_weights, round_to_half, unpack_weights
 
 MODE = "anchor"
@@ -82,28 +73,6 @@ def _select(x: torch.Tensor, group: str, mask: np.ndarray) -> np.ndarray:
     return x.reshape(-1)
 
 
-def _pack(parts: list[bytes], symbols_crc: int, stream: bytes) -> bytes:
-    out = [struct.pack("<I", len(p)) + p for p in parts]
-    return b"".join(out) + struct.pack("<I", symbols_crc) + stream
-
-
-def _unpack(data: bytes, name: str) -> tuple[list[bytes], int, bytes]:
-    parts, pos = [], 0
-    for what in ("step guard", "parameter guard", "parameter checksums"):
-        if pos + 4 > len(data):
-            raise FormatError(f"section {name}: truncated before its {what}")
-        (n,) = struct.unpack_from("<I", data, pos)
-        pos += 4
-        if pos + n > len(data):
-            raise FormatError(f"section {name}: its {what} runs past the section end")
-        parts.append(bytes(data[pos:pos + n]))
-        pos += n
-    if pos + 4 > len(data):
-        raise FormatError(f"section {name}: truncated before its symbol checksum")
-    (crc,) = struct.unpack_from("<I", data, pos)
-    return parts, crc, bytes(data[pos + 4:])
-
-
 def encode(model: AnchorModel, entropy: HacEntropyModel, *, lam: float, header_extra: dict | None = None,
            chunk: int = CHUNK) -> tuple[dict, dict[str, bytes], Decoded]:
     """Code a trained model. Returns (header, sections, the decoded result the file will give)."""
@@ -140,7 +109,7 @@ def encode(model: AnchorModel, entropy: HacEntropyModel, *, lam: float, header_e
         base = BASE_STEP[group]
         values = _group_values(attrs, group, mask)
         if n == 0:
-            sections[group] = _pack([b"", b"", b""], zlib.crc32(b""), b"")
+            sections[group] = streams.empty()
             decoded[group] = np.zeros(0)
             continue
         p = params[group]
@@ -148,15 +117,8 @@ def encode(model: AnchorModel, entropy: HacEntropyModel, *, lam: float, header_e
         q_anchor = step_values(step_idx, base)  # (N,) one step per anchor and group
         q = np.broadcast_to(q_anchor[:, None], p.mean.shape)
         q_sel = _select(torch.as_tensor(np.ascontiguousarray(q)), group, mask)
-        means = _select(p.mean, group, mask) / q_sel
-        scales = _select(p.scale, group, mask) / q_sel
-        snapped, guard = snap_for_encoder(means, scales)
-        symbols = np.rint(values / q_sel).astype(np.int64)
-        symbols = np.clip(symbols, -(2**31 - 1), 2**31 - 1).astype(np.int32)
-        stream = encode_symbols(symbols, snapped.means, snapped.scales)
-        sections[group] = _pack([step_guard, guard, param_checksums(snapped)],
-                                zlib.crc32(symbols.astype("<i4").tobytes()), stream)
-        decoded[group] = symbols.astype(np.float64) * q_sel
+        sections[group], decoded[group] = streams.encode_values(
+            values, _select(p.mean, group, mask), _select(p.scale, group, mask), q_sel, step_guard)
     result = _assemble(model.config, coords, header["origin"], mask, decoded, model.mlp_state(), entropy, header)
     return header, sections, result
 
@@ -291,7 +253,7 @@ def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK) -> D
     pos64 = _positions64(coords, origin, config.voxel_size)
     params = entropy.split(_raw_params(entropy, pos64, chunk)) if n else None
     for group in GROUPS:
-        (step_guard, guard, crcs), sym_crc, stream = _unpack(sections[group], group)
+        step_guard, rest = streams.split(sections[group], group)
         if n == 0:
             values[group] = np.zeros(0)
             continue
@@ -300,10 +262,6 @@ def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK) -> D
         q_anchor = step_values(steps_from_guard(p.step.numpy(), base, step_guard), base)
         q = np.broadcast_to(q_anchor[:, None], p.mean.shape)
         q_sel = _select(torch.as_tensor(np.ascontiguousarray(q)), group, mask)
-        snapped = apply_guard(_select(p.mean, group, mask) / q_sel, _select(p.scale, group, mask) / q_sel, guard)
-        check_param_checksums(snapped, crcs, group)
-        symbols = decode_symbols(stream, snapped.means, snapped.scales)
-        if zlib.crc32(symbols.astype("<i4").tobytes()) != sym_crc:
-            raise IntegrityError(f"decoded {group} differ from what the encoder coded (entropy-coder mismatch)")
-        values[group] = symbols.astype(np.float64) * q_sel
+        values[group] = streams.decode_values(rest, _select(p.mean, group, mask), _select(p.scale, group, mask),
+                                              q_sel, group)
     return _assemble(config, coords, origin, mask, values, probe.mlp_state(), entropy, header)

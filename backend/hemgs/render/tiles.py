@@ -12,8 +12,10 @@ same as gsplat's CUDA kernel (`RasterizeToPixels3DGSFwd.cu`) up to float roundin
 Instead of one thread per pixel, the loop runs over *ranks*: each step takes the next C
 Gaussians of every still-active tile at once, as a [tiles, C, pixels] tensor, and composites
 them with a cumulative product. Tiles whose pixels have all stopped, or whose list is used up,
-leave the active set (early termination). All updates are out of place, so autograd gives the
-gradients; under `torch.no_grad` the same code simply keeps no graph.
+leave the active set (early termination). All updates are out of place, so autograd can give
+the gradients (`hand_backward=False`, the reference); by default training runs the loop without
+a graph and `_Composite` differentiates it by hand from what the loop recorded, which on the CPU
+is faster than autograd (no per-chunk gradient the size of all Gaussians, fewer temporaries).
 """
 
 from __future__ import annotations
@@ -73,8 +75,13 @@ def tile_intersections(means2d: Tensor, radii: Tensor, depths: Tensor, width: in
 def composite_tiles(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor,
                     depths: Tensor, radii: Tensor, width: int, height: int,
                     background: Tensor | None = None, tile_size: int = TILE_SIZE,
-                    step_elements: int = STEP_ELEMENTS) -> tuple[Tensor, Tensor]:
-    """Composite projected Gaussians (M rows) into an image (H,W,D) and alpha (H,W,1)."""
+                    step_elements: int = STEP_ELEMENTS, hand_backward: bool | None = None) -> tuple[Tensor, Tensor]:
+    """Composite projected Gaussians (M rows) into an image (H,W,D) and alpha (H,W,1).
+
+    `hand_backward` (default HAND_BACKWARD): when gradients are needed, run the compositing
+    without an autograd graph and differentiate it by hand (`_Composite`); False keeps plain
+    autograd through the chunked loop (the reference the tests compare against).
+    """
     dev, dt = means2d.device, means2d.dtype
     D = colors.shape[-1]
     P = tile_size * tile_size
@@ -85,41 +92,68 @@ def composite_tiles(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: 
     # coefficients of -sigma (so the exponent needs no extra negation), opacity, colour.
     a, b, c = conics.unbind(-1)
     packed = torch.cat([means2d, torch.stack([-0.5 * a, -b, -0.5 * c], -1), opacities[:, None], colors], 1)
+    plan = _Plan(gauss, counts, tiles_x, tile_size, width, height, step_elements)
+    hand = HAND_BACKWARD if hand_backward is None else hand_backward
+    if hand and torch.is_grad_enabled() and packed.requires_grad:
+        acc, T = _Composite.apply(packed, plan)
+    else:
+        acc, T = _composite(packed, plan)
 
-    offsets = torch.cumsum(counts, 0) - counts
-    active = (counts > 0).nonzero().squeeze(1)
-    start, cnt = offsets[active], counts[active]
-    n_isect = int(gauss.numel())
+    img = torch.zeros(n_tiles, P, D, device=dev, dtype=dt).index_copy(0, plan.active, acc)
+    trans = torch.ones(n_tiles, P, device=dev, dtype=dt).index_copy(0, plan.active, T)
+    img = _untile(img, tiles_x, tiles_y, tile_size)[:height, :width]
+    trans = _untile(trans[..., None], tiles_x, tiles_y, tile_size)[:height, :width]
+    if background is not None:
+        img = img + trans * background
+    return img, 1.0 - trans
 
-    pix = torch.arange(tile_size, device=dev, dtype=dt) + 0.5
+
+# Differentiate the compositing by hand when training (see _Composite): no autograd graph of the
+# chunk loop is kept, which is most of the time and memory of a training step on the CPU.
+HAND_BACKWARD = True
+
+
+class _Plan:
+    """The per-camera constants of the compositing loop: tile lists and pixel geometry."""
+
+    def __init__(self, gauss, counts, tiles_x, tile_size, width, height, step_elements):
+        self.gauss, self.tile_size, self.step_elements = gauss, tile_size, step_elements
+        self.P = tile_size * tile_size
+        offsets = torch.cumsum(counts, 0) - counts
+        self.active = (counts > 0).nonzero().squeeze(1)  # tiles with work, in row-major order
+        self.start, self.cnt = offsets[self.active], counts[self.active]
+        self.tiles_x, self.width, self.height = tiles_x, width, height
+        self.steps: list[tuple] = []  # filled by a recording forward: what the backward replays
+
+
+def _composite(packed: Tensor, plan: _Plan, record: bool = False) -> tuple[Tensor, Tensor]:
+    """The chunked front-to-back loop: (A, P, D) colour and (A, P) transmittance of the tiles
+    `plan.active`. With `record`, keeps per step what `_Composite.backward` needs."""
+    dev, dt = packed.device, packed.dtype
+    D = packed.shape[1] - 6
+    P, ts = plan.P, plan.tile_size
+    A0 = plan.active.numel()
+    pos = torch.arange(A0, device=dev)  # row of each active tile in the output
+    start, cnt = plan.start, plan.cnt
+    n_isect = int(plan.gauss.numel())
+
+    pix = torch.arange(ts, device=dev, dtype=dt) + 0.5
     # Pixels of partial tiles beyond the image edge start out "done".
-    tx_a = (active % tiles_x).to(dt) * tile_size
-    ty_a = (active // tiles_x).to(dt) * tile_size
-    outside = ((tx_a[:, None, None] + pix[None, None, :] > width)
-               | (ty_a[:, None, None] + pix[None, :, None] > height)).reshape(-1, P)
+    tx_a = (plan.active % plan.tiles_x).to(dt) * ts
+    ty_a = (plan.active // plan.tiles_x).to(dt) * ts
+    outside = ((tx_a[:, None, None] + pix[None, None, :] > plan.width)
+               | (ty_a[:, None, None] + pix[None, :, None] > plan.height)).reshape(-1, P)
     done = outside
-    T = torch.ones(active.numel(), P, device=dev, dtype=dt)
-    acc = torch.zeros(active.numel(), P, D, device=dev, dtype=dt)
+    T = torch.ones(A0, P, device=dev, dtype=dt)
+    acc = torch.zeros(A0, P, D, device=dev, dtype=dt)
 
-    fin_tiles, fin_acc, fin_T = [], [], []
+    fin_pos, fin_acc, fin_T = [], [], []
     r0 = 0
-    while active.numel():
-        n_act = active.numel()
-        C = max(MIN_CHUNK, min(MAX_CHUNK, step_elements // (n_act * P)))
-        ranks = r0 + torch.arange(C, device=dev)
-        valid = ranks[None, :] < cnt[:, None]  # (A,C)
-        idx = torch.clamp(start[:, None] + ranks[None, :], max=max(n_isect - 1, 0))
-        g = packed[gauss[idx].long()]  # (A,C,6+D)
-        dx = (tx_a[:, None, None] + pix) - g[..., 0:1]  # (A,C,ts) per column
-        dy = (ty_a[:, None, None] + pix) - g[..., 1:2]  # (A,C,ts) per row
-        # -sigma over the tile's pixels, rows x columns, then flattened row-major.
-        nsig = (dy * g[..., 4:5])[..., :, None] * dy[..., :, None] \
-            + (g[..., 3:4] * dy)[..., :, None] * dx[..., None, :] \
-            + (dx * dx * g[..., 2:3])[..., None, :]
-        nsig = nsig.reshape(n_act, C, P)
-        op = torch.where(valid, g[..., 5], torch.zeros((), device=dev, dtype=dt))
-        alpha = torch.clamp_max(op[..., None] * torch.exp(nsig), MAX_ALPHA)
-        alpha = torch.where(alpha >= ALPHA_THRESHOLD, alpha, torch.zeros((), device=dev, dtype=dt))
+    while pos.numel():
+        n_act = pos.numel()
+        C = max(MIN_CHUNK, min(MAX_CHUNK, plan.step_elements // (n_act * P)))
+        g, gid, valid, dx, dy = _chunk(packed, plan, start, cnt, tx_a, ty_a, pix, r0, C, n_isect)
+        alpha, raw, vis = _alpha(g, valid, dx, dy, n_act, C, P)
         one_minus = 1.0 - alpha
         T_incl = T[:, None, :] * torch.cumprod(one_minus, dim=1)  # T after each Gaussian
         T_excl = torch.cat([T[:, None, :], T_incl[:, :-1]], 1)  # T before each Gaussian
@@ -127,6 +161,9 @@ def composite_tiles(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: 
         # the Gaussians kept are a prefix of the chunk.
         keep = (T_incl > TRANSMITTANCE_MIN) & ~done[:, None, :]
         w = torch.where(keep, alpha * T_excl, torch.zeros((), device=dev, dtype=dt))  # (A,C,P)
+        if record:  # what the backward needs, so that it recomputes nothing
+            live = keep & (alpha > 0) & (raw <= MAX_ALPHA)
+            plan.steps.append((pos, gid, valid, g, dx, dy, alpha, raw, vis, T_excl, live, w))
         acc = acc + torch.bmm(w.transpose(1, 2), g[..., 6:])
         # New T: the running product after the last kept Gaussian (kept ones are a prefix).
         # Taken from the product, not as T - sum(w), which loses relative precision as T -> 0.
@@ -137,24 +174,121 @@ def composite_tiles(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: 
         r0 += C
         finished = done.all(1) | (cnt <= r0)
         if bool(finished.any()):
-            fin_tiles.append(active[finished])
+            fin_pos.append(pos[finished])
             fin_acc.append(acc[finished])
             fin_T.append(T[finished])
             stay = ~finished
-            active, start, cnt = active[stay], start[stay], cnt[stay]
+            pos, start, cnt = pos[stay], start[stay], cnt[stay]
             tx_a, ty_a, done, T, acc = tx_a[stay], ty_a[stay], done[stay], T[stay], acc[stay]
+    out_acc = torch.zeros(A0, P, D, device=dev, dtype=dt)
+    out_T = torch.ones(A0, P, device=dev, dtype=dt)
+    if fin_pos:
+        ids = torch.cat(fin_pos)
+        out_acc = out_acc.index_copy(0, ids, torch.cat(fin_acc))
+        out_T = out_T.index_copy(0, ids, torch.cat(fin_T))
+    return out_acc, out_T
 
-    img = torch.zeros(n_tiles, P, D, device=dev, dtype=dt)
-    trans = torch.ones(n_tiles, P, device=dev, dtype=dt)
-    if fin_tiles:
-        ids = torch.cat(fin_tiles)
-        img = img.index_copy(0, ids, torch.cat(fin_acc))
-        trans = trans.index_copy(0, ids, torch.cat(fin_T))
-    img = _untile(img, tiles_x, tiles_y, tile_size)[:height, :width]
-    trans = _untile(trans[..., None], tiles_x, tiles_y, tile_size)[:height, :width]
-    if background is not None:
-        img = img + trans * background
-    return img, 1.0 - trans
+
+def _chunk(packed, plan, start, cnt, tx_a, ty_a, pix, r0, C, n_isect):
+    """The next C Gaussians of each active tile: packed rows, their ids, validity, pixel offsets."""
+    ranks = r0 + torch.arange(C, device=packed.device)
+    valid = ranks[None, :] < cnt[:, None]  # (A,C)
+    idx = torch.clamp(start[:, None] + ranks[None, :], max=max(n_isect - 1, 0))
+    gid = plan.gauss[idx].long()
+    g = packed[gid]  # (A,C,6+D)
+    dx = (tx_a[:, None, None] + pix) - g[..., 0:1]  # (A,C,ts) per column
+    dy = (ty_a[:, None, None] + pix) - g[..., 1:2]  # (A,C,ts) per row
+    return g, gid, valid, dx, dy
+
+
+def _alpha(g, valid, dx, dy, n_act, C, P):
+    """alpha (A,C,P) of a chunk, and (before clamping) opacity * exp(-sigma) and exp(-sigma)."""
+    dev, dt = g.device, g.dtype
+    # -sigma over the tile's pixels, rows x columns, then flattened row-major.
+    nsig = (dy * g[..., 4:5])[..., :, None] * dy[..., :, None] \
+        + (g[..., 3:4] * dy)[..., :, None] * dx[..., None, :] \
+        + (dx * dx * g[..., 2:3])[..., None, :]
+    nsig = nsig.reshape(n_act, C, P)
+    op = torch.where(valid, g[..., 5], torch.zeros((), device=dev, dtype=dt))
+    vis = torch.exp(nsig)
+    raw = op[..., None] * vis
+    alpha = torch.clamp_max(raw, MAX_ALPHA)
+    alpha = torch.where(alpha >= ALPHA_THRESHOLD, alpha, torch.zeros((), device=dev, dtype=dt))
+    return alpha, raw, vis
+
+
+class _Composite(torch.autograd.Function):
+    """The compositing loop with a hand-written backward (as gsplat's rasterize backward).
+
+    Written by hand, for the CPU: autograd through the chunk loop keeps every chunk's
+    temporaries and scatters a gradient the size of all Gaussians per chunk. The backward
+    replays the recorded chunks from the last to the first, carrying per pixel the colour still
+    to come behind each Gaussian, S = sum_{j>i} w_j c_j . v (v: the colour's gradient), so
+    with w_i = alpha_i T_i and T_final = prod (1 - alpha_i) over the kept Gaussians:
+      dL/dc_i     = w_i v
+      dL/dalpha_i = T_i (c_i . v) - (S_i + T_final dL/dT_final) / (1 - alpha_i).
+    alpha = min(0.999, o exp(-sigma)) gets no gradient where clamped or below 1/255, as autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, packed, plan):
+        plan.steps = []
+        acc, T = _composite(packed.detach(), plan, record=True)
+        ctx.plan = plan
+        ctx.save_for_backward(packed, T)
+        return acc, T
+
+    @staticmethod
+    def backward(ctx, v_acc, v_T):
+        packed, T_final = ctx.saved_tensors
+        plan = ctx.plan
+        dev, dt = packed.device, packed.dtype
+        A0, P, ts = plan.active.numel(), plan.P, plan.tile_size
+        D = packed.shape[1] - 6
+        if v_acc is None:
+            v_acc = torch.zeros(A0, P, D, device=dev, dtype=dt)
+        if v_T is None:
+            v_T = torch.zeros(A0, P, device=dev, dtype=dt)
+        grad = torch.zeros_like(packed)
+        # Per pixel: colour still to come behind the current chunk, dotted with v.
+        S = torch.zeros(A0, P, device=dev, dtype=dt)
+        tail = T_final * v_T  # T_final dL/dT_final, per pixel
+        zero = torch.zeros((), device=dev, dtype=dt)
+        with torch.no_grad():
+            for pos, gid, valid, g, dx, dy, alpha, raw, vis, T_excl, live, w in reversed(plan.steps):
+                n_act, C = gid.shape
+                va = v_acc[pos]  # (A,P,D)
+                cv = torch.bmm(g[..., 6:], va.transpose(1, 2))  # (A,C,P): c_i . v per pixel
+                wcv = w * cv
+                # S_i: behind i inside this chunk (chunk total minus inclusive prefix: at most C
+                # terms, so no precision worth a reversed cumsum is lost) plus later chunks.
+                S_pos = S[pos]
+                chunk_total = wcv.sum(1)
+                suffix = (S_pos + chunk_total)[:, None, :] - torch.cumsum(wcv, 1)
+                v_alpha = T_excl * cv - (suffix + tail[pos][:, None, :]) / (1.0 - alpha)
+                # Only kept Gaussians with an unclamped alpha in [1/255, 0.999] carry gradient.
+                v_alpha = torch.where(live, v_alpha, zero)
+                S = S.index_copy(0, pos, S_pos + chunk_total)
+                v_col = torch.bmm(w, va)  # (A,C,D)
+                v_op = (v_alpha * vis).sum(2)  # (A,C)
+                v_ns = (v_alpha * raw).reshape(n_act, C, ts, ts)  # rows (y) x columns (x)
+                # nsig = g2 dx^2 + g3 dx dy + g4 dy^2, with dx = px - g0, dy = py - g1.
+                s_x = v_ns.sum(2)  # (A,C,ts) summed over rows: per column
+                s_y = v_ns.sum(3)  # per row
+                s_xy = (v_ns * dy[..., :, None]).sum(2)  # per column: sum over rows of v dy
+                g2 = (s_x * dx * dx).sum(2)
+                g3 = (s_xy * dx).sum(2)
+                g4 = (s_y * dy * dy).sum(2)
+                sdx = (s_x * dx).sum(2)  # sum of v dx
+                sdy = (s_y * dy).sum(2)  # sum of v dy
+                # d nsig / d g0 = -(2 g2 dx + g3 dy); d nsig / d g1 = -(g3 dx + 2 g4 dy).
+                g0 = -(2 * g[..., 2] * sdx + g[..., 3] * sdy)
+                g1 = -(g[..., 3] * sdx + 2 * g[..., 4] * sdy)
+                rows = torch.cat([g0[..., None], g1[..., None], g2[..., None], g3[..., None], g4[..., None],
+                                  v_op[..., None], v_col], -1)
+                rows = torch.where(valid[..., None], rows, zero)
+                grad.index_add_(0, gid.reshape(-1), rows.reshape(-1, rows.shape[-1]))
+        return grad, None
 
 
 def _untile(x: Tensor, tiles_x: int, tiles_y: int, ts: int) -> Tensor:

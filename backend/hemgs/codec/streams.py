@@ -1,0 +1,78 @@
+"""One coded attribute stream: values -> symbols under snapped Gaussians, and back, exactly.
+
+Shared by every codec. A stream's bytes are
+
+    u32 len | step guard      -- the encoder's snapped quantization steps (coding/steps.py)
+    u32 len | parameter guard -- the encoder's snapped means/scales (coding/exact_params.py)
+    u32 len | parameter CRCs  -- per chunk: a decoder whose parameters differ fails loudly
+    u32     | CRC32 of the symbols, so any other cross-machine mismatch fails loudly too
+    rest    | the symbol stream (coding/gaussian_coder.py)
+
+Means, scales and steps are in the attribute's own units; the stream codes round(value / q).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+from ..coding.exact_params import apply_guard, check_param_checksums, param_checksums, snap_for_encoder
+from ..coding.gaussian_coder import decode_symbols, encode_symbols
+from ..errors import FormatError, IntegrityError
+
+_PARTS = ("step guard", "parameter guard", "parameter checksums")
+_MAX_SYMBOL = 2**31 - 1
+
+
+def pack(parts: list[bytes], symbols_crc: int, stream: bytes) -> bytes:
+    out = [struct.pack("<I", len(p)) + p for p in parts]
+    return b"".join(out) + struct.pack("<I", symbols_crc) + stream
+
+
+def unpack(data: bytes, name: str) -> tuple[list[bytes], int, bytes]:
+    parts, pos = [], 0
+    for what in _PARTS:
+        if pos + 4 > len(data):
+            raise FormatError(f"section {name}: truncated before its {what}")
+        (n,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if pos + n > len(data):
+            raise FormatError(f"section {name}: its {what} runs past the section end")
+        parts.append(bytes(data[pos:pos + n]))
+        pos += n
+    if pos + 4 > len(data):
+        raise FormatError(f"section {name}: truncated before its symbol checksum")
+    (crc,) = struct.unpack_from("<I", data, pos)
+    return parts, crc, bytes(data[pos + 4:])
+
+
+def empty() -> bytes:
+    return pack([b"", b"", b""], zlib.crc32(b""), b"")
+
+
+def encode_values(values: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
+                  step_guard: bytes) -> tuple[bytes, np.ndarray]:
+    """Code `values` with per-element steps `q` (already snapped); returns (bytes, decoded values)."""
+    snapped, guard = snap_for_encoder(mean / q, scale / q)
+    symbols = np.clip(np.rint(values / q), -_MAX_SYMBOL, _MAX_SYMBOL).astype(np.int32)
+    stream = encode_symbols(symbols, snapped.means, snapped.scales)
+    data = pack([step_guard, guard, param_checksums(snapped)], zlib.crc32(symbols.astype("<i4").tobytes()), stream)
+    return data, symbols.astype(np.float64) * q
+
+
+def split(data: bytes, name: str) -> tuple[bytes, tuple]:
+    """The step guard of a stream, and the rest for `decode_values` (steps come first)."""
+    (step_guard, guard, crcs), sym_crc, stream = unpack(data, name)
+    return step_guard, (guard, crcs, sym_crc, stream)
+
+
+def decode_values(rest: tuple, mean: np.ndarray, scale: np.ndarray, q: np.ndarray, name: str) -> np.ndarray:
+    guard, crcs, sym_crc, stream = rest
+    snapped = apply_guard(mean / q, scale / q, guard)
+    check_param_checksums(snapped, crcs, name)
+    symbols = decode_symbols(stream, snapped.means, snapped.scales)
+    if zlib.crc32(symbols.astype("<i4").tobytes()) != sym_crc:
+        raise IntegrityError(f"decoded {name} differ from what the encoder coded (entropy-coder mismatch)")
+    return symbols.astype(np.float64) * q
