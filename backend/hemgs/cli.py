@@ -121,6 +121,12 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sh-degree", type=int, default=1, choices=[0, 1, 2, 3], help="SH degree of the baked colours")
     s.set_defaults(func=cmd_decompress)
 
+    from . import pretrain  # torch-free import: the parser stays cheap
+
+    s = sub.add_parser("pretrain", parents=[common], help="pre-train the scene-agnostic point network (maintainers)")
+    pretrain.add_arguments(s)
+    s.set_defaults(func=pretrain.run)
+
     s = sub.add_parser("demo", parents=[common], help="the main job on a scene (the bundled demo by default)")
     s.add_argument("file")
     s.add_argument("-o", "--output", default="out/demo", help="output folder")
