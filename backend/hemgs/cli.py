@@ -104,6 +104,14 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="attribute-space warm-start steps (default: about 250 visits per anchor)")
     fit_args.add_argument("--train-width", dest="width", type=int, default=256, help="training render size")
     fit_args.add_argument("--views", type=int, default=32, help="sampled training views (every 8th held out)")
+    fit_args.add_argument("--codec", choices=["hemgs", "hac"], default="hemgs",
+                          help="entropy model: HEMGS (default) or the HAC baseline")
+    fit_args.add_argument("--no-scene-agnostic", action="store_true", help="HEMGS without the pre-trained point-network prior")
+    fit_args.add_argument("--no-ar", action="store_true", help="HEMGS without the autoregressive context")
+    fit_args.add_argument("--no-acs", action="store_true",
+                          help="HEMGS with a fixed 5x5x5 context field instead of adaptive context selection")
+    fit_args.add_argument("--fixed-rate", action="store_true",
+                          help="one λ per model (no variable-rate predictor); all four switches = HAC mode")
 
     s = sub.add_parser("train", parents=[common, fit_args], help="fit a model to a 3DGS scene (train once, export many)")
     s.add_argument("src")
@@ -349,7 +357,9 @@ def cmd_eval(args) -> int:
 def _fit_config(args):
     from .fit import FitConfig
 
-    cfg = FitConfig(lam=args.lam, width=args.width, steps=args.steps, warm_steps=args.warm_steps, views=args.views)
+    cfg = FitConfig(lam=args.lam, width=args.width, steps=args.steps, warm_steps=args.warm_steps, views=args.views,
+                    codec=args.codec, scene_agnostic=not args.no_scene_agnostic, ar=not args.no_ar,
+                    acs=not args.no_acs, variable_rate=not args.fixed_rate)
     cfg.validate()
     return cfg
 
@@ -361,7 +371,9 @@ def cmd_train(args) -> int:
     cfg = _fit_config(args)
     t0 = time.perf_counter()
     fitted = train(args.src, args.output, cfg, progress=_stage_progress(), device=device)
-    print(f"wrote {args.output}: {fitted.model.num_anchors:,} anchors, λ={cfg.lam:g}, "
+    lo, hi = cfg.lambda_range
+    rate = f"λ={lo:g}" if lo == hi else f"λ {lo:g} to {hi:g} (variable rate)"
+    print(f"wrote {args.output}: {fitted.model.num_anchors:,} anchors, {cfg.codec.upper()} model, {rate}, "
           f"trained in {time.perf_counter() - t0:.0f} s on {device.type}")
     return 0
 

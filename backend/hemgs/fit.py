@@ -27,6 +27,7 @@ from .anchor.warm_start import build_anchor_model, warm_start
 from .cameras import Camera, scene_views, split_views
 from .entropy.hac import AnchorAttrs, HacEntropyModel
 from .entropy.hashgrid import HashGridConfig
+from .entropy.hemgs import LAMBDAS, HemgsConfig, HemgsEntropyModel
 from .errors import InputError, SceneError
 from .metrics import ssim_loss_term
 from .render import render
@@ -54,6 +55,15 @@ class FitConfig:
     lr_entropy: float = 5e-3
     mask_weight: float = 5e-4  # HAC's push towards pruning offsets
     seed: int = 0
+    # The entropy model: "hemgs" (paper §3.3; its parts are the switches below) or "hac" (the
+    # baseline: hash grid only, fixed rate).
+    codec: str = "hemgs"
+    scene_agnostic: bool = True
+    ar: bool = True
+    acs: bool = True
+    variable_rate: bool = True
+    lambdas: tuple = LAMBDAS  # variable rate: the K rates trained together
+    rate_anchors: int = 4096  # anchors whose bits are estimated per step (unbiased subsample)
 
     def validate(self) -> None:
         lo, hi = LAMBDA_RANGE
@@ -63,6 +73,19 @@ class FitConfig:
             raise InputError("training renders need at least 16x16 pixels")
         if self.steps < 0 or (self.warm_steps is not None and self.warm_steps < 0) or self.views < 2:
             raise InputError("steps must be >= 0 and views >= 2")
+        if self.codec not in ("hemgs", "hac"):
+            raise InputError(f"unknown codec {self.codec!r}: expected hemgs or hac")
+        if self.codec == "hemgs" and self.variable_rate:
+            bad = [v for v in self.lambdas if not (math.isfinite(v) and lo <= v <= hi)]
+            if bad or len(self.lambdas) < 2:
+                raise InputError(f"a variable-rate model trains on >= 2 λ values in [{lo:g}, {hi:g}], got {list(self.lambdas)}")
+
+    @property
+    def lambda_range(self) -> tuple[float, float]:
+        """The λ values a model trained with this config serves."""
+        if self.codec == "hemgs" and self.variable_rate:
+            return min(self.lambdas), max(self.lambdas)
+        return self.lam, self.lam
 
 
 @dataclass
@@ -83,11 +106,25 @@ def teacher_views(scene: GaussianScene, source_path, cfg: FitConfig) -> tuple[li
     return train, test
 
 
-def new_entropy_model(model: AnchorModel, seed: int = 0) -> HacEntropyModel:
+def new_entropy_model(model: AnchorModel, cfg: FitConfig | None = None, seed: int = 0):
+    """The entropy model `cfg` asks for, sized to the model's anchors."""
+    cfg = cfg or FitConfig(codec="hac")
     a = model.anchors.detach()
     lo, hi = a.min(0).values - model.voxel_size, a.max(0).values + model.voxel_size
-    return HacEntropyModel(model.config.feat_dim, model.config.k, lo, hi,
-                           HashGridConfig.for_anchor_count(model.num_anchors), seed=seed)
+    grid = HashGridConfig.for_anchor_count(model.num_anchors)
+    if cfg.codec == "hac":
+        return HacEntropyModel(model.config.feat_dim, model.config.k, lo, hi, grid, seed=seed)
+    sa_dim = scene_agnostic_prior().dim if cfg.scene_agnostic else 0
+    hc = HemgsConfig(feat_dim=model.config.feat_dim, k=model.config.k, sa_dim=sa_dim,
+                     scene_agnostic=cfg.scene_agnostic, ar=cfg.ar, acs=cfg.acs, variable_rate=cfg.variable_rate,
+                     lambdas=sorted(cfg.lambdas) if cfg.variable_rate else [cfg.lam], grid=grid.to_dict())
+    return HemgsEntropyModel(hc, lo, hi, seed=seed)
+
+
+def scene_agnostic_prior():
+    from .entropy.pointnet import load_scene_agnostic
+
+    return load_scene_agnostic()
 
 
 def fit(scene: GaussianScene, *, source_path=None, cfg: FitConfig | None = None,
@@ -121,7 +158,7 @@ def fit(scene: GaussianScene, *, source_path=None, cfg: FitConfig | None = None,
 
     # 3. render-space fine-tune
     history["feature_rescale"] = rescale_features(model, FEATURE_STD)
-    entropy = new_entropy_model(model, cfg.seed).to(device)
+    entropy = new_entropy_model(model, cfg, cfg.seed).to(device)
     t0 = time.perf_counter()
     history["render"] = render_finetune(model, entropy, train, targets, cfg, report)
     history["render_seconds"] = time.perf_counter() - t0
@@ -147,7 +184,42 @@ def rescale_features(model: AnchorModel, target_std: float) -> float:
     return c
 
 
-def render_finetune(model: AnchorModel, entropy: HacEntropyModel, views: list[Camera], targets: list[torch.Tensor],
+class _HemgsRate:
+    """Per-step rate of a HEMGS model: everything that depends only on the anchors is built once
+    (hash-grid lookup, scene-agnostic features, context selection)."""
+
+    def __init__(self, model: AnchorModel, entropy: HemgsEntropyModel, cfg: FitConfig):
+        self.entropy, self.cfg = entropy, cfg
+        hc = entropy.cfg
+        self.lookup = entropy.grid.lookup(entropy.normalise(model.anchors.detach()))
+        coords = model.coords.cpu().numpy()
+        dev = model.features.device
+        self.sa = (scene_agnostic_prior().features(coords).to(dev, torch.float32) if hc.scene_agnostic else None)
+        self.index = self.offsets = None
+        if hc.ar:
+            from .entropy.context import assign_groups, select_context
+
+            sel = select_context(coords, assign_groups(coords, hc.groups), acs=hc.acs,
+                                 n=hc.n_context if hc.acs else None)
+            self.index = torch.from_numpy(sel.index).to(dev)
+            self.offsets = torch.from_numpy(sel.offsets).to(dev, torch.float32)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.rng = random.Random(cfg.seed + 1)
+
+    def __call__(self, model: AnchorModel, vis: torch.Tensor):
+        """(quantized attributes of the visible anchors, λ of this step, bits per parameter)."""
+        n = model.num_anchors
+        lam = self.rng.choice(self.cfg.lambdas) if self.entropy.cfg.variable_rate else self.cfg.lam
+        rows = torch.randperm(n, generator=self.gen)[: self.cfg.rate_anchors].to(vis.device)
+        attrs = AnchorAttrs(model.features, model.scaling, model.offsets, model.binary_mask())
+        hat, bits = self.entropy(self.entropy.grid.encode(self.lookup), self.sa, attrs, lam, self.index,
+                                 self.offsets, rows)
+        bpp = sum(bits.values()) / (len(rows) * self.entropy.params_per_anchor())
+        visible = AnchorAttrs(hat.features[vis], hat.scaling[vis], hat.offsets[vis], hat.mask[vis])
+        return visible, lam, bpp
+
+
+def render_finetune(model: AnchorModel, entropy, views: list[Camera], targets: list[torch.Tensor],
                     cfg: FitConfig, report: Progress) -> dict:
     opt = torch.optim.Adam([
         {"params": [model.features], "lr": cfg.lr_features},
@@ -164,7 +236,13 @@ def render_finetune(model: AnchorModel, entropy: HacEntropyModel, views: list[Ca
     log = {"loss": [], "l1": [], "bits_per_param": []}
     # Anchors never move: the hash grid's interpolation at them is built once (only the tables
     # train), and each step's context is then two sparse products instead of 144 gathers.
-    lookup = entropy.lookup(model.anchors.detach()) if rate_from < cfg.steps else None
+    hemgs = isinstance(entropy, HemgsEntropyModel)
+    lookup = hemgs_rate = None
+    if rate_from < cfg.steps:
+        if hemgs:
+            hemgs_rate = _HemgsRate(model, entropy, cfg)
+        else:
+            lookup = entropy.lookup(model.anchors.detach())
     for step in range(cfg.steps):
         if not order:
             order = list(range(len(views)))
@@ -175,16 +253,18 @@ def render_finetune(model: AnchorModel, entropy: HacEntropyModel, views: list[Ca
         if not bool(vis.any()):
             continue
         attrs = AnchorAttrs(model.features[vis], model.scaling[vis], model.offsets[vis], model.binary_mask()[vis])
-        bpp = None
-        if step >= rate_from:
+        bpp, lam = None, cfg.lam
+        if step >= rate_from and hemgs:
+            attrs, lam, bpp = hemgs_rate(model, vis)
+        elif step >= rate_from:
             attrs, bits = entropy(None, attrs, context=entropy.context_of(lookup)[vis])
             bpp = sum(bits.values()) / (int(vis.sum()) * entropy.params_per_anchor())
         image, _ = render_anchor(model, cam, attrs=attrs, visible=vis)
         l1 = (image - target).abs().mean()
         loss = 0.8 * l1 + 0.2 * ssim_loss_term(image, target)
         loss = loss + cfg.mask_weight * torch.sigmoid(model.mask_logits[vis]).mean()
-        if bpp is not None:
-            loss = loss + cfg.lam * bpp
+        if bpp is not None:  # variable rate: one of the K λ per step, i.e. the paper's mean over k in expectation
+            loss = loss + lam * bpp
         opt.zero_grad(set_to_none=True)
         loss.backward()
         decay = 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * step / max(cfg.steps, 1)))

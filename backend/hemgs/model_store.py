@@ -19,24 +19,31 @@ from . import __version__
 from .anchor.model import AnchorConfig, AnchorModel
 from .codec.anchor import network_sizes
 from .entropy.hac import HacEntropyModel
+from .entropy.hemgs import HemgsConfig, HemgsEntropyModel
 from .entropy.hashgrid import HashGridConfig
-from .errors import FormatError, InputError
+from .errors import FormatError, HemgsError, InputError
 from .io.atomic import atomic_write
 
 KIND = "hemgs-model"
 FORMAT_VERSION = 1
 
 
-def save_model(path, model: AnchorModel, entropy: HacEntropyModel, *, lam: float, extra: dict | None = None) -> None:
+def save_model(path, model: AnchorModel, entropy, *, lam: float, extra: dict | None = None) -> None:
+    """`entropy` is a HacEntropyModel (codec "hac", fixed rate λ) or a HemgsEntropyModel (codec
+    "hemgs"; variable-rate models serve the λ range they were trained on)."""
     tensors = {f"anchor.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"entropy.{k}": v.detach().cpu().contiguous() for k, v in entropy.state_dict().items()})
-    meta = {
-        "kind": KIND, "format": FORMAT_VERSION, "hemgs": __version__, "mode": "anchor", "codec": "hac",
-        "lambda": float(lam), "anchor_config": model.config.to_dict(),
-        "entropy": {"feat_dim": entropy.feat_dim, "k": entropy.k, "hidden": entropy.mlp[0].out_features,
-                    "grid": entropy.grid.config.to_dict()},
-        **(extra or {}),
-    }
+    meta = {"kind": KIND, "format": FORMAT_VERSION, "hemgs": __version__, "mode": "anchor",
+            "lambda": float(lam), "anchor_config": model.config.to_dict()}
+    if isinstance(entropy, HemgsEntropyModel):
+        cfg = entropy.cfg
+        meta.update(codec="hemgs", hemgs_config=cfg.to_dict(),
+                    lambda_range=[min(cfg.lambdas), max(cfg.lambdas)] if cfg.variable_rate else [lam, lam])
+    else:
+        meta.update(codec="hac", lambda_range=[lam, lam],
+                    entropy={"feat_dim": entropy.feat_dim, "k": entropy.k, "hidden": entropy.mlp[0].out_features,
+                             "grid": entropy.grid.config.to_dict()})
+    meta.update(extra or {})
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata={"hemgs": json.dumps(meta)})
 
@@ -85,18 +92,30 @@ def load_model(path) -> tuple[AnchorModel, HacEntropyModel, dict]:
     lam = meta.get("lambda")
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (math.isfinite(lam) and lam > 0):
         raise FormatError(f"{path}: model file has an invalid λ {lam!r}"[:200])
-    _check_budget(path, meta, tensors)
+    codec = meta.get("codec", "hac")
+    if codec not in ("hac", "hemgs"):
+        raise FormatError(f"{path}: unknown codec {codec!r} in the model file"[:200])
+    if codec == "hac":
+        _check_budget(path, meta, tensors)
     try:
         config = AnchorConfig.from_dict(dict(meta["anchor_config"]))
-        e = meta["entropy"]
         anchor_state = {k[7:]: v for k, v in tensors.items() if k.startswith("anchor.")}
         entropy_state = {k[8:]: v for k, v in tensors.items() if k.startswith("entropy.")}
         model = AnchorModel(config, anchor_state["coords"], anchor_state["origin"], seed=None)
         model.load_state_dict(anchor_state)
-        entropy = HacEntropyModel(int(e["feat_dim"]), int(e["k"]), entropy_state["bbox_min"], entropy_state["bbox_max"],
-                                  HashGridConfig.from_dict(dict(e["grid"])), hidden=int(e["hidden"]))
+        if codec == "hac":
+            e = meta["entropy"]
+            entropy = HacEntropyModel(int(e["feat_dim"]), int(e["k"]), entropy_state["bbox_min"],
+                                      entropy_state["bbox_max"], HashGridConfig.from_dict(dict(e["grid"])),
+                                      hidden=int(e["hidden"]))
+        else:
+            hc = HemgsConfig.from_untrusted(meta.get("hemgs_config"))
+            if hc.feat_dim != config.feat_dim or hc.k != config.k:
+                raise ValueError("the HEMGS and anchor configs disagree on sizes")
+            entropy = HemgsEntropyModel(hc, entropy_state["bbox_min"], entropy_state["bbox_max"])
         entropy.load_state_dict(entropy_state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        meta.setdefault("lambda_range", [float(lam), float(lam)])
+    except (KeyError, TypeError, ValueError, RuntimeError, HemgsError) as exc:
         raise FormatError(f"{path}: model file is incomplete or inconsistent: {' '.join(str(exc).split())[:200]}") from None
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():

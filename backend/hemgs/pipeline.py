@@ -34,29 +34,50 @@ def train(source, out_model, cfg: FitConfig | None = None, progress: Progress | 
     cfg = cfg or FitConfig()
     scene, _ = load_source(source)
     fitted = fit(scene, source_path=source, cfg=cfg, progress=progress, device=device)
-    save_model(out_model, fitted.model, fitted.entropy, lam=cfg.lam,
+    save_model(out_model, fitted.model, fitted.entropy, lam=cfg.lam if cfg.lambda_range[0] <= cfg.lam <= cfg.lambda_range[1]
+               else cfg.lambda_range[0],
                extra={"source": os.path.basename(str(source)), "source_bytes": os.path.getsize(source),
                       "fit": {k: v for k, v in fitted.history.items() if k.endswith("seconds") or k == "anchors"}})
     return fitted
 
 
-def check_lambda(trained: float, asked: float | None) -> float:
-    """HAC mode is fixed-rate: a model codes at the λ it was trained for."""
+# A variable-rate model also serves λ a little beyond the range it was trained on.
+LAMBDA_MARGIN = 2.0
+
+
+def check_lambda(trained: float, asked: float | None, lambda_range: tuple[float, float] | None = None) -> float:
+    """The λ to code with. A fixed-rate model (range of one value) codes at the λ it was trained
+    for; a variable-rate model at any λ within its trained range, widened by LAMBDA_MARGIN."""
+    lo, hi = lambda_range or (trained, trained)
     if asked is None:
         return trained
-    if not (isinstance(asked, (int, float)) and math.isfinite(asked) and asked > 0):
+    if isinstance(asked, bool) or not (isinstance(asked, (int, float)) and math.isfinite(asked) and asked > 0):
         raise InputError(f"λ must be a positive number, got {asked}")
-    if abs(asked - trained) > 1e-6 * max(trained, 1e-12):
-        raise InputError(f"this model is fixed-rate (HAC mode), trained at λ={trained:g}; "
-                         f"λ={asked:g} needs another model (hemgs train --lambda {asked:g})")
-    return trained
+    if lo == hi:
+        if abs(asked - trained) > 1e-6 * max(trained, 1e-12):
+            raise InputError(f"this model is fixed-rate, trained at λ={trained:g}; "
+                             f"λ={asked:g} needs another model (hemgs train --lambda {asked:g})")
+        return trained
+    if not lo / LAMBDA_MARGIN <= asked <= hi * LAMBDA_MARGIN:
+        raise InputError(f"λ={asked:g} is outside what this model serves ({lo / LAMBDA_MARGIN:g} to "
+                         f"{hi * LAMBDA_MARGIN:g}; trained on {lo:g} to {hi:g})")
+    return float(asked)
 
 
 def compress_model(model, entropy, out_hgs, *, lam: float, header_extra: dict | None = None) -> dict:
-    from .codec.anchor import encode
+    from .entropy.hemgs import HemgsEntropyModel
 
     t0 = time.perf_counter()
-    header, sections, decoded = encode(model, entropy, lam=lam, header_extra=header_extra)
+    if isinstance(entropy, HemgsEntropyModel):
+        from .codec.hemgs_codec import encode as encode_hemgs
+        from .fit import scene_agnostic_prior
+
+        sa = scene_agnostic_prior() if entropy.cfg.scene_agnostic else None
+        header, sections, decoded = encode_hemgs(model, entropy, sa, lam=lam, header_extra=header_extra)
+    else:
+        from .codec.anchor import encode
+
+        header, sections, decoded = encode(model, entropy, lam=lam, header_extra=header_extra)
     write_hgs(out_hgs, header, sections)
     return {"path": str(out_hgs), "bytes": os.path.getsize(out_hgs), "seconds": time.perf_counter() - t0,
             "sections": {k: len(v) for k, v in sections.items()}, "anchors": header["anchors"],
@@ -65,7 +86,7 @@ def compress_model(model, entropy, out_hgs, *, lam: float, header_extra: dict | 
 
 def compress(model_path, out_hgs, *, lam: float | None = None) -> dict:
     model, entropy, meta = load_model(model_path)
-    lam = check_lambda(float(meta["lambda"]), lam)
+    lam = check_lambda(float(meta["lambda"]), lam, tuple(meta.get("lambda_range") or ()) or None)
     extra = {k: meta[k] for k in ("source", "source_bytes") if k in meta}
     report = compress_model(model, entropy, out_hgs, lam=lam, header_extra=extra)
     report["source_bytes"] = meta.get("source_bytes")
@@ -73,12 +94,16 @@ def compress(model_path, out_hgs, *, lam: float | None = None) -> dict:
 
 
 def decode_file(path):
-    from .codec.anchor import decode
-
     hgs = read_hgs(path)
-    mode = hgs.header.get("mode")
+    mode, codec = hgs.header.get("mode"), hgs.header.get("codec")
     if mode != "anchor":
-        raise FormatError(f"{path}: unknown coding mode {mode!r}")
+        raise FormatError(f"{path}: unknown coding mode {mode!r}"[:200])
+    if codec == "hemgs":
+        from .codec.hemgs_codec import decode
+    elif codec == "hac":
+        from .codec.anchor import decode
+    else:
+        raise FormatError(f"{path}: unknown codec {codec!r}"[:200])
     return decode(hgs.header, hgs.sections)
 
 
