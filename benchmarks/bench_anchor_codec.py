@@ -52,7 +52,8 @@ def scene_path(name: str) -> Path:
 def run_one(name: str, lam: float, args) -> dict:
     path = scene_path(name)
     scene, _ = sanitize(load_scene(path))
-    cfg = FitConfig(lam=lam, width=args.width, steps=args.steps, warm_steps=args.warm_steps, views=args.views)
+    cfg = FitConfig(lam=lam, width=args.width, steps=args.steps, warm_steps=args.warm_steps, views=args.views,
+                    codec="hac")
     stage_t: dict = {}
 
     def progress(stage, step, total, info):
@@ -87,7 +88,7 @@ def run_one(name: str, lam: float, args) -> dict:
         "bytes": size, "source_bytes": path.stat().st_size, "sections": {k: len(v) for k, v in sections.items()},
         "bits_per_anchor_locations": 8 * len(sections["locations"]) / max(1, header["anchors"]),
         "psnr": fid["psnr"], "ssim": fid["ssim"], "psnr_baked": fid_baked["psnr"], "ssim_baked": fid_baked["ssim"],
-        "views": fid["views"], "view_size": args.width,
+        "views": fid["views"], "view_size": args.width, "path": str(out),
         "train_s": train_s, "encode_s": encode_s, "decode_s": decode_s, "bake_s": bake_s, **stage_t,
         "config": {"steps": cfg.steps, "warm_steps": cfg.warm_steps, "width": cfg.width, "views": cfg.views},
         "threads": torch.get_num_threads(),

@@ -81,7 +81,10 @@ class _Geometry:
             self.groups, self.n_groups, self.sel = np.zeros(self.n, np.int64), 1, None
 
     def run(self, fn, x: torch.Tensor) -> torch.Tensor:
-        return run_deterministic(fn, x, chunk=self.chunk)
+        # Small groups would be padded up to a whole chunk: use the smallest power of two that
+        # holds them. Encoder and decoder see the same row counts, so they pick the same chunk.
+        chunk = min(self.chunk, max(64, 1 << max(0, int(x.shape[0]) - 1).bit_length()))
+        return run_deterministic(fn, x, chunk=chunk)
 
 
 def _stage(geo: _Geometry, stage: str, prior: torch.Tensor, lam: float, coded: np.ndarray, *,
