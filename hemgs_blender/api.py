@@ -7,8 +7,8 @@ Every call blocks until it is done and returns its result, with or without a UI:
     api.info("/data/scene.ply")                             # {'gaussians': ..., 'sh_degree': ...}
     api.evaluate("/data/scene.ply", "/data/scene.spz")      # {'psnr': ..., 'ssim': ...}
 
-    model = api.train("/data/scene.ply", lam=1e-3, preset="quick")["model"]
-    api.compress_model(model, "/tmp/scene.hgs", source="/data/scene.ply")   # size, ratio, PSNR, SSIM
+    model = api.train("/data/scene.ply", preset="quick")["model"]           # variable-rate HEMGS
+    api.compress_model(model, "/tmp/scene.hgs", source="/data/scene.ply", lam=2e-3)  # size, ratio, PSNR, SSIM
     api.compress(["/data/a.ply", "/data/b.ply"], lambdas=[1e-3, 4e-3], output_dir="/tmp/out")  # a list
     api.decompress("/tmp/scene.hgs", "/tmp/scene_decoded.ply")
 
@@ -16,9 +16,10 @@ Every call blocks until it is done and returns its result, with or without a UI:
 readers); a .hgs preview, `evaluate`, `train`, `compress` and `decompress` need torch, so they run
 in the backend worker (preferences: Backend Python).
 
-Today's codec is fixed-rate (HAC mode): a model codes at the λ it was trained for, so `compress`
-over several λ trains one model per (file, λ). The variable-rate HEMGS model will train once per
-file and code every λ in its trained range; `compress` keeps its signature.
+`train` makes a variable-rate HEMGS model by default: one model codes any λ of its trained range
+(1e-3..4e-3, widened by the backend's margin), so `compress` trains one model per file and codes
+every λ from it. A fixed-rate model (`codec="hac"` or `variable_rate=False`) codes only the λ it
+was trained at; `compress` then trains one per (file, λ).
 """
 
 from __future__ import annotations
@@ -140,11 +141,14 @@ def lambda_tag(lam: float) -> str:
     return f"lam{mantissa.rstrip('0').rstrip('.')}e{exponent}"
 
 
-def default_model_path(source: str | os.PathLike, lam: float, folder: str | os.PathLike | None = None) -> Path:
-    """Where a model trained on `source` at λ goes: `<stem>.<lamtag>.safetensors` beside the source
-    (or in `folder`; in the user folder when the source's folder is read-only)."""
+def default_model_path(source: str | os.PathLike, lam: float | None,
+                       folder: str | os.PathLike | None = None) -> Path:
+    """Where a model trained on `source` goes: `<stem>.<lamtag>.safetensors` for a fixed-rate model
+    at λ, `<stem>.hemgs.safetensors` for a variable-rate one (`lam` None), beside the source (or in
+    `folder`; in the user folder when the source's folder is read-only)."""
     src = Path(source)
-    return _writable_folder(Path(folder or src.parent), bool(folder)) / f"{src.stem}.{lambda_tag(lam)}.safetensors"
+    tag = "hemgs" if lam is None else lambda_tag(lam)
+    return _writable_folder(Path(folder or src.parent), bool(folder)) / f"{src.stem}.{tag}.safetensors"
 
 
 def default_hgs_path(source: str | os.PathLike, lam: float, folder: str | os.PathLike | None = None) -> Path:
@@ -155,13 +159,23 @@ def default_hgs_path(source: str | os.PathLike, lam: float, folder: str | os.Pat
 def train(source: str | os.PathLike, model: str | os.PathLike | None = None, lam: float = 1e-3,
           preset: str = "quick", steps: int | None = None, warm_steps: int | None = None,
           width: int | None = None, views: int | None = None, device: str = "auto",
-          timeout: float | None = None) -> dict:
-    """Fit a model to `source` at rate weight `lam` (fixed-rate today) and write it to `model`
-    (default: `default_model_path`). `preset` "quick" or "standard" sets the training budget;
-    steps/warm_steps/width/views override it. Returns the worker's result (model, lambda, anchors,
-    seconds, ...); raises WorkerError on a bad input or a crash."""
-    model = str(model or default_model_path(source, lam))
-    args: dict = {"source": str(source), "model": model, "lambda": float(lam), "preset": preset, "device": device}
+          codec: str = "hemgs", variable_rate: bool = True, scene_agnostic: bool = True, ar: bool = True,
+          acs: bool = True, lambdas: Iterable[float] | None = None, timeout: float | None = None) -> dict:
+    """Fit a model to `source` and write it to `model` (default: `default_model_path`).
+
+    Default: a variable-rate HEMGS model, trained on `lambdas` (default the backend's 1e-3..4e-3),
+    that codes any λ of that range. `codec="hac"` or `variable_rate=False`: a fixed-rate model at
+    `lam`. `scene_agnostic`, `ar`, `acs` switch HEMGS's parts. `preset` "quick" or "standard" sets
+    the training budget; steps/warm_steps/width/views override it. Returns the worker's result
+    (model, codec, lambda_min/lambda_max, lambda_serves, anchors, seconds, ...); raises WorkerError
+    on a bad input or a crash."""
+    variable = codec == "hemgs" and variable_rate
+    model = str(model or default_model_path(source, None if variable else lam))
+    args: dict = {"source": str(source), "model": model, "lambda": float(lam), "preset": preset, "device": device,
+                  "codec": codec, "variable_rate": bool(variable_rate), "scene_agnostic": bool(scene_agnostic),
+                  "ar": bool(ar), "acs": bool(acs)}
+    if lambdas is not None:
+        args["lambdas"] = [float(v) for v in lambdas]
     for name, value in (("steps", steps), ("warm_steps", warm_steps), ("width", width), ("views", views)):
         if value is not None:
             args[name] = int(value)
@@ -169,15 +183,16 @@ def train(source: str | os.PathLike, model: str | os.PathLike | None = None, lam
 
 
 def model_info(path: str | os.PathLike) -> dict:
-    """A trained model's λ (lambda_min/lambda_max: its codable range), anchors and source."""
+    """A trained model's codec, λ range (lambda_min/lambda_max: trained; lambda_serves: codable),
+    anchors and source."""
     return _worker().run("model_info", {"path": str(path)})
 
 
 def compress_model(model: str | os.PathLike, output: str | os.PathLike, source: str | os.PathLike | None = None,
                    views: int = 16, width: int = 256, preview: str | os.PathLike | None = None,
                    lam: float | None = None, device: str = "auto", timeout: float | None = None) -> dict:
-    """Code the trained `model` into the .hgs `output` (at the model's λ; `lam` only for a
-    variable-rate model). With `source`: ratio, and PSNR/SSIM of the decoded file against the source
+    """Code the trained `model` into the .hgs `output` at `lam` (any λ a variable-rate model serves;
+    None: the model's own λ, the only one a fixed-rate model codes). With `source`: ratio, and PSNR/SSIM of the decoded file against the source
     over `views` views at `width` (0 views: none). With `preview`, the decoded scene's preview .npz."""
     args: dict = {"model": str(model), "output": str(output), "views": int(views), "width": int(width),
                   "device": device}
@@ -195,43 +210,63 @@ def compress_model(model: str | os.PathLike, output: str | os.PathLike, source: 
 def compress(sources: str | os.PathLike | Iterable[str | os.PathLike], lambdas: float | Iterable[float] = (1e-3,),
              output_dir: str | os.PathLike | None = None, preset: str = "quick", eval_views: int = 16,
              eval_width: int = 256, reuse_models: bool = True, on_result: Callable[[dict], None] | None = None,
-             **train_args) -> list[dict]:
+             codec: str = "hemgs", variable_rate: bool = True, **train_args) -> list[dict]:
     """Batch: every file of `sources` at every λ of `lambdas` -> `<stem>.<lamtag>.hgs` in `output_dir`
     (default: beside each source), each measured against its source over `eval_views` views at
     `eval_width` pixels (0 views: sizes only).
 
-    The codec is fixed-rate today, so each (file, λ) gets a model of its own, trained with `preset`
-    (and `train_args`: steps, warm_steps, width, views) and kept as `<stem>.<lamtag>.safetensors`
-    beside the .hgs; with `reuse_models`, a model already there for that λ is used instead of
-    training again. Returns one dict per (file, λ): source, lambda, model, trained (bool), output,
-    bytes, ratio, psnr, ssim. `on_result` is called with each as it is done."""
+    A variable-rate model (the default) is trained ONCE per file, with `preset` (and `train_args`:
+    steps, warm_steps, width, views, scene_agnostic, ar, acs, lambdas), kept as
+    `<stem>.hemgs.safetensors` beside the .hgs files, and codes every λ; a λ it does not serve
+    raises WorkerError. Fixed-rate (`codec="hac"` or `variable_rate=False`): one model per (file, λ),
+    `<stem>.<lamtag>.safetensors`. With `reuse_models`, a model already there that serves the λ is
+    used instead of training again. Returns one dict per (file, λ): source, lambda, model, trained
+    (bool: the model was trained by this call), output, bytes, ratio, psnr, ssim. `on_result` is
+    called with each as it is done."""
     srcs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     lams = [float(lambdas)] if isinstance(lambdas, (int, float)) else [float(x) for x in lambdas]
+    variable = codec == "hemgs" and variable_rate
     rows = []
+
+    def one(src, lam: float, model: Path, trained: bool) -> None:
+        res = compress_model(model, default_hgs_path(src, lam, output_dir), source=src, views=eval_views,
+                             width=eval_width, lam=lam if variable else None)
+        row = {"source": str(src), "lambda": lam, "model": str(model), "trained": trained,
+               **{k: res.get(k) for k in ("output", "bytes", "source_bytes", "ratio", "psnr", "ssim", "sections")}}
+        rows.append(row)
+        if on_result is not None:
+            on_result(row)
+
     for src in srcs:
+        if variable:
+            model = default_model_path(src, None, output_dir)
+            trained = not (reuse_models and model.exists() and _model_serves(model, lams, variable=True))
+            if trained:
+                train(src, model, preset=preset, codec=codec, variable_rate=True, **train_args)
+            for lam in lams:
+                one(src, lam, model, trained)
+            continue
         for lam in lams:
             model = default_model_path(src, lam, output_dir)
-            trained = not (reuse_models and model.exists() and _model_has_lambda(model, lam))
+            trained = not (reuse_models and model.exists() and _model_serves(model, [lam], variable=False))
             if trained:
-                train(src, model, lam=lam, preset=preset, **train_args)
-            res = compress_model(model, default_hgs_path(src, lam, output_dir), source=src, views=eval_views,
-                                 width=eval_width)
-            row = {"source": str(src), "lambda": lam, "model": str(model), "trained": trained,
-                   **{k: res.get(k) for k in ("output", "bytes", "source_bytes", "ratio", "psnr", "ssim", "sections")}}
-            rows.append(row)
-            if on_result is not None:
-                on_result(row)
+                train(src, model, lam=lam, preset=preset, codec=codec, variable_rate=False, **train_args)
+            one(src, lam, model, trained)
     return rows
 
 
-def _model_has_lambda(model: Path, lam: float) -> bool:
+def _model_serves(model: Path, lams: list[float], variable: bool) -> bool:
+    """Whether the model file at `model` is of the kind asked for and codes every λ of `lams`."""
     from .worker_client import WorkerError
 
     try:
         info = model_info(model)
     except WorkerError:
         return False  # unreadable: train it again
-    return info["lambda_min"] * (1 - 1e-6) <= lam <= info["lambda_max"] * (1 + 1e-6)
+    if bool(info.get("variable_rate")) != variable:
+        return False
+    lo, hi = info.get("lambda_serves") or (info["lambda_min"], info["lambda_max"])
+    return all(lo * (1 - 1e-6) <= lam <= hi * (1 + 1e-6) for lam in lams)
 
 
 def decompress(path: str | os.PathLike, output: str | os.PathLike, sh_degree: int = 1,

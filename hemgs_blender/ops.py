@@ -172,7 +172,10 @@ def store_model(props, info: dict) -> None:
     props.model_lambda = float(info["lambda"])
     props.model_lambda_min = float(info.get("lambda_min", info["lambda"]))
     props.model_lambda_max = float(info.get("lambda_max", info["lambda"]))
+    serves = info.get("lambda_serves") or [props.model_lambda_min, props.model_lambda_max]
+    props.model_serve_min, props.model_serve_max = float(serves[0]), float(serves[1])
     props.model_variable_rate = bool(info.get("variable_rate", False))
+    props.model_codec = str(info.get("codec") or "")
     props.model_anchors = int(info.get("anchors") or 0)
 
 
@@ -180,7 +183,12 @@ def train_args(props) -> dict:
     """The panel's Train settings as worker arguments."""
     source = bpy.path.abspath(props.source_path)
     lam = hprops.lambda_value(props)
-    args: dict = {"source": source, "model": str(api.default_model_path(source, lam)), "lambda": lam}
+    codec = props.train_codec.lower()
+    variable = codec == "hemgs" and props.train_variable_rate
+    args: dict = {"source": source, "model": str(api.default_model_path(source, None if variable else lam)),
+                  "lambda": lam, "codec": codec, "variable_rate": variable}
+    if codec == "hemgs":
+        args.update(scene_agnostic=props.train_scene_agnostic, ar=props.train_ar, acs=props.train_acs)
     if props.train_preset == "CUSTOM":
         args.update(preset="standard", steps=props.train_steps, warm_steps=props.train_warm_steps,
                     width=props.train_width, views=props.train_views)
@@ -190,7 +198,7 @@ def train_args(props) -> dict:
 
 
 class HEMGS_OT_train(bpy.types.Operator):
-    """Fit a HEMGS model to the source scene at the slider's λ (in the backend; Cancel stops it)"""
+    """Fit a model to the source scene: variable-rate HEMGS, or fixed-rate at the slider's λ (in the backend; Cancel stops it)"""
 
     bl_idname = "hemgs.train"
     bl_label = "Train"
@@ -273,7 +281,8 @@ class HEMGS_OT_compress(bpy.types.Operator):
         output = bpy.path.abspath(props.output_path) if props.output_path else ""
         if not output:
             base = props.source_path or props.model_path
-            output = str(api.default_hgs_path(bpy.path.abspath(base), props.model_lambda))
+            lam = hprops.compress_lambda(props) or props.model_lambda
+            output = str(api.default_hgs_path(bpy.path.abspath(base), lam))
         elif os.path.isdir(output):
             self.report({"ERROR"}, f"{output} is a folder; set an .hgs file name")
             return {"CANCELLED"}

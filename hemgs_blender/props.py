@@ -10,6 +10,9 @@ import bpy
 # slider is log10(λ): each decade gets the same travel.
 LAMBDA_MIN, LAMBDA_MAX = 1e-4, 1e-1
 # Training budget presets (the backend's TRAIN_PRESETS; CUSTOM sends the steps below).
+# Entropy models Train can make (the backend's codecs): HEMGS is variable-rate by default.
+CODECS = [("HEMGS", "HEMGS", "The HEMGS hybrid entropy model (scene-agnostic prior, autoregressive context)"),
+          ("HAC", "HAC", "The HAC baseline: hash-grid context only, one λ per model")]
 PRESETS = [("QUICK", "Quick", "100 + 150 warm-start steps at 128 px: a first look, minutes on a CPU"),
            ("STANDARD", "Standard", "300 + 400 warm-start steps at 256 px (hemgs train's defaults)"),
            ("CUSTOM", "Custom", "The steps set below")]
@@ -29,8 +32,21 @@ class HEMGS_SceneProps(bpy.types.PropertyGroup):
 
     # ---- training ----
     log_lambda: bpy.props.FloatProperty(  # type: ignore[valid-type]
-        name="λ", description="Rate-distortion weight the model is trained for, as log10(λ): larger is a "
-        "smaller file", default=math.log10(1e-3), min=math.log10(LAMBDA_MIN), max=math.log10(LAMBDA_MAX))
+        name="λ", description="Rate-distortion weight a fixed-rate model is trained for, as log10(λ): larger "
+        "is a smaller file", default=math.log10(1e-3), min=math.log10(LAMBDA_MIN), max=math.log10(LAMBDA_MAX))
+    train_codec: bpy.props.EnumProperty(  # type: ignore[valid-type]
+        name="Codec", items=CODECS, default="HEMGS")
+    train_variable_rate: bpy.props.BoolProperty(  # type: ignore[valid-type]
+        name="Variable rate", description="One model for every λ of 1e-3..4e-3 (chosen at Compress); off: "
+        "one model per λ", default=True)
+    train_scene_agnostic: bpy.props.BoolProperty(  # type: ignore[valid-type]
+        name="Scene-agnostic prior", description="Use the pre-trained point-network prior", default=True)
+    train_ar: bpy.props.BoolProperty(  # type: ignore[valid-type]
+        name="Autoregressive context", description="Condition each anchor on already-decoded neighbours",
+        default=True)
+    train_acs: bpy.props.BoolProperty(  # type: ignore[valid-type]
+        name="Adaptive context selection", description="The nearest 20 neighbours in a 25³ field (off: all "
+        "in a 5³ field)", default=True)
     train_preset: bpy.props.EnumProperty(  # type: ignore[valid-type]
         name="Budget", items=PRESETS, default="QUICK")
     train_steps: bpy.props.IntProperty(  # type: ignore[valid-type]
@@ -49,10 +65,15 @@ class HEMGS_SceneProps(bpy.types.PropertyGroup):
     model_lambda_min: bpy.props.FloatProperty(default=0.0)  # type: ignore[valid-type]
     model_lambda_max: bpy.props.FloatProperty(default=0.0)  # type: ignore[valid-type]
     model_variable_rate: bpy.props.BoolProperty(default=False)  # type: ignore[valid-type]
+    model_codec: bpy.props.StringProperty(default="")  # type: ignore[valid-type]
+    # The λ the model codes at: its trained range widened as the backend allows (lambda_serves).
+    model_serve_min: bpy.props.FloatProperty(default=0.0)  # type: ignore[valid-type]
+    model_serve_max: bpy.props.FloatProperty(default=0.0)  # type: ignore[valid-type]
     model_anchors: bpy.props.IntProperty(default=0)  # type: ignore[valid-type]
-    # Variable-rate models only: where in the model's trained λ range to code (0 = λ min, 1 = λ max).
+    # Variable-rate models only: where in the λ range the model serves to code (0 = its lowest λ,
+    # 1 = its highest), on a log scale; 0.5 is the middle of its trained range.
     rate_position: bpy.props.FloatProperty(  # type: ignore[valid-type]
-        name="λ", description="Where in the model's trained λ range to code (log scale)",
+        name="λ", description="Where in the model's λ range to code (log scale): larger λ, smaller file",
         default=0.5, min=0.0, max=1.0, subtype="FACTOR")
 
     # ---- compressing ----
@@ -78,13 +99,22 @@ def lambda_value(props) -> float:
     return 10.0 ** props.log_lambda
 
 
+def serve_range(props) -> tuple[float, float]:
+    """The λ range the loaded model codes at (the trained range where the backend said nothing wider)."""
+    lo = props.model_serve_min if props.model_serve_min > 0 else props.model_lambda_min
+    hi = props.model_serve_max if props.model_serve_max > 0 else props.model_lambda_max
+    return lo, max(hi, lo)
+
+
 def compress_lambda(props) -> float | None:
     """The λ Compress asks for: None for a fixed-rate model (it codes at its own λ); for a
-    variable-rate one, `rate_position` on a log scale over the model's trained range."""
-    if not props.model_variable_rate or not props.model_lambda_min > 0:
+    variable-rate one, `rate_position` on a log scale over the range the model serves."""
+    lo, hi = serve_range(props)
+    if not props.model_variable_rate or not lo > 0:
         return None
-    lo, hi = props.model_lambda_min, max(props.model_lambda_max, props.model_lambda_min)
-    return lo * (hi / lo) ** props.rate_position
+    # Rounded to 3 significant digits: the value the panel shows and the file name carries.
+    lam = float(f"{lo * (hi / lo) ** props.rate_position:.2e}")
+    return min(max(lam, lo), hi)  # rounding must not step outside what the backend accepts
 
 
 def register():

@@ -39,7 +39,20 @@ class HEMGS_PT_main(bpy.types.Panel):
 
         box = layout.box()
         box.label(text="Train a model", icon="SETTINGS")
-        box.prop(p, "log_lambda", text=f"λ = {props.lambda_value(p):.2e}  (log10)")
+        box.prop(p, "train_codec")
+        hemgs = p.train_codec == "HEMGS"
+        if hemgs:
+            box.prop(p, "train_variable_rate")
+            col = box.column(align=True)
+            col.prop(p, "train_scene_agnostic")
+            col.prop(p, "train_ar")
+            sub = col.row()
+            sub.enabled = p.train_ar  # context selection matters only with the context
+            sub.prop(p, "train_acs")
+        if hemgs and p.train_variable_rate:
+            box.label(text="λ: 1e-3 to 4e-3, chosen at Compress (one model for all)")
+        else:
+            box.prop(p, "log_lambda", text=f"λ = {props.lambda_value(p):.2e}  (log10)")
         box.prop(p, "train_preset")
         if p.train_preset == "CUSTOM":
             row = box.row(align=True)
@@ -57,9 +70,11 @@ class HEMGS_PT_main(bpy.types.Panel):
         if p.model_path:
             box.label(text=f"Model: {Path(p.model_path).name} ({p.model_anchors:,} anchors)")
             if p.model_variable_rate:
-                # Variable-rate model: code anywhere in its trained range.
+                # Variable-rate model: code anywhere in the range it serves (log-scale slider).
                 lam = props.compress_lambda(p) or p.model_lambda
-                box.prop(p, "rate_position", text=f"λ = {lam:.2e}  ({p.model_lambda_min:.0e}..{p.model_lambda_max:.0e})")
+                lo, hi = props.serve_range(p)
+                box.prop(p, "rate_position", text=f"λ = {lam:.2e}  ({lo:.1e}..{hi:.1e})")
+                box.label(text=f"trained on {p.model_lambda_min:.0e}..{p.model_lambda_max:.0e}; larger λ, smaller file")
             else:
                 # Fixed-rate (HAC mode): the model codes at the λ it was trained for, nothing else.
                 box.label(text=f"λ = {p.model_lambda:.2e} (fixed-rate model; train again for another λ)")

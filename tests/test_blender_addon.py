@@ -30,6 +30,7 @@ mod = "bl_ext.user_default.hemgs_blender"
 res["enabled"] = mod in bpy.context.preferences.addons
 import importlib
 api = importlib.import_module(mod + ".api")
+props_mod = importlib.import_module(mod + ".props")
 import hemgs
 res["hemgs_from"] = hemgs.__file__
 res["torch_loaded"] = "torch" in sys.modules
@@ -90,9 +91,12 @@ p.train_steps, p.train_warm_steps, p.train_width, p.train_views = 5, 10, 32, 8
 t = time.perf_counter()
 res["train_op"] = list(bpy.ops.hemgs.train())
 res["t_train_op"] = time.perf_counter() - t
-res["model"] = [p.model_path, p.model_lambda, p.model_variable_rate, p.model_anchors]
+res["model"] = [p.model_path, p.model_lambda, p.model_variable_rate, p.model_anchors, p.model_codec,
+                p.model_lambda_min, p.model_lambda_max, p.model_serve_min, p.model_serve_max]
 p.views, p.eval_width, p.side_by_side = 4, 64, True
 p.output_path = os.path.join(work, "panel.hgs")
+p.rate_position = 0.0  # the slider's low end: the smallest λ the model serves
+res["compress_lambda"] = [props_mod.compress_lambda(p)]
 n_before = len(bpy.data.objects)
 res["compress_op"] = list(bpy.ops.hemgs.compress())
 res["panel"] = {"bytes": p.result_bytes, "source_bytes": p.result_source_bytes, "psnr": p.result_psnr,
@@ -107,9 +111,20 @@ imported = [o for o in bpy.data.objects if o.get("hemgs_kind") == "decoded" and 
 res["imported"] = [o.name for o in imported]
 res["import_points"] = [len(o.data.points) for o in imported]
 res["export_hgs"] = list(bpy.ops.hemgs.export_hgs(filepath=os.path.join(work, "exported.hgs")))
+# The same model at the slider's high end: a second file, from the same model.
+p.rate_position, p.output_path = 1.0, os.path.join(work, "panel_hi.hgs")
+res["compress_lambda"].append(props_mod.compress_lambda(p))
+res["compress_hi_op"] = list(bpy.ops.hemgs.compress())
+res["panel_hi"] = {"bytes": p.result_bytes, "file": p.result_file}
+# A λ the model does not serve: the worker's error event becomes a WorkerError, no file.
+try:
+    api.compress_model(p.model_path, os.path.join(work, "bad.hgs"), lam=0.5, views=0)
+    res["bad_lambda"] = "no error"
+except Exception as exc:
+    res["bad_lambda"] = [type(exc).__name__, getattr(exc, "kind", ""), str(exc)]
 p2 = bpy.ops.hemgs.load_model(filepath=p.model_path)
 res["load_model"] = list(p2)
-# The batch API: one tiny model per λ (fixed-rate codec), each measured against the source.
+# The batch API: one tiny variable-rate model per file, coded at each λ and measured against the source.
 t = time.perf_counter()
 rows = api.compress(tiny, [1e-3, 4e-3], output_dir=os.path.join(work, "batch"), eval_views=2, eval_width=32,
                     steps=5, warm_steps=10, width=32, views=8)
@@ -231,9 +246,18 @@ def test_train_and_compress_from_the_panel_show_results_and_decoded_preview(blen
 
     r = blender_run
     assert r["train_op"] == ["FINISHED"] and r["compress_op"] == ["FINISHED"]
-    model, lam, variable, anchors = r["model"]
-    assert model.endswith("tiny.lam2e-03.safetensors") and Path(model).is_file()
-    assert lam == pytest.approx(2e-3) and variable is False and anchors > 0
+    model, lam, variable, anchors, codec, lmin, lmax, smin, smax = r["model"]
+    # The default model: variable-rate HEMGS, named for no single λ.
+    assert model.endswith("tiny.hemgs.safetensors") and Path(model).is_file()
+    assert variable is True and codec == "hemgs" and anchors > 0
+    assert (lmin, lmax) == pytest.approx((1e-3, 4e-3)) and (smin, smax) == pytest.approx((5e-4, 8e-3))
+    # The slider spans what the model serves; each end codes another file, of another size.
+    assert r["compress_lambda"] == pytest.approx([5e-4, 8e-3])
+    assert r["compress_hi_op"] == ["FINISHED"] and Path(r["panel_hi"]["file"]).name == "panel_hi.hgs"
+    assert r["panel_hi"]["bytes"] == Path(r["panel_hi"]["file"]).stat().st_size != r["panel"]["bytes"]
+    kind, wkind, message = r["bad_lambda"]
+    assert kind == "WorkerError" and wkind == "InputError" and "outside what this model serves" in message
+    assert not (Path(model).parent / "bad.hgs").exists()
     hgs = Path(r["panel"]["file"])
     assert hgs.name == "panel.hgs" and detect_format(hgs) == "hgs"
     assert r["panel"]["bytes"] == hgs.stat().st_size and r["panel"]["source_bytes"] > r["panel"]["bytes"]
@@ -249,15 +273,21 @@ def test_train_and_compress_from_the_panel_show_results_and_decoded_preview(blen
     assert not list(hgs.parent.glob(".*.tmp"))
 
 
-def test_batch_api_trains_one_model_per_lambda(blender_run):
+def test_batch_api_trains_one_model_per_file_and_codes_every_lambda(blender_run):
+    from hemgs.container import read_hgs
+
     r = blender_run
     rows = r["batch"]
     assert [row["lambda"] for row in rows] == [1e-3, 4e-3] and all(row["trained"] for row in rows)
-    assert len({row["model"] for row in rows}) == 2 and all(Path(row["model"]).is_file() for row in rows)
+    (model,) = {row["model"] for row in rows}  # one model for the file
+    assert model.endswith("tiny.hemgs.safetensors") and Path(model).is_file()
+    assert [Path(row["output"]).name for row in rows] == ["tiny.lam1e-03.hgs", "tiny.lam4e-03.hgs"]
     for row in rows:
         assert Path(row["output"]).stat().st_size == row["bytes"] and row["ratio"] > 1
         assert 10 < row["psnr"] < 60 and 0 < row["ssim"] < 1
-    # A second run reuses the model trained for that λ.
+        assert read_hgs(row["output"]).header["lambda"] == row["lambda"]
+    assert rows[0]["bytes"] != rows[1]["bytes"]
+    # A second run reuses the model, which serves that λ.
     (again,) = r["batch_again"]
     assert again["trained"] is False and again["model"] == rows[1]["model"] and again["psnr"] is None
     assert r["decompress"]["gaussians"] == r["hgs_preview_points"] > 0

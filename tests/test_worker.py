@@ -48,7 +48,13 @@ def test_handshake_and_info(client):
     assert hello["protocol"] == wc.PROTOCOL == 1
     assert {"info", "load_preview", "render", "convert", "eval"} <= set(hello["ops"])
     assert {"train", "compress", "decompress", "model_info"} <= set(hello["ops"]) and hello["planned"] == []
-    assert hello["codec"] == {"mode": "hac", "variable_rate": False}  # fixed-rate today, and says so
+    from hemgs.entropy.hemgs import LAMBDAS
+    from hemgs.pipeline import LAMBDA_MARGIN
+
+    # Variable-rate HEMGS by default; the numbers are the backend's own (the worker states them
+    # without importing torch).
+    assert hello["codec"] == {"default": "hemgs", "codecs": ["hemgs", "hac"], "variable_rate": True,
+                              "lambdas": list(LAMBDAS), "lambda_margin": LAMBDA_MARGIN}
     info = client.run("info", {"path": str(DEMO_PLY)}, timeout=60)
     assert info["gaussians"] == 31000 and info["format"] == "ply" and info["bytes"] == DEMO_PLY.stat().st_size
 
@@ -82,6 +88,12 @@ def test_errors_are_events_and_the_worker_goes_on(client, tmp_path):
         ("train", {"model": str(tmp_path / "m.safetensors")}, "InputError", "missing argument 'source'"),
         ("train", {"source": str(DEMO_PLY), "model": str(tmp_path / "m.safetensors"), "lambda": 5.0},
          "InputError", "λ must be a number in"),
+        ("train", {"source": str(DEMO_PLY), "model": str(tmp_path / "m.safetensors"), "codec": "zip"},
+         "InputError", "unknown codec 'zip'"),
+        ("train", {"source": str(DEMO_PLY), "model": str(tmp_path / "m.safetensors"), "ar": "no"},
+         "InputError", "'ar' must be bool"),
+        ("train", {"source": str(DEMO_PLY), "model": str(tmp_path / "m.safetensors"), "lambdas": [1e-3]},
+         "InputError", "variable-rate model trains on >= 2 λ"),
         ("compress", {"model": str(bad), "output": str(tmp_path / "x.hgs")}, "FormatError", "broken.ply"),
         ("compress", {"model": str(tmp_path / "none.safetensors"), "output": str(tmp_path / "x.hgs")},
          "InputError", "model file not found"),
@@ -179,12 +191,13 @@ def test_train_compress_decompress_through_the_worker(client, tiny_ply, tmp_path
 
     from hemgs.cameras import scene_views
     from hemgs.cli import evaluate
+    from hemgs.container import read_hgs
     from hemgs.io import load_scene
     from hemgs.preview import load_preview_npz
 
     model = tmp_path / "tiny.safetensors"
-    job = client.submit("train", {"source": str(tiny_ply), "model": str(model), "lambda": 2e-3, **TINY_FIT},
-                        outputs=[str(model)])
+    # The default model: variable-rate HEMGS, all parts on.
+    job = client.submit("train", {"source": str(tiny_ply), "model": str(model), **TINY_FIT}, outputs=[str(model)])
     events = []
     while not job.finished:
         events += job.poll()
@@ -196,18 +209,24 @@ def test_train_compress_decompress_through_the_worker(client, tiny_ply, tmp_path
     fractions = [e["fraction"] for e in progress]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
     assert all(e["done"] <= e["total"] for e in progress)
-    assert trained["lambda"] == trained["lambda_min"] == trained["lambda_max"] == 2e-3
-    assert trained["variable_rate"] is False and trained["anchors"] > 0 and model.stat().st_size == trained["bytes"]
+    assert trained["codec"] == "hemgs" and trained["variable_rate"] is True
+    assert trained["switches"] == {"scene_agnostic": True, "ar": True, "acs": True, "variable_rate": True}
+    assert (trained["lambda_min"], trained["lambda_max"]) == (1e-3, 4e-3)
+    assert trained["lambda_serves"] == [5e-4, 8e-3]  # widened by pipeline.LAMBDA_MARGIN
+    assert trained["anchors"] > 0 and model.stat().st_size == trained["bytes"]
     info = client.run("model_info", {"path": str(model)}, timeout=60)
-    assert info["lambda"] == 2e-3 and info["anchors"] == trained["anchors"] and info["source"] == "tiny.ply"
+    assert info["source"] == "tiny.ply" and trained["source"] == str(tiny_ply)  # the name kept in the model
+    assert {k: info[k] for k in info if k not in ("fit", "source")} == {
+        k: trained[k] for k in info if k not in ("fit", "source")}
 
     hgs, npz = tmp_path / "tiny.hgs", tmp_path / "decoded.npz"
     res = client.run("compress", {"model": str(model), "output": str(hgs), "source": str(tiny_ply), "views": 4,
-                                  "width": 64, "preview": str(npz)}, outputs=[str(hgs), str(npz)], timeout=120)
+                                  "width": 64, "preview": str(npz), "lambda": 1e-3}, outputs=[str(hgs), str(npz)],
+                     timeout=120)
     size = hgs.stat().st_size
     assert res["bytes"] == size and 0 < sum(res["sections"].values()) <= size
     assert res["source_bytes"] == tiny_ply.stat().st_size and res["ratio"] == pytest.approx(res["source_bytes"] / size)
-    assert res["lambda"] == 2e-3 and res["views"] == 4 and res["width"] == res["height"] == 64
+    assert res["lambda"] == 1e-3 and res["views"] == 4 and res["width"] == res["height"] == 64
     # The metrics are hemgs eval's, on its views, of the file as written.
     cams = scene_views(load_scene(tiny_ply), tiny_ply, n=4, width=64, height=64)
     ref = evaluate(str(tiny_ply), str(hgs), cams, torch.device("cpu"))
@@ -216,6 +235,14 @@ def test_train_compress_decompress_through_the_worker(client, tiny_ply, tmp_path
     preview = load_preview_npz(npz)
     assert len(preview) == res["preview_count"] > 0
     assert np.isfinite(preview.positions).all() and (preview.opacities > 0).all()
+
+    # The same model at another λ of its range: another file, of another size, coded at that λ.
+    hgs4 = tmp_path / "tiny4.hgs"
+    res4 = client.run("compress", {"model": str(model), "output": str(hgs4), "views": 0, "lambda": 4e-3},
+                      outputs=[str(hgs4)], timeout=120)
+    assert res4["lambda"] == 4e-3 and res4["bytes"] == hgs4.stat().st_size != size
+    assert read_hgs(hgs4).header["lambda"] == 4e-3 and read_hgs(hgs).header["lambda"] == 1e-3
+    assert res4["sections"]["networks"] == res["sections"]["networks"]  # one model, two rates
 
     # The .hgs previews through the worker as the decoded, baked scene; decompress writes the same Gaussians.
     via_worker = tmp_path / "hgs_preview.npz"
@@ -226,7 +253,23 @@ def test_train_compress_decompress_through_the_worker(client, tiny_ply, tmp_path
     dec = client.run("decompress", {"path": str(hgs), "output": str(ply)}, outputs=[str(ply)], timeout=60)
     assert dec["gaussians"] == len(preview) == len(load_scene(ply)) and dec["sh_degree"] == 1
 
-    # Fixed-rate: another λ is refused, naming the model's own, and writes nothing.
+    # A λ beyond what the model serves is an error event naming the range, and writes nothing.
+    with pytest.raises(wc.WorkerError) as err:
+        client.run("compress", {"model": str(model), "output": str(tmp_path / "other.hgs"), "lambda": 2e-2},
+                   timeout=60)
+    assert err.value.kind == "InputError" and "outside what this model serves" in err.value.message
+    assert "0.0005 to 0.008" in err.value.message
+    assert not (tmp_path / "other.hgs").exists()
+    assert client.run("info", {"path": str(hgs4)}, timeout=60)["format"] == "hgs"  # the same worker goes on
+
+
+def test_fixed_rate_model_codes_only_its_own_lambda(client, tiny_ply, tmp_path):
+    model = tmp_path / "hac.safetensors"
+    trained = client.run("train", {"source": str(tiny_ply), "model": str(model), "codec": "hac", "lambda": 2e-3,
+                                   **TINY_FIT, "steps": 2}, outputs=[str(model)], timeout=120)
+    assert trained["codec"] == "hac" and trained["variable_rate"] is False and trained["switches"] is None
+    assert trained["lambda"] == trained["lambda_min"] == trained["lambda_max"] == 2e-3
+    assert trained["lambda_serves"] == [2e-3, 2e-3]
     with pytest.raises(wc.WorkerError) as err:
         client.run("compress", {"model": str(model), "output": str(tmp_path / "other.hgs"), "lambda": 1e-3},
                    timeout=60)

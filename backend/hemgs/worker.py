@@ -28,10 +28,11 @@ from .errors import HemgsError, InputError
 PROTOCOL = 1
 # Operations of the protocol this backend does not serve yet (answered with a NotAvailable error).
 PLANNED_OPS: tuple[str, ...] = ()
-# What the codec can do, for the add-on's λ controls. HAC mode is fixed-rate: a model codes only at
-# the λ it was trained for. The variable-rate HEMGS model (one model, any λ in its trained range)
-# will set "variable_rate": true, and its models report their own lambda_min/lambda_max.
-CODEC = {"mode": "hac", "variable_rate": False}
+# What the codec can do, for the add-on's λ controls. `train` makes a variable-rate HEMGS model by
+# default (one model, any λ of its trained range widened by `lambda_margin`); "hac" and
+# variable_rate false make fixed-rate models (one λ each). Each model reports its own range.
+CODEC = {"default": "hemgs", "codecs": ["hemgs", "hac"], "variable_rate": True,
+         "lambdas": [1e-3, 2e-3, 3e-3, 4e-3], "lambda_margin": 2.0}
 
 
 class NotAvailable(HemgsError):
@@ -245,8 +246,15 @@ def _fit_config(args: dict):
         if args.get(name) is not None:
             values[name] = _arg(args, name, int, op="train")
     lam = _arg(args, "lambda", float, 1e-3, "train")
-    cfg = FitConfig(lam=lam, **values)
-    cfg.validate()  # λ within fit.LAMBDA_RANGE, sizes, steps
+    codec = _arg(args, "codec", str, "hemgs", "train")
+    switches = {name: _arg(args, name, bool, True, "train") for name in ("scene_agnostic", "ar", "acs", "variable_rate")}
+    if args.get("lambdas") is not None:
+        lambdas = _arg(args, "lambdas", list, op="train")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lambdas):
+            raise InputError("train: argument 'lambdas' must be a list of numbers")
+        values["lambdas"] = tuple(sorted(float(v) for v in lambdas))
+    cfg = FitConfig(lam=lam, codec=codec, **switches, **values)
+    cfg.validate()  # λ (range) within fit.LAMBDA_RANGE, codec name, sizes, steps
     return cfg
 
 
@@ -274,21 +282,37 @@ def _stage_reporter(cfg, progress: Callable) -> Callable:
 
 
 def model_summary(path: str) -> dict:
-    """What the add-on shows about a trained model: its λ (range), anchors, source, training budget."""
+    """What the add-on shows about a trained model: its codec and switches, the λ range it was
+    trained on (lambda_min/lambda_max), the λ it codes at (`lambda_serves`: that range widened as
+    pipeline.check_lambda allows; the one λ of a fixed-rate model), anchors, source, budget."""
+    from .errors import FormatError
     from .model_store import load_model
+    from .pipeline import LAMBDA_MARGIN
 
-    model, _, meta = load_model(path)
+    model, entropy, meta = load_model(path)
     lam = float(meta["lambda"])
-    return {"model": path, "mode": meta.get("mode"), "codec": meta.get("codec"), "lambda": lam,
-            # Fixed-rate: the range is the one trained λ. A variable-rate model will store its own.
-            "lambda_min": float(meta.get("lambda_min", lam)), "lambda_max": float(meta.get("lambda_max", lam)),
-            "variable_rate": bool(meta.get("variable_rate", False)), "anchors": model.num_anchors,
-            "source": meta.get("source"), "source_bytes": meta.get("source_bytes"), "bytes": os.path.getsize(path),
-            "fit": meta.get("fit")}
+    rng = meta.get("lambda_range") or [lam, lam]
+    try:
+        lo, hi = (float(v) for v in rng)
+    except (TypeError, ValueError):
+        raise FormatError(f"{path}: model file has an invalid λ range {rng!r}"[:200]) from None
+    if not (0 < lo <= hi and math.isfinite(hi)):
+        raise FormatError(f"{path}: model file has an invalid λ range {rng!r}"[:200])
+    variable = lo < hi
+    codec = meta.get("codec", "hac")
+    switches = ({k: bool(getattr(entropy.cfg, k)) for k in ("scene_agnostic", "ar", "acs", "variable_rate")}
+                if codec == "hemgs" else None)
+    return {"model": path, "mode": meta.get("mode"), "codec": codec, "switches": switches, "lambda": lam,
+            "lambda_min": lo, "lambda_max": hi, "variable_rate": variable,
+            "lambda_serves": [lo / LAMBDA_MARGIN, hi * LAMBDA_MARGIN] if variable else [lam, lam],
+            "anchors": model.num_anchors, "source": meta.get("source"), "source_bytes": meta.get("source_bytes"),
+            "bytes": os.path.getsize(path), "fit": meta.get("fit")}
 
 
 def op_train(args: dict, progress: Callable) -> dict:
-    """Fit a model to `source` at λ and write it to `model` (.safetensors, atomically, at the end)."""
+    """Fit a model to `source` and write it to `model` (.safetensors, atomically, at the end): by
+    default a variable-rate HEMGS model over `lambdas`; `codec` "hac" or `variable_rate` false: a
+    fixed-rate model at `lambda`."""
     from .pipeline import train
 
     source, model = _arg(args, "source", str, op="train"), _arg(args, "model", str, op="train")
@@ -298,11 +322,12 @@ def op_train(args: dict, progress: Callable) -> dict:
     t0 = time.perf_counter()
     fitted = train(source, model, cfg, progress=_stage_reporter(cfg, progress), device=device)
     h = fitted.history
-    return {"model": model, "lambda": cfg.lam, "lambda_min": cfg.lam, "lambda_max": cfg.lam, "variable_rate": False,
-            "anchors": fitted.model.num_anchors, "bytes": os.path.getsize(model), "source": source,
-            "source_bytes": os.path.getsize(source), "steps": cfg.steps, "warm_steps": cfg.warm_steps,
-            "width": cfg.width, "views": cfg.views, "seconds": round(time.perf_counter() - t0, 3),
-            "stage_seconds": {k[:-8]: round(v, 3) for k, v in h.items() if k.endswith("_seconds")}}
+    # The model's own summary (as model_info reports it), so both answers agree by construction.
+    out = model_summary(model)
+    out.update(source=source, source_bytes=os.path.getsize(source), steps=cfg.steps, warm_steps=cfg.warm_steps,
+               width=cfg.width, views=cfg.views, seconds=round(time.perf_counter() - t0, 3),
+               stage_seconds={k[:-8]: round(v, 3) for k, v in h.items() if k.endswith("_seconds")})
+    return out
 
 
 def op_model_info(args: dict, progress: Callable) -> dict:
@@ -311,7 +336,8 @@ def op_model_info(args: dict, progress: Callable) -> dict:
 
 
 def op_compress(args: dict, progress: Callable) -> dict:
-    """Code `model` into the .hgs `output` at the model's λ, decode the written file, measure it
+    """Code `model` into the .hgs `output` at `lambda` (a variable-rate model: any λ it serves;
+    default and fixed-rate: the model's own λ), decode the written file, measure it
     against `source` (PSNR/SSIM over the views `hemgs eval` uses) and bake its preview (`preview`)."""
     from .anchor.bake import bake
     from .fit import render_views_anchor
@@ -330,10 +356,11 @@ def op_compress(args: dict, progress: Callable) -> dict:
         raise InputError("compress: views must be at least 0 (0: no PSNR/SSIM)")
     progress("encoding", done=0, total=1, fraction=0.0)
     summary = model_summary(model)
-    check_lambda(summary["lambda"], lam)  # fixed-rate: refuse another λ before any work
+    # Refuse a λ the model does not serve before any work.
+    lam = check_lambda(summary["lambda"], lam, (summary["lambda_min"], summary["lambda_max"]))
     report = compress(model, output, lam=lam)
     progress("encoding", done=1, total=1, fraction=0.2)
-    out: dict[str, Any] = {"output": output, "model": model, "lambda": summary["lambda"], "bytes": report["bytes"],
+    out: dict[str, Any] = {"output": output, "model": model, "lambda": lam, "bytes": report["bytes"],
                            "sections": report["sections"], "anchors": report["anchors"],
                            "encode_seconds": round(report["seconds"], 3)}
     # The metrics and the preview come from the file as written, decoded again: what a user gets.
