@@ -4,7 +4,7 @@ Run ONLY when the .hgs format version changes on purpose (a new FORMAT_MAJOR/MIN
 hemgs/container.py or a new codec layout); otherwise the goldens are the proof that files written
 by older builds still decode to the very same values, and regenerating them hides a break.
 
-    OMP_NUM_THREADS=1 .venv/bin/python tests/golden/make_golden.py
+    OMP_NUM_THREADS=1 .venv/bin/python tests/golden/make_golden.py [NAME ...]   # NAME: only those
 
 The models are tiny (a few hundred Gaussians of the bundled demo scene, small networks and hash
 grid) so each file stays well under 30 kB. Also imported by the fuzz tests for `tiny_model`.
@@ -27,6 +27,10 @@ CHECKSUMS = HERE / "checksums.json"
 GOLDENS = {
     "tiny_a.hgs": (0, 300, 0, 2e-3),
     "tiny_b.hgs": (12000, 500, 1, 5e-3),
+}
+# The HEMGS codec (every part on, small networks): name -> (first Gaussian, count, seed, lambda).
+GOLDENS_HEMGS = {
+    "tiny_hemgs.hgs": (4000, 400, 2, 3e-3),
 }
 
 
@@ -52,6 +56,18 @@ def tiny_model(start: int = 0, count: int = 300, seed: int = 0):
     return model, entropy
 
 
+def tiny_hemgs_model(start: int, count: int, seed: int):
+    """A tiny anchor model with a small HEMGS entropy model (all parts on)."""
+    from hemgs.entropy.hemgs import HemgsConfig, HemgsEntropyModel
+    from hemgs.entropy.pointnet import load_scene_agnostic
+
+    model, hac = tiny_model(start, count, seed)
+    sa = load_scene_agnostic()
+    cfg = HemgsConfig(feat_dim=8, k=4, prior_dim=8, ctx_dim=8, vr_hidden=8, ctx_hidden=8, sa_dim=sa.dim,
+                      grid=hac.grid.config.to_dict())
+    return model, HemgsEntropyModel(cfg, hac.bbox_min, hac.bbox_max, seed=seed), sa
+
+
 def decoded_checksum(decoded) -> str:
     """SHA-256 over everything a decoder rebuilds: anchor attributes, MLPs, the entropy model."""
     h = hashlib.sha256()
@@ -67,17 +83,29 @@ def decoded_checksum(decoded) -> str:
     return h.hexdigest()
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    """Regenerate every golden, or only those named on the command line (the others keep their
+    recorded checksums: adding a golden must not silently re-bless the old ones)."""
     import torch
 
     torch.set_num_threads(1)
+    from hemgs.codec import hemgs_codec
     from hemgs.codec.anchor import decode, encode
     from hemgs.container import read_hgs, write_hgs
 
-    record = {}
-    for name, (start, count, seed, lam) in GOLDENS.items():
-        model, entropy = tiny_model(start, count, seed)
-        header, sections, _ = encode(model, entropy, lam=lam)
+    only = set(argv)
+    record = json.loads(CHECKSUMS.read_text()) if (only and CHECKSUMS.exists()) else {}
+    for name, (start, count, seed, lam) in {**GOLDENS, **GOLDENS_HEMGS}.items():
+        if only and name not in only:
+            continue
+        if name in GOLDENS_HEMGS:
+            model, entropy, sa = tiny_hemgs_model(start, count, seed)
+            header, sections, _ = hemgs_codec.encode(model, entropy, sa, lam=lam)
+            decode_fn = hemgs_codec.decode
+        else:
+            model, entropy = tiny_model(start, count, seed)
+            header, sections, _ = encode(model, entropy, lam=lam)
+            decode_fn = decode
         path = HERE / name
         write_hgs(path, header, sections)
         f = read_hgs(path)
@@ -86,7 +114,7 @@ def main() -> int:
             "bytes": path.stat().st_size,
             "anchors": int(header["anchors"]),
             "version": list(f.version),
-            "decoded_sha256": decoded_checksum(decode(f.header, f.sections)),
+            "decoded_sha256": decoded_checksum(decode_fn(f.header, f.sections)),
         }
         print(f"{name}: {record[name]['bytes']} bytes, {record[name]['anchors']} anchors")
     CHECKSUMS.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -95,4 +123,4 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO / "backend"))
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -52,6 +52,7 @@ class HemgsConfig:
     prior_dim: int = 48
     ctx_dim: int = 24
     vr_hidden: int = 32
+    ctx_hidden: int = 32  # the context network's width
     sa_dim: int = 0  # the scene-agnostic feature's width (0 when switched off)
     scene_agnostic: bool = True
     ar: bool = True
@@ -80,7 +81,7 @@ class HemgsConfig:
             raise ValueError(f"unknown HEMGS config fields {sorted(set(d) - known)}")
         cfg = HemgsConfig(**d)
         for name, hi in (("feat_dim", 1024), ("k", 64), ("prior_dim", 1024), ("ctx_dim", 1024),
-                         ("vr_hidden", 1024), ("sa_dim", 1024), ("n_context", 1024)):
+                         ("vr_hidden", 1024), ("ctx_hidden", 1024), ("sa_dim", 1024), ("n_context", 1024)):
             v = getattr(cfg, name)
             if isinstance(v, bool) or not isinstance(v, int) or not (0 if name == "sa_dim" else 1) <= v <= hi:
                 raise ValueError(f"HEMGS config {name} must be an integer in [1, {hi}], got {v!r}"[:120])
@@ -129,7 +130,8 @@ class StageHead(nn.Module):
         self.attr_dim = a
         self.prior_dim = p
         radius = CONTEXT_RADIUS if cfg.acs else SRF_RADIUS
-        self.ctx = ContextNet(a, out_dim=cfg.ctx_dim, radius=radius, n_max=cfg.n_context) if cfg.ar else None
+        self.ctx = (ContextNet(a, out_dim=cfg.ctx_dim, hidden=cfg.ctx_hidden, radius=radius, n_max=cfg.n_context)
+                    if cfg.ar else None)
         self.fuse = _mlp(p + (cfg.ctx_dim if cfg.ar else 0), p, 2 * a)
 
     def forward(self, prior: torch.Tensor, ctx_feat: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
