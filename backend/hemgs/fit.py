@@ -127,42 +127,94 @@ def scene_agnostic_prior():
     return load_scene_agnostic()
 
 
-def fit(scene: GaussianScene, *, source_path=None, cfg: FitConfig | None = None,
-        progress: Progress | None = None, device: torch.device | None = None) -> Fitted:
+def fit(scene: GaussianScene | None, *, source_path=None, cfg: FitConfig | None = None,
+        progress: Progress | None = None, device: torch.device | None = None,
+        views: tuple[list[Camera], list[Camera]] | None = None,
+        targets: tuple[list, list] | None = None, init_model: AnchorModel | None = None) -> Fitted:
+    """Fit an anchor model and its entropy model; see the module docstring for the stages.
+
+    The optional arguments (hemgs.fit_sources fills them) change where the pieces come from:
+    - `views` (train, held-out) cameras instead of the scene's cameras.json or sampled views;
+    - `targets` (train images, held-out images), (H,W,3) floats in [0,1] matching `views`: train
+      against these (photos) instead of the teacher's renders;
+    - `init_model` an AnchorModel to start from (a Scaffold-GS file, random anchors): no warm
+      start. With no `scene` and no `targets`, the teacher is `init_model` itself.
+    """
     cfg = cfg or FitConfig()
     cfg.validate()
-    if len(scene) == 0:
+    if scene is None and init_model is None:
+        raise SceneError("nothing to fit: give a scene or an initial anchor model")
+    if scene is not None and len(scene) == 0:
         raise SceneError("the scene has no Gaussians to fit")
+    if init_model is not None and init_model.num_anchors == 0:
+        raise SceneError("the initial anchor model has no anchors")
+    if targets is not None and views is None:
+        raise InputError("explicit targets need their views")
     report = progress or (lambda *a: None)
     device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
     history: dict = {"config": asdict(cfg)}
 
-    # 1. teacher renders
-    train, test = teacher_views(scene, source_path, cfg)
+    # 1. targets: the photos, or teacher renders (of the scene, else of the initial model)
+    if views is not None:
+        train, test = list(views[0]), list(views[1])
+        if not train:
+            raise SceneError("no training views")
+    else:
+        train, test = teacher_views(scene, source_path, cfg)
     t0 = time.perf_counter()
-    targets = []
-    for i, cam in enumerate(train):
-        targets.append(torch.as_tensor(render(scene, cam, device=device)).to(device))
-        report("teacher", i + 1, len(train), {})
-    history["teacher_seconds"] = time.perf_counter() - t0
+    if targets is not None:
+        train_targets = [torch.as_tensor(np.asarray(t, np.float32)).to(device) for t in targets[0]]
+        test_targets = [torch.as_tensor(np.asarray(t, np.float32)).to(device) for t in targets[1]]
+        if len(train_targets) != len(train) or len(test_targets) != len(test):
+            raise InputError("explicit targets must pair one image with each view")
+    else:
+        teacher = init_model.to(device) if scene is None else None
 
-    # 2. warm start in attribute space
+        def shoot(cam):
+            if teacher is not None:
+                return torch.as_tensor(render_views_anchor(teacher, [cam])[0]).to(device)
+            return torch.as_tensor(render(scene, cam, device=device)).to(device)
+
+        train_targets = []
+        for i, cam in enumerate(train):
+            train_targets.append(shoot(cam))
+            report("teacher", i + 1, len(train), {})
+        test_targets = [shoot(cam) for cam in test]
+    history["teacher_seconds"] = time.perf_counter() - t0
+    history["targets"] = "images" if targets is not None else ("scene" if scene is not None else "initial model")
+
+    # 2. warm start in attribute space (skipped when a model to start from is given)
     t0 = time.perf_counter()
-    model = build_anchor_model(scene, AnchorConfig(), target_ratio=cfg.target_ratio, seed=cfg.seed).to(device)
-    ws = warm_start(model, scene, steps=cfg.warm_steps, seed=cfg.seed,
-                    progress=lambda s, n, loss: report("warm", s, n, {"loss": loss}))
+    if init_model is not None:
+        model = init_model.to(device)
+        history["warm_final_loss"] = None
+    else:
+        model = build_anchor_model(scene, AnchorConfig(), target_ratio=cfg.target_ratio, seed=cfg.seed).to(device)
+        ws = warm_start(model, scene, steps=cfg.warm_steps, seed=cfg.seed,
+                        progress=lambda s, n, loss: report("warm", s, n, {"loss": loss}))
+        history["warm_final_loss"] = ws.losses["total"][-1] if ws.losses["total"] else None
     history["warm_seconds"] = time.perf_counter() - t0
-    history["warm_final_loss"] = ws.losses["total"][-1] if ws.losses["total"] else None
     history["anchors"] = model.num_anchors
 
     # 3. render-space fine-tune
     history["feature_rescale"] = rescale_features(model, FEATURE_STD)
     entropy = new_entropy_model(model, cfg, cfg.seed).to(device)
     t0 = time.perf_counter()
-    history["render"] = render_finetune(model, entropy, train, targets, cfg, report)
+    history["render"] = render_finetune(model, entropy, train, train_targets, cfg, report)
     history["render_seconds"] = time.perf_counter() - t0
+    if test:
+        history["heldout_psnr"] = heldout_psnr(model, test, test_targets)
     return Fitted(model, entropy, cfg, train, test, history)
+
+
+def heldout_psnr(model: AnchorModel, views: list[Camera], targets: list) -> float:
+    """Mean PSNR (dB) of the model's renders against `targets` over `views` (not quantized)."""
+    from .metrics import psnr
+
+    renders = render_views_anchor(model, views)
+    return float(np.mean([psnr(np.asarray(t.detach().cpu() if torch.is_tensor(t) else t), r)
+                          for t, r in zip(targets, renders)]))
 
 
 # HAC quantizes features with a base step of 1, so its features spread over several units. The
@@ -206,14 +258,14 @@ class _HemgsRate:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.rng = random.Random(cfg.seed + 1)
 
-    def __call__(self, model: AnchorModel, vis: torch.Tensor):
+    def __call__(self, model: AnchorModel, vis: torch.Tensor, render_mode: str):
         """(quantized attributes of the visible anchors, λ of this step, bits per parameter)."""
         n = model.num_anchors
         lam = self.rng.choice(self.cfg.lambdas) if self.entropy.cfg.variable_rate else self.cfg.lam
         rows = torch.randperm(n, generator=self.gen)[: self.cfg.rate_anchors].to(vis.device)
         attrs = AnchorAttrs(model.features, model.scaling, model.offsets, model.binary_mask())
         hat, bits = self.entropy(self.entropy.grid.encode(self.lookup), self.sa, attrs, lam, self.index,
-                                 self.offsets, rows)
+                                 self.offsets, rows, render_mode=render_mode)
         bpp = sum(bits.values()) / (len(rows) * self.entropy.params_per_anchor())
         visible = AnchorAttrs(hat.features[vis], hat.scaling[vis], hat.offsets[vis], hat.mask[vis])
         return visible, lam, bpp
@@ -233,6 +285,7 @@ def render_finetune(model: AnchorModel, entropy, views: list[Camera], targets: l
     rng = random.Random(cfg.seed)
     order: list[int] = []
     rate_from = int(cfg.rate_start * cfg.steps)
+    ste_from = rate_from + int(0.7 * (cfg.steps - rate_from))
     log = {"loss": [], "l1": [], "bits_per_param": []}
     # Anchors never move: the hash grid's interpolation at them is built once (only the tables
     # train), and each step's context is then two sparse products instead of 144 gathers.
@@ -254,10 +307,13 @@ def render_finetune(model: AnchorModel, entropy, views: list[Camera], targets: l
             continue
         attrs = AnchorAttrs(model.features[vis], model.scaling[vis], model.offsets[vis], model.binary_mask()[vis])
         bpp, lam = None, cfg.lam
+        # HAC's schedule: noise quantization first (the distortion shapes the steps), rounded
+        # values for the last part (the renderer sees what the decoder will).
+        render_mode = "noise" if step < ste_from else "ste"
         if step >= rate_from and hemgs:
-            attrs, lam, bpp = hemgs_rate(model, vis)
+            attrs, lam, bpp = hemgs_rate(model, vis, render_mode)
         elif step >= rate_from:
-            attrs, bits = entropy(None, attrs, context=entropy.context_of(lookup)[vis])
+            attrs, bits = entropy(None, attrs, context=entropy.context_of(lookup)[vis], render_mode=render_mode)
             bpp = sum(bits.values()) / (int(vis.sum()) * entropy.params_per_anchor())
         image, _ = render_anchor(model, cam, attrs=attrs, visible=vis)
         l1 = (image - target).abs().mean()

@@ -88,17 +88,19 @@ class HacEntropyModel(nn.Module):
             out[group].step = BASE_STEP[group] * (1 + torch.tanh(raw[:, at + i:at + i + 1]))
         return out
 
-    def forward(self, xyz: torch.Tensor | None, attrs: AnchorAttrs, context: torch.Tensor | None = None
-                ) -> tuple[AnchorAttrs, dict[str, torch.Tensor]]:
-        """Training pass: quantized attributes (straight-through, for rendering) and bits per group.
+    def forward(self, xyz: torch.Tensor | None, attrs: AnchorAttrs, context: torch.Tensor | None = None,
+                render_mode: str = "ste") -> tuple[AnchorAttrs, dict[str, torch.Tensor]]:
+        """Training pass: quantized attributes for rendering and bits per group.
 
+        `render_mode`: "noise" (uniform noise of one step: the distortion then reaches the steps,
+        as in HAC's first rate phase) or "ste" (rounded values, straight-through to the values).
         `context` (rows matching `attrs`, e.g. from `context_of`) replaces `xyz` when given."""
         params = self.head(self.context(xyz) if context is None else context)
         bits, quant = {}, {}
         for group in GROUPS:
             p, x = params[group], attrs.flat(group)
             step = p.step.clamp_min(1e-6 * BASE_STEP[group])
-            quant[group] = quantize(x, step, "ste")
+            quant[group] = quantize(x, step, render_mode)
             b = gaussian_bits(quantize(x, step, "noise"), p.mean, p.scale, step)
             if group == "offsets":  # pruned offsets are not coded
                 b = b * attrs.mask.repeat_interleave(3, dim=1)

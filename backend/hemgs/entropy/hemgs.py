@@ -189,9 +189,14 @@ class HemgsEntropyModel(nn.Module):
 
     # ---- training ------------------------------------------------------------------------------
     def forward(self, grid_feat: torch.Tensor, sa_feat: torch.Tensor | None, attrs: AnchorAttrs, lam: float,
-                ctx_index: torch.Tensor | None, ctx_offsets: torch.Tensor | None, rate_rows: torch.Tensor
-                ) -> tuple[AnchorAttrs, dict[str, torch.Tensor]]:
-        """All anchors' quantized attributes (straight-through) and the bits of `rate_rows`.
+                ctx_index: torch.Tensor | None, ctx_offsets: torch.Tensor | None, rate_rows: torch.Tensor,
+                render_mode: str = "ste") -> tuple[AnchorAttrs, dict[str, torch.Tensor]]:
+        """All anchors' quantized attributes and the bits of `rate_rows`.
+
+        Rendered values use `render_mode`: "noise" (one step of uniform noise, so the distortion
+        reaches the steps — with "ste" alone only the rate would, and would grow them without
+        bound) or "ste" (the rounded values the decoder will see, straight-through to the values).
+        The AR contexts always see the rounded values, as the decoder does.
 
         `ctx_index` (N, n) holds each anchor's context anchors (-1 empty) and `ctx_offsets` their
         integer offsets, from context.select_context over all anchors."""
@@ -202,6 +207,7 @@ class HemgsEntropyModel(nn.Module):
         prior_a = self.stage_prior("a", hyper, None)
         q_a = self.steps("a", prior_a, lam)
         f_hat = quantize(attrs.features, q_a, "ste")
+        f_render = f_hat if render_mode == "ste" else quantize(attrs.features, q_a, render_mode)
         bits["features"] = self._stage_bits("a", prior_a, f_hat, attrs.features, q_a, ctx_index, ctx_offsets,
                                             rate_rows, None)
         # stage B: scaling + offsets, conditioned on the decoded features
@@ -210,13 +216,14 @@ class HemgsEntropyModel(nn.Module):
         mask3 = attrs.mask.repeat_interleave(3, dim=1)
         vals_b = torch.cat([attrs.scaling, attrs.offsets.reshape(n, 3 * k) * mask3], dim=1)
         b_hat = quantize(vals_b, q_b, "ste")
+        b_render = b_hat if render_mode == "ste" else quantize(vals_b, q_b, render_mode)
         coded = torch.cat([torch.ones(n, 6, dtype=mask3.dtype, device=mask3.device), mask3], dim=1)
         bits_b = self._stage_bits("b", prior_b, b_hat, vals_b, q_b, ctx_index, ctx_offsets, rate_rows, coded)
         bits["scaling"], bits["offsets"] = bits_b[:, :6].sum(), bits_b[:, 6:].sum()
         bits["features"] = bits["features"].sum()
         p1 = attrs.mask.float().mean().detach().clamp(1e-3, 1 - 1e-3)
         bits["mask"] = bernoulli_bits(p1.expand(len(rate_rows), k), attrs.mask[rate_rows].float()).sum()
-        hat = AnchorAttrs(f_hat, b_hat[:, :6], b_hat[:, 6:].reshape(n, k, 3), attrs.mask)
+        hat = AnchorAttrs(f_render, b_render[:, :6], b_render[:, 6:].reshape(n, k, 3), attrs.mask)
         return hat, bits
 
     def _stage_bits(self, stage, prior, hat, values, q, ctx_index, ctx_offsets, rows, coded):
