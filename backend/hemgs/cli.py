@@ -112,14 +112,23 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="HEMGS with a fixed 5x5x5 context field instead of adaptive context selection")
     fit_args.add_argument("--fixed-rate", action="store_true",
                           help="one λ per model (no variable-rate predictor); all four switches = HAC mode")
+    fit_args.add_argument("--images", default=None, metavar="TRANSFORMS",
+                          help="train against photos: a NeRF/instant-ngp transforms.json or its folder (every 8th "
+                               "photo held out); SRC, when given, is the starting point")
+    fit_args.add_argument("--downscale", type=float, default=1.0,
+                          help="with --images: divide the photos' size by this (e.g. 4 or 8 on a CPU)")
+    fit_args.add_argument("--mlps", default=None, metavar="CHECKPOINT",
+                          help="the MLP checkpoint (checkpoints.pth) of a Scaffold-GS anchor PLY given as SRC")
 
     s = sub.add_parser("train", parents=[common, fit_args], help="fit a model to a 3DGS scene (train once, export many)")
-    s.add_argument("src")
+    s.add_argument("src", nargs="?", default=None,
+                   help="3DGS PLY/SPZ, or Scaffold-GS anchor PLY (with --mlps); optional with --images")
     s.add_argument("-o", "--output", required=True, help="model file (.safetensors)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("compress", parents=[common, fit_args], help="write a .hgs from a trained model (or a PLY: trains first)")
-    s.add_argument("src")
+    s.add_argument("src", nargs="?", default=None,
+                   help="trained model, or a source to train first (as for train); optional with --images")
     s.add_argument("-o", "--output", required=True, help="output .hgs")
     s.set_defaults(func=cmd_compress)
 
@@ -370,12 +379,30 @@ def cmd_train(args) -> int:
     device = _setup_torch(args)
     cfg = _fit_config(args)
     t0 = time.perf_counter()
-    fitted = train(args.src, args.output, cfg, progress=_stage_progress(), device=device)
+    fitted = train(args.src, args.output, cfg, progress=_stage_progress(), device=device, **_source_args(args))
     lo, hi = cfg.lambda_range
     rate = f"λ={lo:g}" if lo == hi else f"λ {lo:g} to {hi:g} (variable rate)"
     print(f"wrote {args.output}: {fitted.model.num_anchors:,} anchors, {cfg.codec.upper()} model, {rate}, "
           f"trained in {time.perf_counter() - t0:.0f} s on {device.type}")
+    _print_heldout(fitted)
     return 0
+
+
+def _source_args(args) -> dict:
+    """The source options of train/compress (photos, Scaffold-GS MLPs), checked."""
+    if args.src is None and args.images is None:
+        raise InputError("give a source file, or photos with --images")
+    if args.images is None and args.downscale != 1.0:
+        raise InputError("--downscale applies to --images only")
+    return {"images": args.images, "mlps": args.mlps, "downscale": args.downscale}
+
+
+def _print_heldout(fitted) -> None:
+    psnr = fitted.history.get("heldout_psnr")
+    if psnr is not None:
+        against = "photos" if fitted.history.get("targets") == "images" else "teacher renders"
+        print(f"  held-out PSNR {psnr:.2f} dB over {len(fitted.test_views)} views (against the {against}, "
+              "before quantization)")
 
 
 def _print_sizes(report: dict, source_bytes: int | None) -> None:
@@ -392,17 +419,22 @@ def cmd_compress(args) -> int:
     from .pipeline import compress, compress_model, train
 
     device = _setup_torch(args)
-    if detect_format(args.src) != "model":
+    if args.src is None or detect_format(args.src) != "model":
         import tempfile
 
         cfg = _fit_config(args)
+        sources = _source_args(args)
         with tempfile.TemporaryDirectory() as tmp:
-            fitted = train(args.src, Path(tmp) / "model.safetensors", cfg, progress=_stage_progress(), device=device)
-        report = compress_model(fitted.model, fitted.entropy, args.output, lam=cfg.lam,
-                                header_extra={"source": os.path.basename(args.src),
-                                              "source_bytes": os.path.getsize(args.src)})
-        source_bytes = os.path.getsize(args.src)
+            fitted = train(args.src, Path(tmp) / "model.safetensors", cfg, progress=_stage_progress(), device=device,
+                           **sources)
+        _print_heldout(fitted)
+        source_bytes = os.path.getsize(args.src) if args.src is not None else None
+        extra = ({"source": os.path.basename(args.src), "source_bytes": source_bytes} if args.src is not None
+                 else {"source": os.path.basename(str(args.images))})
+        report = compress_model(fitted.model, fitted.entropy, args.output, lam=cfg.lam, header_extra=extra)
     else:
+        if args.images is not None or args.mlps is not None:
+            raise InputError(f"{args.src} is a trained model already: --images and --mlps apply to training")
         report = compress(args.src, args.output, lam=args.lam if args.lam_given else None)
         source_bytes = report.get("source_bytes")
     _print_sizes(report, source_bytes)

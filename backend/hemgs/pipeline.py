@@ -30,14 +30,24 @@ def load_source(path) -> tuple[GaussianScene, list[str]]:
 
 
 def train(source, out_model, cfg: FitConfig | None = None, progress: Progress | None = None,
-          device=None) -> Fitted:
+          device=None, *, images=None, mlps=None, downscale: float = 1.0) -> Fitted:
+    """Fit a model and save it to `out_model`.
+
+    source: a 3DGS PLY/SPZ (teacher renders + warm start), a Scaffold-GS anchor PLY with its MLP
+    checkpoint `mlps` (its own renders are the teacher; no warm start), or None with `images`.
+    images: a transforms.json (or its folder): train against those photos instead (downscaled by
+    `downscale`), starting from `source` when given, else from random anchors (hemgs.fit_sources).
+    """
+    from .fit_sources import fit_inputs
+
     cfg = cfg or FitConfig()
-    scene, _ = load_source(source)
-    fitted = fit(scene, source_path=source, cfg=cfg, progress=progress, device=device)
+    cfg.validate()
+    inputs = fit_inputs(source, images=images, mlps=mlps, downscale=downscale, cfg=cfg)
+    fitted = fit(cfg=cfg, progress=progress, device=device, **inputs.fit_kwargs())
+    fit_info = {k: v for k, v in fitted.history.items() if k.endswith("seconds") or k in ("anchors", "heldout_psnr")}
     save_model(out_model, fitted.model, fitted.entropy, lam=cfg.lam if cfg.lambda_range[0] <= cfg.lam <= cfg.lambda_range[1]
                else cfg.lambda_range[0],
-               extra={"source": os.path.basename(str(source)), "source_bytes": os.path.getsize(source),
-                      "fit": {k: v for k, v in fitted.history.items() if k.endswith("seconds") or k == "anchors"}})
+               extra={**inputs.describe, "fit": fit_info})
     return fitted
 
 
