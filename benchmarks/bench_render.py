@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import resource
 import sys
 import time
@@ -81,15 +82,22 @@ def main() -> None:
     os.environ.setdefault("HEMGS_THREADS", "2")
     threads = set_threads()
     scene = load_scene(DATA / "playbot_lod2.ply")
-    print(f"torch {torch.__version__}, {threads} thread(s)")
+    lines: list[str] = []
+
+    def say(text: str) -> None:  # printed, and kept for docs/benchmarks/render.md
+        print(text, flush=True)
+        lines.append(f"- {text}")
+
+    say(f"torch {torch.__version__}, {threads} thread(s), {platform.machine()}, {os.cpu_count()} cores, "
+        f"load average before the run {os.getloadavg()[0]:.2f}")
 
     times, isects = bench_inference(scene, opts.views, 256)
-    print(f"inference 125k @256^2: median {np.median(times):.3f} s/view (min {min(times):.3f}, max {max(times):.3f}),"
+    say(f"inference 125k @256^2: median {np.median(times):.3f} s/view (min {min(times):.3f}, max {max(times):.3f}),"
           f" {int(np.mean(isects))} intersections/view  [target <= 2 s]")
 
     sub = scene.subset(np.random.default_rng(0).choice(len(scene), 10_000, replace=False))
     times = bench_training(sub, opts.views + 1, 128)[1:]  # the first step warms up
-    print(f"training 10k @128^2 fwd+bwd: median {np.median(times):.3f} s/step [target <= 0.5 s]")
+    say(f"training 10k @128^2 fwd+bwd: median {np.median(times):.3f} s/step [target <= 0.5 s]")
 
     if opts.large:
         rng = np.random.default_rng(0)
@@ -101,7 +109,7 @@ def main() -> None:
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         times, isects = bench_inference(big, 1, 512)
         rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(f"inference {len(big)} @512^2: {times[0]:.2f} s, {isects[0]} intersections, "
+        say(f"inference {len(big)} @512^2: {times[0]:.2f} s, {isects[0]} intersections, "
               f"peak RSS grew {(rss1 - rss0) / 1024:.0f} MiB")
 
     if torch.cuda.is_available():
@@ -114,7 +122,13 @@ def main() -> None:
         for _ in range(10):
             rasterize(*t, V, K, 256, 256, sh_degree=scene.sh_degree, backend="gsplat")
         torch.cuda.synchronize()
-        print(f"gsplat CUDA 125k @256^2: {(time.perf_counter() - t0) / 10 * 1000:.2f} ms/view")
+        say(f"gsplat CUDA 125k @256^2: {(time.perf_counter() - t0) / 10 * 1000:.2f} ms/view")
+
+    out = REPO / "docs" / "benchmarks" / "render.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# Render benchmark\n\nWritten by `benchmarks/bench_render.py` "
+                   f"(`--views {opts.views}{' --large' if opts.large else ''}`), playbot_lod2.ply, "
+                   "CPU tile rasterizer unless noted.\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
