@@ -9,7 +9,7 @@ Per anchor, after the locations are decoded:
 - autoregressive context (ar.py) over already-decoded anchors of the same stage, chosen by
   adaptive context selection (context.py) in interleaved groups, so a group decodes as a batch;
 - variable-rate predictor: λ broadcast to the prior's size and concatenated to it, a 2-layer ReLU
-  MLP -> a positive quantization step per element (softplus times a per-attribute base step);
+  MLP -> a positive quantization step per element, base · (1 + tanh(·)) as HAC bounds its steps;
 - the fused prior and context give each element's Gaussian mean and scale.
 
 Switches (HemgsConfig): scene_agnostic, ar, acs, variable_rate. All off = HAC-like.
@@ -37,7 +37,6 @@ from .rate import bernoulli_bits, gaussian_bits, quantize
 STAGES = ("a", "b")  # a: features; b: scaling + offsets
 LAMBDAS = (1e-3, 2e-3, 3e-3, 4e-3)  # the paper's K = 4 training rates
 LAMBDA_REF = 2e-3
-_SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(this) = 1: steps start at their base
 
 
 def lambda_feature(lam: float) -> float:
@@ -162,7 +161,7 @@ class HemgsEntropyModel(nn.Module):
         vr_in = 2 * p if cfg.variable_rate else p
         self.vr = nn.ModuleDict({s: _mlp(vr_in, cfg.vr_hidden, cfg.attr_dim(s)) for s in STAGES})
         for s in STAGES:  # steps start at their base
-            nn.init.constant_(self.vr[s][-1].bias, _SOFTPLUS_ONE)
+            nn.init.zeros_(self.vr[s][-1].bias)
         self.head = nn.ModuleDict({s: StageHead(cfg, s) for s in STAGES})
         for s in STAGES:
             self.register_buffer(f"base_{s}", cfg.base_steps(s))
@@ -181,7 +180,9 @@ class HemgsEntropyModel(nn.Module):
         if self.cfg.variable_rate:
             x = torch.cat([prior, torch.full_like(prior, lambda_feature(lam))], dim=1)
         base = getattr(self, f"base_{stage}").to(prior.dtype)
-        return base * (F.softplus(self.vr[stage](x)) + 1e-4)
+        # Bounded as HAC's steps are, (0, 2·base): during training only the rate and the noise
+        # quantization reach the steps, and an unbounded step drifts upwards with the rate.
+        return base * (1.0 + torch.tanh(self.vr[stage](x))) + 1e-4 * base
 
     def stage_prior(self, stage: str, hyper: torch.Tensor, features_hat: torch.Tensor | None) -> torch.Tensor:
         x = hyper if stage == "a" else torch.cat([hyper, features_hat.to(hyper.dtype)], dim=1)
