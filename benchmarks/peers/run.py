@@ -1,0 +1,148 @@
+"""Rate–distortion of HEMGS against the compressors users would pick instead (run via run.sh).
+
+For each scene: render the source from 16 views at 256², run every peer (methods.py), render each
+decoded scene from the same views, and compare; add the lead's recorded HEMGS/HAC points
+(hemgs_records.py). Writes docs/benchmarks/peers.json (merged by scene), the section of
+docs/benchmarks.md, and docs/img/rd_<scene>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+for var, val in (("OMP_NUM_THREADS", "1"), ("OMP_WAIT_POLICY", "PASSIVE"), ("HEMGS_THREADS", "1"),
+                 ("NUMBA_NUM_THREADS", "1")):
+    os.environ.setdefault(var, val)
+sys.path[:0] = [str(REPO / "backend"), str(HERE / ".pydeps"), str(HERE)]
+
+import torch  # noqa: E402
+
+from hemgs.cameras import scene_views  # noqa: E402
+from hemgs.io import load_scene, save_scene  # noqa: E402
+from hemgs.metrics import compare_images  # noqa: E402
+from hemgs.render import render  # noqa: E402
+from hemgs.scene import sanitize  # noqa: E402
+
+import hemgs_records  # noqa: E402
+import methods  # noqa: E402
+import report  # noqa: E402
+
+DEFAULT_SCENES = [str(REPO.parent / "shared" / "data" / "playbot_lod2.ply"),
+                  str(REPO.parent / "shared" / "data" / "biker.spz"),
+                  str(REPO / "data" / "demo" / "playbot_lod3.ply")]
+VIEWS = "16 views at 256² (hemgs.cameras.scene_views)"
+
+
+def scene_name(path: Path) -> str:
+    return path.name.split(".")[0]
+
+
+def run_scene(path: Path, work: Path, skip: set[str]) -> dict:
+    t_scene = time.perf_counter()
+    name = scene_name(path)
+    work = work / name
+    work.mkdir(parents=True, exist_ok=True)
+    scene, _ = sanitize(load_scene(path))
+    src = work / "source.ply"
+    save_scene(scene, src)  # every peer encodes this same float32 PLY of the sanitized scene
+    views = scene_views(scene, path, n=16, width=256, height=256)
+    refs = [render(scene, c) for c in views]
+    points = []
+    for pt in methods.plan(scene):
+        if any(s.lower() in pt.method.lower() for s in skip):
+            continue
+        print(f"[{name}] {pt.method} / {pt.point} ...", flush=True)
+        rec = {"method": pt.method, "point": pt.point, "views": VIEWS}
+        try:
+            e = pt.run(scene, src, work)
+            rec.update(method=pt.method, point=e.point, bytes=e.bytes, encode_s=e.encode_s, decode_s=e.decode_s,
+                       lossless=e.lossless, note=e.note, status="ok", gaussians_decoded=None)
+            if e.lossless:
+                rec.update(psnr=float("inf"), ssim=1.0, gaussians_decoded=len(scene))
+            else:
+                fid = compare_images(refs, [render(e.decoded, c) for c in views])
+                rec.update(psnr=fid["psnr"], ssim=fid["ssim"], gaussians_decoded=len(e.decoded))
+            print(f"    {e.bytes:,} B  PSNR {rec['psnr']:.2f}  SSIM {rec['ssim']:.4f}  "
+                  f"enc {e.encode_s:.2f}s dec {e.decode_s:.2f}s", flush=True)
+        except Exception as exc:  # a failing peer is reported with its error, never dropped
+            msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:240]
+            rec.update(status="failed", error=msg)
+            print(f"    FAILED {msg}", flush=True)
+        points.append(rec)
+    for rec in hemgs_records.load_records(name):
+        print(f"[{name}] {rec['method']} {rec['point']} (recorded) ...", flush=True)
+        points.append(hemgs_records.remeasure(rec, views, refs))
+    s = {"source": str(path), "gaussians": len(scene), "sh_degree": scene.sh_degree,
+         "source_bytes": path.stat().st_size, "ply_bytes": src.stat().st_size, "views": VIEWS,
+         "points": points, "comparisons": report.comparisons(points)}
+    s["seconds"] = time.perf_counter() - t_scene
+    return s
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        return (p.stdout.strip() or p.stderr.strip()).splitlines()[0]
+    except Exception as e:  # a missing tool shows in the versions line, not as a crash
+        return f"unavailable ({type(e).__name__})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenes", nargs="+", default=DEFAULT_SCENES)
+    ap.add_argument("--skip", nargs="*", default=[], help="skip methods whose name contains one of these")
+    ap.add_argument("--work", default=str(HERE / ".work"))
+    ap.add_argument("--json", default=str(REPO / "docs" / "benchmarks" / "peers.json"))
+    ap.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"))
+    ap.add_argument("--img-dir", default=str(REPO / "docs" / "img"))
+    ap.add_argument("--report-only", action="store_true", help="rewrite the doc and plots from the JSON")
+    args = ap.parse_args()
+    if args.report_only:
+        data = json.loads(Path(args.json).read_text())
+        for name, s in data["scenes"].items():
+            report.plot_scene(name, s, Path(args.img_dir) / f"rd_{name}.png")
+        report.write_section(Path(args.doc), data, Path(args.img_dir))
+        return
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+
+    import gsply
+    import gsplat
+    import matplotlib
+
+    out_json = Path(args.json)
+    data = json.loads(out_json.read_text()) if out_json.exists() else {"scenes": {}}
+    data["versions"] = {"splat-transform": _version([str(methods.SPLAT_TRANSFORM), "--version"]).split()[-1].lstrip("v"),
+                        "gsply": gsply.__version__, "gsplat": gsplat.__version__, "matplotlib": matplotlib.__version__,
+                        "xz": _version(["xz", "--version"]).split()[-1]}
+    data["machine"] = {"platform": f"{platform.system()} {platform.machine()}", "cpus": os.cpu_count(),
+                       "python": platform.python_version(), "torch": torch.__version__,
+                       "node": _version(["node", "--version"]), "threads": torch.get_num_threads()}
+    data["date"] = time.strftime("%Y-%m-%d %H:%M")
+    for p in args.scenes:
+        path = Path(p)
+        if not path.is_file():
+            print(f"skipping {path}: not found", flush=True)
+            continue
+        s = run_scene(path, Path(args.work), set(args.skip))
+        data["scenes"][scene_name(path)] = s
+        report.plot_scene(scene_name(path), s, Path(args.img_dir) / f"rd_{scene_name(path)}.png")
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_json.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=1))  # after each scene, so a long run keeps what it did
+        tmp.replace(out_json)
+        report.write_section(Path(args.doc), data, Path(args.img_dir))
+    print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
