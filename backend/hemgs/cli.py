@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +23,10 @@ DEFAULT_VIEWS = 16  # the sampled view set of render and eval, when a scene brin
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A shell starts background jobs with SIGINT ignored, and children inherit that: without this,
+    # `kill -INT` (or a job manager's Ctrl-C) would never reach a long training.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = _build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
