@@ -271,9 +271,9 @@ class _HemgsRate:
         return visible, lam, bpp
 
 
-def render_finetune(model: AnchorModel, entropy, views: list[Camera], targets: list[torch.Tensor],
-                    cfg: FitConfig, report: Progress) -> dict:
-    opt = torch.optim.Adam([
+def make_optimizer(model: AnchorModel, entropy, cfg: FitConfig) -> torch.optim.Adam:
+    """Adam with one learning rate per kind of parameter (the render-space fine-tune's)."""
+    return torch.optim.Adam([
         {"params": [model.features], "lr": cfg.lr_features},
         {"params": [model.offsets], "lr": cfg.lr_offsets},
         {"params": [model.scaling], "lr": cfg.lr_scaling},
@@ -281,6 +281,11 @@ def render_finetune(model: AnchorModel, entropy, views: list[Camera], targets: l
         {"params": list(model.mlps.parameters()), "lr": cfg.lr_mlp},
         {"params": list(entropy.parameters()), "lr": cfg.lr_entropy},
     ])
+
+
+def render_finetune(model: AnchorModel, entropy, views: list[Camera], targets: list[torch.Tensor],
+                    cfg: FitConfig, report: Progress) -> dict:
+    opt = make_optimizer(model, entropy, cfg)
     base = [g["lr"] for g in opt.param_groups]
     rng = random.Random(cfg.seed)
     order: list[int] = []
