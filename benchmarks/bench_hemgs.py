@@ -166,6 +166,13 @@ def report(records: list[dict]) -> None:
             pts = sorted(((p["bytes"], p["psnr"]) for p in r["points"]), key=lambda t: t[0])
             b = bd_rate(base, pts) if len(base) >= 4 and len(pts) >= 4 else None
             lines.append(f"- {name}: " + (f"{b:+.1f}%" if b is not None else "n/a (curves do not overlap or too few points)"))
+        if "full" in runs:
+            full = sorted((p["bytes"], p["psnr"]) for p in runs["full"]["points"])
+            for name in ("no_sa", "no_ar", "no_acs"):
+                if name in runs:
+                    b = bd_rate(sorted((p["bytes"], p["psnr"]) for p in runs[name]["points"]), full)
+                    lines.append(f"- full against {name} (what that part earns): "
+                                 + (f"{b:+.1f}%" if b is not None else "n/a (no PSNR overlap)"))
         fixed = sorted(((p["bytes"], p["psnr"]) for n, r in runs.items() if n.startswith("fixed_") for p in r["points"]))
         if "full" in runs and len(fixed) >= 4:
             b = bd_rate(fixed, sorted((p["bytes"], p["psnr"]) for p in runs["full"]["points"]))
