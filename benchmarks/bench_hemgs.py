@@ -207,6 +207,8 @@ def main() -> None:
     for scene, name in todo:
         print(f"{scene} {name}", flush=True)
         rec = decode_timing(scene, args) if name == "decode_timing" else run(scene, name, args)
+        # re-read: another bench process (another scene) may have written meanwhile
+        records = json.loads(path.read_text()) if path.exists() else []
         records = [r for r in records if not (r["scene"] == scene and r["run"] == name)] + [rec]
         path.write_text(json.dumps(records, indent=1))
         report(records)
