@@ -10,6 +10,8 @@ Every call blocks until it is done and returns its result, with or without a UI:
     model = api.train("/data/scene.ply", preset="quick")["model"]           # variable-rate HEMGS
     api.compress_model(model, "/tmp/scene.hgs", source="/data/scene.ply", lam=2e-3)  # size, ratio, PSNR, SSIM
     api.compress(["/data/a.ply", "/data/b.ply"], lambdas=[1e-3, 4e-3], output_dir="/tmp/out")  # a list
+    api.compress_direct("/data/scene.ply", "/tmp/scene.direct.hgs", lam=1.0)  # anchor-free: no training
+    api.compress(["/data/a.ply"], lambdas=[0.5, 2.0], mode="direct", output_dir="/tmp/out")
     api.decompress("/tmp/scene.hgs", "/tmp/scene_decoded.ply")
 
 `load_preview` and `info` read the file in Blender's own Python (the extension ships the numpy-only
@@ -20,6 +22,11 @@ in the backend worker (preferences: Backend Python).
 (1e-3..4e-3, widened by the backend's margin), so `compress` trains one model per file and codes
 every λ from it. A fixed-rate model (`codec="hac"` or `variable_rate=False`) codes only the λ it
 was trained at; `compress` then trains one per (file, λ).
+
+Direct (anchor-free) mode (`mode="direct"`, `compress_direct`) has no model file: the worker fits
+the entropy model to the source's own Gaussians (seconds to a minute) and codes them; λ is in its
+own units, 1/64 to 16 (default 1; larger: smaller file). The worker keeps its last fit, so coding
+the same source at several λ fits once.
 """
 
 from __future__ import annotations
@@ -151,9 +158,12 @@ def default_model_path(source: str | os.PathLike, lam: float | None,
     return _writable_folder(Path(folder or src.parent), bool(folder)) / f"{src.stem}.{tag}.safetensors"
 
 
-def default_hgs_path(source: str | os.PathLike, lam: float, folder: str | os.PathLike | None = None) -> Path:
+def default_hgs_path(source: str | os.PathLike, lam: float, folder: str | os.PathLike | None = None,
+                     mode: str = "anchor") -> Path:
+    """`<stem>.<lamtag>.hgs` (direct mode: `<stem>.direct.<lamtag>.hgs`, its λ being in other units)."""
     src = Path(source)
-    return _writable_folder(Path(folder or src.parent), bool(folder)) / f"{src.stem}.{lambda_tag(lam)}.hgs"
+    tag = lambda_tag(lam) if mode == "anchor" else f"{mode}.{lambda_tag(lam)}"
+    return _writable_folder(Path(folder or src.parent), bool(folder)) / f"{src.stem}.{tag}.hgs"
 
 
 def train(source: str | os.PathLike, model: str | os.PathLike | None = None, lam: float = 1e-3,
@@ -207,13 +217,42 @@ def compress_model(model: str | os.PathLike, output: str | os.PathLike, source: 
     return _worker().run("compress", args, outputs=outputs, timeout=timeout)
 
 
-def compress(sources: str | os.PathLike | Iterable[str | os.PathLike], lambdas: float | Iterable[float] = (1e-3,),
-             output_dir: str | os.PathLike | None = None, preset: str = "quick", eval_views: int = 16,
-             eval_width: int = 256, reuse_models: bool = True, on_result: Callable[[dict], None] | None = None,
-             codec: str = "hemgs", variable_rate: bool = True, **train_args) -> list[dict]:
+def compress_direct(source: str | os.PathLike, output: str | os.PathLike, lam: float = 1.0, views: int = 16,
+                    width: int = 256, preview: str | os.PathLike | None = None, iters: int | None = None,
+                    scene_agnostic: bool = True, ar: bool = True, acs: bool = True, variable_rate: bool = True,
+                    device: str = "auto", timeout: float | None = None) -> dict:
+    """Direct (anchor-free) mode: fit the entropy model to `source` (a 3DGS PLY/SPZ; `iters`
+    iterations, default the backend's) and code its Gaussians at `lam` (1/64..16) into `output`.
+    Measured against the source over `views` views at `width` (0 views: sizes only); with
+    `preview`, the decoded scene's preview .npz. Returns the worker's result (output, bytes,
+    ratio, psnr, ssim, gaussians, fitted, fit_seconds, ...); raises WorkerError on bad input."""
+    args: dict = {"mode": "direct", "source": str(source), "output": str(output), "lambda": float(lam),
+                  "views": int(views), "width": int(width), "device": device, "scene_agnostic": bool(scene_agnostic),
+                  "ar": bool(ar), "acs": bool(acs), "variable_rate": bool(variable_rate)}
+    outputs = [str(output)]
+    if preview is not None:
+        args["preview"] = str(preview)
+        outputs.append(str(preview))
+    if iters is not None:
+        args["iters"] = int(iters)
+    return _worker().run("compress", args, outputs=outputs, timeout=timeout)
+
+
+def compress(sources: str | os.PathLike | Iterable[str | os.PathLike],
+             lambdas: float | Iterable[float] | None = None, output_dir: str | os.PathLike | None = None,
+             preset: str = "quick", eval_views: int = 16, eval_width: int = 256, reuse_models: bool = True,
+             on_result: Callable[[dict], None] | None = None, codec: str = "hemgs", variable_rate: bool = True,
+             mode: str = "anchor", **train_args) -> list[dict]:
     """Batch: every file of `sources` at every λ of `lambdas` -> `<stem>.<lamtag>.hgs` in `output_dir`
     (default: beside each source), each measured against its source over `eval_views` views at
     `eval_width` pixels (0 views: sizes only).
+
+    `mode="direct"`: anchor-free, no model: each file is fitted once (in the worker; `train_args`
+    may hold iters, scene_agnostic, ar, acs) and coded at every λ of `lambdas` (direct units,
+    default 1.0) -> `<stem>.direct.<lamtag>.hgs`. Rows: source, lambda, mode, fitted (bool: this
+    λ's request fitted the source), output, bytes, source_bytes, ratio, psnr, ssim, sections.
+
+    `mode="anchor"` (default; `lambdas` default 1e-3):
 
     A variable-rate model (the default) is trained ONCE per file, with `preset` (and `train_args`:
     steps, warm_steps, width, views, scene_agnostic, ar, acs, lambdas), kept as
@@ -223,8 +262,14 @@ def compress(sources: str | os.PathLike | Iterable[str | os.PathLike], lambdas: 
     used instead of training again. Returns one dict per (file, λ): source, lambda, model, trained
     (bool: the model was trained by this call), output, bytes, ratio, psnr, ssim. `on_result` is
     called with each as it is done."""
+    if mode not in ("anchor", "direct"):
+        raise ValueError(f"unknown mode {mode!r}: use 'anchor' or 'direct'")
     srcs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    if lambdas is None:
+        lambdas = (1.0,) if mode == "direct" else (1e-3,)
     lams = [float(lambdas)] if isinstance(lambdas, (int, float)) else [float(x) for x in lambdas]
+    if mode == "direct":
+        return _compress_direct_batch(srcs, lams, output_dir, eval_views, eval_width, on_result, train_args)
     variable = codec == "hemgs" and variable_rate
     rows = []
 
@@ -255,6 +300,26 @@ def compress(sources: str | os.PathLike | Iterable[str | os.PathLike], lambdas: 
     return rows
 
 
+def _compress_direct_batch(srcs, lams: list[float], output_dir, eval_views: int, eval_width: int,
+                           on_result, options: dict) -> list[dict]:
+    allowed = {"iters", "scene_agnostic", "ar", "acs", "variable_rate", "device", "timeout"}
+    if set(options) - allowed:
+        raise TypeError(f"mode='direct' takes no {', '.join(sorted(set(options) - allowed))} (anchor-mode training "
+                        f"options); it takes {', '.join(sorted(allowed))}")
+    rows = []
+    for src in srcs:
+        for lam in lams:  # the worker keeps the source's fit: only the first λ fits
+            res = compress_direct(src, default_hgs_path(src, lam, output_dir, mode="direct"), lam=lam,
+                                  views=eval_views, width=eval_width, **options)
+            row = {"source": str(src), "lambda": lam, "mode": "direct", "fitted": bool(res.get("fitted")),
+                   **{k: res.get(k) for k in ("output", "bytes", "source_bytes", "ratio", "psnr", "ssim", "sections",
+                                              "gaussians")}}
+            rows.append(row)
+            if on_result is not None:
+                on_result(row)
+    return rows
+
+
 def _model_serves(model: Path, lams: list[float], variable: bool) -> bool:
     """Whether the model file at `model` is of the kind asked for and codes every λ of `lams`."""
     from .worker_client import WorkerError
@@ -269,11 +334,15 @@ def _model_serves(model: Path, lams: list[float], variable: bool) -> bool:
     return all(lo * (1 - 1e-6) <= lam <= hi * (1 + 1e-6) for lam in lams)
 
 
-def decompress(path: str | os.PathLike, output: str | os.PathLike, sh_degree: int = 1,
+def decompress(path: str | os.PathLike, output: str | os.PathLike, sh_degree: int | None = None,
                timeout: float | None = None) -> dict:
-    """Decode the .hgs `path` to a 3DGS `output` (.ply or .spz; colours baked to SH `sh_degree`)."""
-    return _worker().run("decompress", {"path": str(path), "output": str(output), "sh_degree": int(sh_degree)},
-                         outputs=[str(output)], timeout=timeout)
+    """Decode the .hgs `path` to a 3DGS `output` (.ply or .spz). An anchor file's colours are baked
+    to SH `sh_degree` (default 1); a direct file keeps its decoded Gaussians (a lower `sh_degree`
+    truncates their SH)."""
+    args: dict = {"path": str(path), "output": str(output)}
+    if sh_degree is not None:
+        args["sh_degree"] = int(sh_degree)
+    return _worker().run("decompress", args, outputs=[str(output)], timeout=timeout)
 
 
 def backend_versions() -> dict:

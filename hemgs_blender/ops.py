@@ -104,7 +104,7 @@ def _place_beside(context, obj, source: str) -> None:
 
 
 class HEMGS_OT_import_hgs(bpy.types.Operator, ImportHelper):  # type: ignore[misc]  # stub-only clash
-    """Decode a HEMGS .hgs file (in the backend) and import its baked Gaussians as a splat preview"""
+    """Decode a HEMGS .hgs file (in the backend) and import its Gaussians as a splat preview (anchor files baked, direct files as decoded)"""
 
     bl_idname = "hemgs.import_hgs"
     bl_label = "Import HEMGS"
@@ -234,10 +234,20 @@ class HEMGS_OT_load_model(bpy.types.Operator, ImportHelper):  # type: ignore[mis
 
 
 def compress_args(props, output: str) -> tuple[dict, str]:
-    """Worker arguments for coding the loaded model to `output` and measuring it against the source."""
+    """Worker arguments for coding to `output` and measuring it against the source: anchor mode
+    codes the loaded model; direct mode sends the source itself (the worker fits and codes it)."""
     npz = str(api.preview_cache_path("decoded"))
-    args: dict = {"model": bpy.path.abspath(props.model_path), "output": output, "views": props.views,
-                  "width": props.eval_width, "preview": npz}
+    args: dict
+    if hprops.is_direct(props):
+        args = {"mode": "direct", "source": bpy.path.abspath(props.source_path), "output": output,
+                "lambda": hprops.direct_lambda(props), "views": props.views, "width": props.eval_width,
+                "preview": npz, "scene_agnostic": props.train_scene_agnostic, "ar": props.train_ar,
+                "acs": props.train_acs, "variable_rate": props.train_variable_rate}
+        if props.direct_iters > 0:
+            args["iters"] = props.direct_iters
+        return args, npz
+    args = {"model": bpy.path.abspath(props.model_path), "output": output, "views": props.views,
+            "width": props.eval_width, "preview": npz}
     if props.source_path:
         args["source"] = bpy.path.abspath(props.source_path)
     lam = hprops.compress_lambda(props)
@@ -259,7 +269,13 @@ def _compress(op, context, output: str):
 
 
 def _model_ready(cls, context) -> bool:
+    """Compress/Export can run: anchor mode needs a trained or loaded model, direct mode a source."""
     p = context.scene.hemgs
+    if hprops.is_direct(p):
+        if not p.source_path:
+            cls.poll_message_set("Set the source file first")
+            return False
+        return not jobs.state.running
     if not (p.model_path and p.model_lambda > 0):
         cls.poll_message_set("Train or load a model first")
         return False
@@ -267,7 +283,7 @@ def _model_ready(cls, context) -> bool:
 
 
 class HEMGS_OT_compress(bpy.types.Operator):
-    """Write the model's .hgs file, measure it against the source and show its decoded preview"""
+    """Write the .hgs file (anchor mode: of the model; direct mode: of the source, fitted now), measure it against the source and show its decoded preview"""
 
     bl_idname = "hemgs.compress"
     bl_label = "Compress"
@@ -279,7 +295,10 @@ class HEMGS_OT_compress(bpy.types.Operator):
     def execute(self, context):
         props = context.scene.hemgs
         output = bpy.path.abspath(props.output_path) if props.output_path else ""
-        if not output:
+        if not output and hprops.is_direct(props):
+            output = str(api.default_hgs_path(bpy.path.abspath(props.source_path), hprops.direct_lambda(props),
+                                              mode="direct"))
+        elif not output:
             base = props.source_path or props.model_path
             lam = hprops.compress_lambda(props) or props.model_lambda
             output = str(api.default_hgs_path(bpy.path.abspath(base), lam))
@@ -290,7 +309,7 @@ class HEMGS_OT_compress(bpy.types.Operator):
 
 
 class HEMGS_OT_export_hgs(bpy.types.Operator, ExportHelper):  # type: ignore[misc]  # stub-only clash
-    """Compress the loaded model of the panel's source to a HEMGS .hgs file"""
+    """Compress the panel's source to a HEMGS .hgs file (anchor mode: its loaded model; direct mode: the source itself)"""
 
     bl_idname = "hemgs.export_hgs"
     bl_label = "Export HEMGS"

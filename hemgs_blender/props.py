@@ -13,6 +13,14 @@ LAMBDA_MIN, LAMBDA_MAX = 1e-4, 1e-1
 # Entropy models Train can make (the backend's codecs): HEMGS is variable-rate by default.
 CODECS = [("HEMGS", "HEMGS", "The HEMGS hybrid entropy model (scene-agnostic prior, autoregressive context)"),
           ("HAC", "HAC", "The HAC baseline: hash-grid context only, one λ per model")]
+# Coding modes (= hemgs.modes.MODES). Direct needs no Train step: Compress fits the source itself.
+MODES = [("ANCHOR", "Anchor (HEMGS, trained)", "Train an anchor model (minutes), then code it at any λ it serves: "
+          "the smallest files"),
+         ("DIRECT", "Direct (anchor-free, near-lossless)", "Code the source's own Gaussians: no training step, the "
+          "entropy model is fitted in seconds to a minute; near-lossless, larger files")]
+# Direct mode's λ, in its own units (= hemgs.modes.DIRECT_LAMBDA_RANGE / DIRECT_LAMBDA_DEFAULT). The
+# slider is log2(λ).
+DIRECT_LAMBDA_MIN, DIRECT_LAMBDA_MAX, DIRECT_LAMBDA_DEFAULT = 0.015625, 16.0, 1.0
 PRESETS = [("QUICK", "Quick", "100 + 150 warm-start steps at 128 px: a first look, minutes on a CPU"),
            ("STANDARD", "Standard", "300 + 400 warm-start steps at 256 px (hemgs train's defaults)"),
            ("CUSTOM", "Custom", "The steps set below")]
@@ -29,6 +37,17 @@ class HEMGS_SceneProps(bpy.types.PropertyGroup):
         default=16, min=1, max=256)
     eval_width: bpy.props.IntProperty(  # type: ignore[valid-type]
         name="Size", description="Width of the PSNR/SSIM renders, in pixels", default=256, min=16, max=4096)
+
+    mode: bpy.props.EnumProperty(  # type: ignore[valid-type]
+        name="Mode", description="How the scene is coded", items=MODES, default="ANCHOR")
+    # ---- direct mode ----
+    direct_log_lambda: bpy.props.FloatProperty(  # type: ignore[valid-type]
+        name="λ", description="Direct mode's rate-distortion weight, as log2(λ): larger is a smaller file, lower "
+        "PSNR", default=math.log2(DIRECT_LAMBDA_DEFAULT), min=math.log2(DIRECT_LAMBDA_MIN),
+        max=math.log2(DIRECT_LAMBDA_MAX))
+    direct_iters: bpy.props.IntProperty(  # type: ignore[valid-type]
+        name="Fit iterations", description="Iterations of the direct-mode fit (0: the backend's default)",
+        default=0, min=0, max=100000)
 
     # ---- training ----
     log_lambda: bpy.props.FloatProperty(  # type: ignore[valid-type]
@@ -97,6 +116,16 @@ class HEMGS_SceneProps(bpy.types.PropertyGroup):
 def lambda_value(props) -> float:
     """The λ Train uses (the slider)."""
     return 10.0 ** props.log_lambda
+
+
+def is_direct(props) -> bool:
+    return props.mode == "DIRECT"
+
+
+def direct_lambda(props) -> float:
+    """The λ Compress asks for in direct mode (the log2 slider), 3 significant digits, in range."""
+    lam = float(f"{2.0 ** props.direct_log_lambda:.2e}")
+    return min(max(lam, DIRECT_LAMBDA_MIN), DIRECT_LAMBDA_MAX)
 
 
 def serve_range(props) -> tuple[float, float]:

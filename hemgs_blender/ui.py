@@ -36,7 +36,16 @@ class HEMGS_PT_main(bpy.types.Panel):
         col = layout.column(align=True)
         col.prop(p, "source_path")
         col.operator("hemgs.load_source", icon="POINTCLOUD_DATA")
+        layout.prop(p, "mode")
 
+        if props.is_direct(p):
+            self.draw_direct(layout, p)
+        else:
+            self.draw_anchor(layout, p)
+        self.draw_status(layout, p)
+
+    def draw_anchor(self, layout, p):
+        """Anchor mode: train (or load) a model, then code it at a λ it serves."""
         box = layout.box()
         box.label(text="Train a model", icon="SETTINGS")
         box.prop(p, "train_codec")
@@ -87,6 +96,30 @@ class HEMGS_PT_main(bpy.types.Panel):
         box.prop(p, "side_by_side")
         box.operator("hemgs.compress", icon="EXPORT")
 
+    def draw_direct(self, layout, p):
+        """Direct (anchor-free) mode: no Train step; Compress fits the source itself and codes it."""
+        box = layout.box()
+        box.label(text="Compress (direct mode)", icon="PACKAGE")
+        box.label(text="No training: fitted to the source in seconds to a minute")
+        col = box.column(align=True)
+        col.prop(p, "train_variable_rate", text="Variable-rate predictor")
+        col.prop(p, "train_scene_agnostic")
+        col.prop(p, "train_ar")
+        sub = col.row()
+        sub.enabled = p.train_ar
+        sub.prop(p, "train_acs")
+        box.prop(p, "direct_iters")
+        lo, hi = props.DIRECT_LAMBDA_MIN, props.DIRECT_LAMBDA_MAX
+        box.prop(p, "direct_log_lambda", text=f"λ = {props.direct_lambda(p):.3g}  ({lo:g}..{hi:g}, log2)")
+        box.label(text="larger λ, smaller file, lower PSNR")
+        box.prop(p, "output_path")
+        row = box.row(align=True)
+        row.prop(p, "views")
+        row.prop(p, "eval_width")
+        box.prop(p, "side_by_side")
+        box.operator("hemgs.compress", icon="EXPORT")
+
+    def draw_status(self, layout, p):
         box = layout.box()
         box.label(text="Measure against a second file")
         box.prop(p, "other_path")

@@ -185,7 +185,12 @@ class WorkerClient:
         """Send one request; `outputs` are files the job writes (swept of temporaries on cancel)."""
         if self.job is not None and not self.job.finished:
             raise WorkerError("Busy", f"the backend is still running {self.job.op}")
-        self.start()
+        hello = self.start()
+        mode = (args or {}).get("mode")
+        if mode in ("anchor", "direct") and mode not in ((hello or {}).get("codec") or {}).get("modes", ["anchor"]):
+            # An older backend (same protocol) would ignore `mode`: say what is missing instead.
+            raise WorkerError("NotAvailable", f"the backend (hemgs {(hello or {}).get('hemgs')}) does not serve "
+                                              f"{mode} mode; update it")
         job = Job(self, self._next_id, op, dict(args or {}), outputs)
         self._next_id += 1
         assert self.proc is not None and self.proc.stdin is not None

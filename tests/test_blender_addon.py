@@ -134,6 +134,22 @@ again = api.compress(tiny, [4e-3], output_dir=os.path.join(work, "batch"), eval_
 res["batch_again"] = again
 res["decompress"] = api.decompress(rows[0]["output"], os.path.join(work, "batch", "decoded.ply"))
 res["hgs_preview_points"] = len(api.load_preview(rows[0]["output"]).data.points)
+# Direct (anchor-free) mode: no model needed; Compress sends the source; the slider is direct λ.
+p.mode, p.model_path = "DIRECT", ""
+res["direct_poll"] = bpy.ops.hemgs.compress.poll()
+p.direct_log_lambda, p.direct_iters = 1.0, 10
+p.output_path = os.path.join(work, "direct.hgs")
+res["direct_lambda"] = props_mod.direct_lambda(p)
+res["direct_op"] = list(bpy.ops.hemgs.compress())
+res["direct_panel"] = {"bytes": p.result_bytes, "psnr": p.result_psnr, "file": p.result_file}
+res["direct_objects"] = [len(o.data.points) for o in bpy.data.objects
+                         if o.get("hemgs_kind") == "decoded" and o.get("hemgs_path") == p.output_path]
+res["direct_import"] = list(bpy.ops.hemgs.import_hgs(filepath=p.output_path))
+res["direct_objects_after_import"] = len([o for o in bpy.data.objects if o.get("hemgs_kind") == "decoded"
+                                          and o.get("hemgs_path") == p.output_path])
+res["direct_batch"] = api.compress(tiny, [0.5, 4.0], mode="direct", output_dir=os.path.join(work, "dbatch"),
+                                   eval_views=0, iters=10)
+p.mode = "ANCHOR"
 api.shutdown()
 json.dump(res, open(out_json, "w"))
 '''
@@ -292,6 +308,24 @@ def test_batch_api_trains_one_model_per_file_and_codes_every_lambda(blender_run)
     assert again["trained"] is False and again["model"] == rows[1]["model"] and again["psnr"] is None
     assert r["decompress"]["gaussians"] == r["hgs_preview_points"] > 0
     print(f"panel train {r['t_train_op']:.1f} s, batch of 2 {r['t_batch']:.1f} s")
+
+
+def test_direct_mode_compresses_the_source_without_a_model(blender_run):
+    from hemgs.container import read_hgs
+
+    r = blender_run
+    assert r["direct_poll"] is True and r["direct_lambda"] == 2.0 and r["direct_op"] == ["FINISHED"]
+    hgs = Path(r["direct_panel"]["file"])
+    h = read_hgs(hgs).header
+    assert hgs.name == "direct.hgs" and h["mode"] == "direct" and h["lambda"] == 2.0
+    assert r["direct_panel"]["bytes"] == hgs.stat().st_size and r["direct_panel"]["psnr"] > 25
+    # The decoded preview (from Compress) and File > Import of the same file: the decoded Gaussians.
+    assert r["direct_objects"] == [h["gaussians"]] and r["direct_import"] == ["FINISHED"]
+    assert r["direct_objects_after_import"] == 2
+    rows = r["direct_batch"]
+    assert [Path(row["output"]).name for row in rows] == ["tiny.direct.lam5e-01.hgs", "tiny.direct.lam4e+00.hgs"]
+    assert [row["fitted"] for row in rows] == [True, False] and rows[1]["bytes"] < rows[0]["bytes"]
+    assert all(read_hgs(row["output"]).header["mode"] == "direct" for row in rows)
 
 
 def test_background_mode_api_blocks_on_the_worker(blender_run):

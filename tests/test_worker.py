@@ -53,8 +53,14 @@ def test_handshake_and_info(client):
 
     # Variable-rate HEMGS by default; the numbers are the backend's own (the worker states them
     # without importing torch).
+    from hemgs.direct import LAMBDAS as DIRECT_LAMBDAS
+    from hemgs.modes import DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE
+
     assert hello["codec"] == {"default": "hemgs", "codecs": ["hemgs", "hac"], "variable_rate": True,
-                              "lambdas": list(LAMBDAS), "lambda_margin": LAMBDA_MARGIN}
+                              "lambdas": list(LAMBDAS), "lambda_margin": LAMBDA_MARGIN,
+                              "modes": ["anchor", "direct"], "default_mode": "anchor",
+                              "direct": {"lambdas": list(DIRECT_LAMBDAS), "lambda_range": list(DIRECT_LAMBDA_RANGE),
+                                         "lambda_default": DIRECT_LAMBDA_DEFAULT}}
     info = client.run("info", {"path": str(DEMO_PLY)}, timeout=60)
     assert info["gaussians"] == 31000 and info["format"] == "ply" and info["bytes"] == DEMO_PLY.stat().st_size
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import HemgsError, InputError
+from .modes import DEFAULT_MODE, DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE, MODES
 
 EXIT_USAGE = 2
 DEFAULT_VIEWS = 16  # the sampled view set of render and eval, when a scene brings no cameras
@@ -132,16 +133,26 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="model file (.safetensors)")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("compress", parents=[common, fit_args], help="write a .hgs from a trained model (or a PLY: trains first)")
+    s = sub.add_parser("compress", parents=[common, fit_args],
+                       help="write a .hgs from a trained model (or a PLY: trains first; --mode direct: no training)")
     s.add_argument("src", nargs="?", default=None,
-                   help="trained model, or a source to train first (as for train); optional with --images")
+                   help="trained model, or a source to train first (as for train); optional with --images; "
+                        "--mode direct: a 3DGS PLY/SPZ")
     s.add_argument("-o", "--output", required=True, help="output .hgs")
+    s.add_argument("--mode", choices=list(MODES), default=DEFAULT_MODE,
+                   help="anchor (default): HEMGS on a trained anchor model; direct: anchor-free, the entropy model "
+                        "is fitted to the scene's own Gaussians in seconds (near-lossless), λ "
+                        f"{DIRECT_LAMBDA_RANGE[0]:g} to {DIRECT_LAMBDA_RANGE[1]:g} (default {DIRECT_LAMBDA_DEFAULT:g})")
+    s.add_argument("--iters", type=int, default=None,
+                   help="--mode direct: fitting iterations (default: hemgs.direct.DirectFitConfig's)")
     s.set_defaults(func=cmd_compress)
 
     s = sub.add_parser("decompress", parents=[common], help="decode a .hgs to a 3DGS PLY or SPZ (baked)")
     s.add_argument("file")
     s.add_argument("-o", "--output", required=True, help="output .ply or .spz")
-    s.add_argument("--sh-degree", type=int, default=1, choices=[0, 1, 2, 3], help="SH degree of the baked colours")
+    s.add_argument("--sh-degree", type=int, default=None, choices=[0, 1, 2, 3],
+                   help="anchor files: SH degree of the baked colours (default 1); direct files keep their own "
+                        "degree, and a lower one given here truncates it")
     s.set_defaults(func=cmd_decompress)
 
     from . import pretrain  # torch-free import: the parser stays cheap
@@ -230,8 +241,15 @@ def file_info(path: str) -> dict:
         from .container import read_hgs
 
         hgs = read_hgs(path)
-        return {"file": path, "format": "hgs", "bytes": size, "version": list(hgs.version),
-                "header": hgs.header, "sections": {k: len(v) for k, v in hgs.sections.items()}}
+        h = hgs.header
+        out = {"file": path, "format": "hgs", "bytes": size, "version": list(hgs.version),
+               "mode": h.get("mode"), "codec": h.get("codec"), "lambda": h.get("lambda")}
+        # The counts the header states (direct: Gaussians and SH degree; anchor: anchors).
+        for key in ("gaussians", "sh_degree", "voxels", "anchors", "source", "source_bytes"):
+            if key in h:
+                out[key] = h[key]
+        out.update(header=h, sections={k: len(v) for k, v in hgs.sections.items()})
+        return out
     if fmt == "scaffold_ply":
         from .io.scaffold import read_scaffold
 
@@ -253,13 +271,21 @@ def cmd_info(args) -> int:
 
 def _print_info(info: dict) -> None:
     print(f"{info['file']}: {info['format'].upper()}, {_human_bytes(info['bytes'])}")
-    if "gaussians" in info:
+    if info["format"] == "hgs":
+        lam = info.get("lambda")
+        print(f"  mode:       {info.get('mode')} (codec {info.get('codec')}"
+              + (f", λ={lam:g})" if isinstance(lam, (int, float)) else ")"))
+        if isinstance(info.get("source_bytes"), int) and info["source_bytes"] > 0:
+            print(f"  source:     {info.get('source')}, {_human_bytes(info['source_bytes'])} "
+                  f"({info['source_bytes'] / max(info['bytes'], 1):.1f}x larger)")
+    if isinstance(info.get("gaussians"), int):
         print(f"  Gaussians:  {info['gaussians']:,}")
-        print(f"  SH degree:  {info['sh_degree']}")
+        print(f"  SH degree:  {info.get('sh_degree')}")
+    if "bounds_min" in info:
         lo, hi = info["bounds_min"], info["bounds_max"]
         print("  bounds:     (" + ", ".join(f"{v:.3f}" for v in lo) + ") .. (" + ", ".join(f"{v:.3f}" for v in hi) + ")")
         print(f"  mean opacity: {info['mean_opacity']:.3f}")
-    for key in ("anchors", "feature_dim", "offsets_per_anchor", "version"):
+    for key in ("voxels", "anchors", "feature_dim", "offsets_per_anchor", "version"):
         if key in info:
             print(f"  {key.replace('_', ' ')}: {info[key]}")
     if "sections" in info:
@@ -270,13 +296,21 @@ def _print_info(info: dict) -> None:
 def cmd_render(args) -> int:
     from .render import render
 
+    from .io import detect_format
+
     device = _setup_torch(args)
-    scene = _load(args.file)
+    if detect_format(args.file) == "hgs":  # decoded: a direct file's Gaussians, an anchor file's model
+        from .pipeline import scene_and_renderer
+
+        scene, draw = scene_and_renderer(args.file, device)
+    else:
+        scene = _load(args.file)
+        draw = lambda cam: render(scene, cam, device=device)  # noqa: E731
     cams = _views(scene, args, n=DEFAULT_VIEWS, source_path=args.file)
     if not 0 <= args.view < len(cams):
         raise InputError(f"--view {args.view} is out of range: this scene has views 0..{len(cams) - 1}")
     t0 = time.perf_counter()
-    image = render(scene, cams[args.view], device=device)
+    image = draw(cams[args.view])
     dt = time.perf_counter() - t0
     _save_png(image, args.output)
     print(f"wrote {args.output} ({cams[args.view].width}x{cams[args.view].height}, view {args.view}, "
@@ -319,7 +353,8 @@ def _stage_progress():
     return report
 
 
-STAGE_NAMES = {"teacher": "rendering the source", "warm": "warm start", "render": "training (render space)"}
+STAGE_NAMES = {"teacher": "rendering the source", "warm": "warm start", "render": "training (render space)",
+               "fit": "fitting (direct mode)"}
 
 
 def _views_progress(desc: str, total: int):
@@ -420,10 +455,60 @@ def _print_sizes(report: dict, source_bytes: int | None) -> None:
         print(f"  {name:<10} {n:>10,} bytes  {100 * n / total:5.1f}%")
 
 
+def _check_direct_args(args) -> None:
+    """What --mode direct refuses: anchor-mode training inputs and options."""
+    from .io import detect_format
+
+    if args.images is not None or args.mlps is not None:
+        raise InputError("--mode direct codes a 3DGS PLY/SPZ's own Gaussians: --images and --mlps apply to "
+                         "anchor mode (--mode anchor)")
+    if args.src is None:
+        raise InputError("--mode direct needs a source file (a 3DGS PLY or SPZ)")
+    if args.codec != "hemgs":
+        raise InputError(f"--codec {args.codec} applies to anchor mode; direct mode is HEMGS only")
+    if args.downscale != 1.0:
+        raise InputError("--downscale applies to --images only")
+    if args.iters is not None and not 1 <= args.iters <= 100000:
+        raise InputError(f"--iters must be 1..100000, got {args.iters}")
+    if detect_format(args.src) == "model":
+        raise InputError(f"{args.src} is a trained anchor-mode model; --mode direct codes a 3DGS PLY or SPZ "
+                         "(or use --mode anchor)")
+
+
+def cmd_compress_direct(args) -> int:
+    from .direct import DirectConfig, DirectFitConfig
+    from .modes import check_direct_lambda
+    from .pipeline import compress_direct
+
+    lam = check_direct_lambda(args.lam if args.lam_given else DIRECT_LAMBDA_DEFAULT)  # before any work
+    _check_direct_args(args)
+    _setup_torch(args)
+    cfg = DirectConfig(scene_agnostic=not args.no_scene_agnostic, ar=not args.no_ar, acs=not args.no_acs,
+                       variable_rate=not args.fixed_rate)
+    fcfg = DirectFitConfig() if args.iters is None else DirectFitConfig(iters=args.iters)
+    bar = _stage_progress()
+    report = compress_direct(args.src, args.output, lam=lam, cfg=cfg, fcfg=fcfg,
+                             progress=lambda done, total: bar("fit", done, total, {}))
+    for w in report["warnings"]:
+        print(f"hemgs: warning: {args.src}: {w}", file=sys.stderr)
+    total, source_bytes = report["bytes"], report["source_bytes"]
+    ratio = f" ({source_bytes / total:.1f}x smaller than the source)" if source_bytes else ""
+    print(f"wrote {args.output}: {_human_bytes(total)}{ratio}, direct mode at λ={lam:g}, "
+          f"{report['gaussians']:,} Gaussians, fitted in {report['fit_seconds']:.1f} s, "
+          f"encoded in {report['seconds']:.2f} s")
+    for name, n in report["sections"].items():
+        print(f"  {name:<10} {n:>10,} bytes  {100 * n / total:5.1f}%")
+    return 0
+
+
 def cmd_compress(args) -> int:
     from .io import detect_format
     from .pipeline import compress, compress_model, train
 
+    if args.mode == "direct":
+        return cmd_compress_direct(args)
+    if args.iters is not None:
+        raise InputError("--iters applies to --mode direct (anchor mode trains with --steps and --warm-steps)")
     device = _setup_torch(args)
     if args.src is None or detect_format(args.src) != "model":
         import tempfile
@@ -452,7 +537,8 @@ def cmd_decompress(args) -> int:
 
     _setup_torch(args)
     scene = decompress(args.file, args.output, sh_degree=args.sh_degree)
-    print(f"wrote {args.output}: {len(scene):,} Gaussians (baked, SH degree {scene.sh_degree})")
+    how = "decoded" if scene.meta.get("mode") == "direct" else "baked"
+    print(f"wrote {args.output}: {len(scene):,} Gaussians ({how}, SH degree {scene.sh_degree})")
     return 0
 
 

@@ -1,7 +1,10 @@
 """The user-level operations, shared by the CLI, the worker and the Blender add-on.
 
-train: source scene -> trained model file; compress: model -> .hgs; decompress: .hgs -> PLY/SPZ;
-render_views: renders of anything we read (a .hgs through its decoded anchor model) for evaluation.
+Anchor mode: train: source scene -> trained model file; compress: model -> .hgs.
+Direct (anchor-free) mode: compress_direct: source scene -> fitted entropy model -> .hgs, in one go.
+Both: decode_file (by the header's mode), decompress: .hgs -> PLY/SPZ; render_views: renders of
+anything we read (an anchor .hgs through its decoded anchor model, a direct .hgs through its
+decoded Gaussians) for evaluation. The modes and their λ ranges: hemgs.modes.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -18,6 +22,7 @@ from .errors import FormatError, InputError
 from .fit import FitConfig, Fitted, Progress, fit, render_views_anchor
 from .io import detect_format, load_scene, save_scene
 from .model_store import load_model, save_model
+from .modes import DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE, MODES, check_direct_lambda  # noqa: F401
 from .scene import GaussianScene, sanitize
 
 # Baked exports (PLY/SPZ from .hgs): SH degree 1 keeps most of the view dependence for 4x9 floats.
@@ -103,9 +108,69 @@ def compress(model_path, out_hgs, *, lam: float | None = None) -> dict:
     return report
 
 
+def compress_direct(source, out_hgs, *, lam: float = DIRECT_LAMBDA_DEFAULT, cfg=None, fcfg=None,
+                    progress=None, header_extra: dict | None = None) -> dict:
+    """Anchor-free mode in one go: load and sanitize `source` (a 3DGS PLY/SPZ path, or a sanitized
+    GaussianScene), fit the direct entropy model (hemgs.direct.fit_direct; progress(done, total) per
+    iteration), code it at `lam` (hemgs.modes.DIRECT_LAMBDA_RANGE) and write `out_hgs` atomically.
+
+    Returns compress_model's report keys where they mean something here: path, bytes, seconds
+    (encode + write), sections, gaussians, decoded (a hemgs.direct.DecodedDirect: `.scene`),
+    source_bytes (None for a scene given in memory); plus mode, lambda, voxels, fit_seconds,
+    warnings (sanitize's repairs) and fitted (the DirectFitted, to code other λ without refitting).
+    """
+    from .direct import DirectConfig, fit_direct
+
+    lam = check_direct_lambda(lam)
+    warnings: list[str] = []
+    source_bytes = None
+    extra: dict = {}
+    if isinstance(source, GaussianScene):
+        scene = source
+    else:
+        fmt = detect_format(source)
+        if fmt == "model":
+            raise InputError(f"{source}: is a trained (anchor-mode) model; direct mode codes a 3DGS PLY or SPZ "
+                             "itself (no training step)")
+        if fmt == "hgs":
+            raise InputError(f"{source}: is a .hgs file already; direct mode codes a 3DGS PLY or SPZ")
+        scene, warnings = load_source(source)
+        source_bytes = os.path.getsize(source)
+        extra = {"source": os.path.basename(str(source)), "source_bytes": source_bytes}
+    t0 = time.perf_counter()
+    fitted = fit_direct(scene, cfg=cfg or DirectConfig(), fcfg=fcfg, progress=progress)
+    fit_seconds = time.perf_counter() - t0
+    report = encode_direct(fitted, out_hgs, lam=lam, header_extra={**extra, **(header_extra or {})})
+    report.update(source_bytes=source_bytes, fit_seconds=fit_seconds, warnings=warnings, fitted=fitted)
+    return report
+
+
+def encode_direct(fitted, out_hgs, *, lam: float, header_extra: dict | None = None) -> dict:
+    """Code an already fitted direct model (hemgs.direct.DirectFitted) at `lam` and write `out_hgs`."""
+    from .direct import encode
+
+    lam = check_direct_lambda(lam)
+    t0 = time.perf_counter()
+    header, sections, decoded = encode(fitted, lam=lam, header_extra=header_extra)
+    write_hgs(out_hgs, header, sections)
+    return {"path": str(out_hgs), "bytes": os.path.getsize(out_hgs), "seconds": time.perf_counter() - t0,
+            "sections": {k: len(v) for k, v in sections.items()}, "mode": "direct", "lambda": lam,
+            "gaussians": int(header["gaussians"]), "voxels": int(header["voxels"]), "decoded": decoded,
+            "source_bytes": (header_extra or {}).get("source_bytes")}
+
+
 def decode_file(path):
+    """Decode a .hgs file by its header's mode: an anchor file gives the codec's decoded anchor
+    model (`.model`), a direct file a hemgs.direct.DecodedDirect (`.scene`: plain 3DGS Gaussians).
+    Both have `.header`."""
     hgs = read_hgs(path)
     mode, codec = hgs.header.get("mode"), hgs.header.get("codec")
+    if mode == "direct":
+        if codec != "hemgs":
+            raise FormatError(f"{path}: unknown codec {codec!r} for direct mode"[:200])
+        from .direct import decode as decode_direct
+
+        return decode_direct(hgs.header, hgs.sections)
     if mode != "anchor":
         raise FormatError(f"{path}: unknown coding mode {mode!r}"[:200])
     if codec == "hemgs":
@@ -117,36 +182,81 @@ def decode_file(path):
     return decode(hgs.header, hgs.sections)
 
 
-def decompress(hgs_path, out_path, *, sh_degree: int = BAKE_SH_DEGREE) -> GaussianScene:
+def is_direct(decoded) -> bool:
+    return decoded.header.get("mode") == "direct"
+
+
+def decoded_scene(decoded, sh_degree: int | None = None) -> GaussianScene:
+    """The 3DGS scene a decoded file exports as. Anchor: its model baked to static Gaussians at
+    `sh_degree` (None: BAKE_SH_DEGREE). Direct: the decoded Gaussians themselves, at the file's SH
+    degree; a lower `sh_degree` truncates their SH bands, a higher one keeps the file's (no
+    coefficients are made up)."""
+    if is_direct(decoded):
+        scene = decoded.scene
+        if sh_degree is not None and sh_degree < scene.sh_degree:
+            scene = scene.with_sh_degree(sh_degree)
+        return scene
     from .anchor.bake import bake
 
+    return bake(decoded.model, mode="sh_fit", sh_degree=BAKE_SH_DEGREE if sh_degree is None else sh_degree)
+
+
+def decompress(hgs_path, out_path, *, sh_degree: int | None = None) -> GaussianScene:
+    """Decode `hgs_path` and save its Gaussians to `out_path` (.ply/.spz), as decoded_scene says:
+    an anchor file baked (SH degree `sh_degree`, default BAKE_SH_DEGREE), a direct file as coded
+    (`sh_degree` only truncates)."""
     if os.path.splitext(str(out_path))[1].lower() not in (".ply", ".spz"):
         raise InputError(f"{out_path}: decompress writes .ply or .spz (the extension picks the format)")
-    decoded = decode_file(hgs_path)
-    scene = bake(decoded.model, mode="sh_fit", sh_degree=sh_degree)
+    if sh_degree is not None and not (isinstance(sh_degree, int) and 0 <= sh_degree <= 3):
+        raise InputError(f"SH degree must be 0..3, got {sh_degree}")
+    scene = decoded_scene(decode_file(hgs_path), sh_degree)
     save_scene(scene, out_path)
     return scene
 
 
-def render_views(path, views: list[Camera], device=None, progress=None) -> list[np.ndarray]:
-    """Renders of any file we read: scenes directly, .hgs through its decoded anchor model
-    (view-dependent, as the codec means it to be seen)."""
+def _draw_decoded(decoded, device):
+    from .render import render
+
+    if is_direct(decoded):
+        scene = decoded.scene
+        return lambda cam: render(scene, cam, device=device or "auto")
+    model = decoded.model
+    if device is not None:
+        model = model.to(device)
+    return lambda cam: render_views_anchor(model, [cam])[0]
+
+
+def renderer(path, device=None) -> Callable[[Camera], np.ndarray]:
+    """A function camera -> image for any file we read: scenes directly, an anchor .hgs through its
+    decoded anchor model (view-dependent, as the codec means it to be seen), a direct .hgs through
+    its decoded Gaussians."""
     from .render import render
 
     if detect_format(path) == "hgs":
-        model = decode_file(path).model
-        if device is not None:
-            model = model.to(device)
-        out = []
-        for i, cam in enumerate(views):
-            out.extend(render_views_anchor(model, [cam]))
-            if progress:
-                progress(i + 1, len(views))
-        return out
+        return _draw_decoded(decode_file(path), device)
     scene, _ = load_source(path)
+    return lambda cam: render(scene, cam, device=device or "auto")
+
+
+def scene_and_renderer(path, device=None) -> tuple[GaussianScene, Callable[[Camera], np.ndarray]]:
+    """`renderer(path)` with a Gaussian scene standing for the file where views are framed
+    (hemgs.cameras.scene_views): the scene itself, a direct .hgs's decoded Gaussians, an anchor
+    .hgs's baked model. A .hgs is decoded once."""
+    from .render import render
+
+    if detect_format(path) == "hgs":
+        decoded = decode_file(path)
+        return decoded_scene(decoded), _draw_decoded(decoded, device)
+    scene, _ = load_source(path)
+    return scene, lambda cam: render(scene, cam, device=device or "auto")
+
+
+def render_views(path, views: list[Camera], device=None, progress=None) -> list[np.ndarray]:
+    """Renders of any file we read (see `renderer`), one per camera of `views`."""
+    draw = renderer(path, device)
     out = []
     for i, cam in enumerate(views):
-        out.append(render(scene, cam, device=device or "auto"))
+        out.append(draw(cam))
         if progress:
             progress(i + 1, len(views))
     return out

@@ -104,14 +104,14 @@ def preview_from_anchors(anchors) -> SplatPreview:
 
 
 def preview_hgs(path: str | os.PathLike) -> SplatPreview:
-    """Decode a .hgs file and bake its anchor model to static Gaussians (SH degree 1, as
-    `hemgs decompress` writes them); the preview shows those. Needs torch (the backend)."""
-    from .anchor.bake import bake
-    from .pipeline import BAKE_SH_DEGREE, decode_file
+    """Decode a .hgs file to the Gaussians `hemgs decompress` writes (an anchor file: its model
+    baked to SH degree 1; a direct file: its decoded Gaussians); the preview shows those. Needs
+    torch (the backend)."""
+    from .pipeline import decode_file, decoded_scene
 
-    scene = bake(decode_file(path).model, mode="sh_fit", sh_degree=BAKE_SH_DEGREE)
-    out = preview_from_scene(scene)
-    out.meta.update(kind="decoded", path=str(path), source_format="hgs")
+    decoded = decode_file(path)
+    out = preview_from_scene(decoded_scene(decoded))
+    out.meta.update(kind="decoded", path=str(path), source_format="hgs", mode=decoded.header.get("mode"))
     return out
 
 

@@ -24,15 +24,24 @@ from typing import Any, Callable, TextIO
 
 from . import __version__
 from .errors import HemgsError, InputError
+from .modes import DEFAULT_MODE, DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE, DIRECT_TRAINED_LAMBDAS, MODES
 
+# Protocol version rules (docs/protocol.md): additions a client may ignore (new optional arguments,
+# new result or hello fields, new ops) keep the version; removing or changing the meaning of
+# anything a client sends or reads bumps it.
 PROTOCOL = 1
 # Operations of the protocol this backend does not serve yet (answered with a NotAvailable error).
 PLANNED_OPS: tuple[str, ...] = ()
 # What the codec can do, for the add-on's λ controls. `train` makes a variable-rate HEMGS model by
 # default (one model, any λ of its trained range widened by `lambda_margin`); "hac" and
 # variable_rate false make fixed-rate models (one λ each). Each model reports its own range.
+# `modes`: the coding modes `compress` takes (`mode` argument); "direct" (anchor-free) needs no
+# model, fits the source itself and codes any λ of `direct.lambda_range` (its own units).
 CODEC = {"default": "hemgs", "codecs": ["hemgs", "hac"], "variable_rate": True,
-         "lambdas": [1e-3, 2e-3, 3e-3, 4e-3], "lambda_margin": 2.0}
+         "lambdas": [1e-3, 2e-3, 3e-3, 4e-3], "lambda_margin": 2.0,
+         "modes": list(MODES), "default_mode": DEFAULT_MODE,
+         "direct": {"lambdas": list(DIRECT_TRAINED_LAMBDAS), "lambda_range": list(DIRECT_LAMBDA_RANGE),
+                    "lambda_default": DIRECT_LAMBDA_DEFAULT}}
 
 
 class NotAvailable(HemgsError):
@@ -160,16 +169,24 @@ def _views(scene, args: dict, op: str, source_path: str | None):
 def op_render(args: dict, progress: Callable) -> dict:
     """Render view `view` of `path` to the PNG `output`."""
     from .cli import _save_png
+    from .io import detect_format
     from .render import render
 
     path, output = _arg(args, "path", str, op="render"), _arg(args, "output", str, op="render")
     view = _arg(args, "view", int, 0, "render")
-    scene = _load(path, progress)
+    device = _device(args, "render")
+    if detect_format(path) == "hgs":  # decoded (any mode); views framed on its decoded Gaussians
+        from .pipeline import scene_and_renderer
+
+        scene, draw = scene_and_renderer(path, device)
+    else:
+        scene = _load(path, progress)
+        draw = lambda cam: render(scene, cam, device=device)  # noqa: E731
     cams = _views(scene, {**args, "views": max(view + 1, _arg(args, "views", int, 16, "render"))}, "render", path)
     if not 0 <= view < len(cams):
         raise InputError(f"render: view {view} is out of range: this scene has views 0..{len(cams) - 1}")
     progress("rendering", done=0, total=1)
-    image = render(scene, cams[view], device=_arg(args, "device", str, "auto", "render"))
+    image = draw(cams[view])
     _save_png(image, output)
     progress("rendering", done=1, total=1)
     return {"output": output, "width": cams[view].width, "height": cams[view].height, "view": view}
@@ -189,6 +206,21 @@ def op_convert(args: dict, progress: Callable) -> dict:
     return {"output": dst, "gaussians": len(scene), "bytes": os.path.getsize(dst), "source_bytes": os.path.getsize(src)}
 
 
+def _renderer(path: str, device, progress: Callable) -> Callable:
+    """camera -> image for a scene file (sanitized, repairs reported) or a .hgs (decoded, any mode)."""
+    from .io import detect_format
+
+    if detect_format(path) == "hgs":
+        from .device import resolve_device
+        from .pipeline import renderer
+
+        return renderer(path, resolve_device(device))
+    from .render import render
+
+    scene = _load(path, progress)
+    return lambda cam: render(scene, cam, device=device)
+
+
 def op_eval(args: dict, progress: Callable) -> dict:
     """PSNR/SSIM of `other`'s renders against `source`'s over the same views, one progress event
     per rendered view; with `output`, the report is also written there as JSON (atomically)."""
@@ -199,14 +231,15 @@ def op_eval(args: dict, progress: Callable) -> dict:
     source, other = _arg(args, "source", str, op="eval"), _arg(args, "other", str, op="eval")
     output = _arg(args, "output", str, None, "eval") if args.get("output") is not None else None
     device = _arg(args, "device", str, "auto", "eval")
-    a, b = _load(source, progress), _load(other, progress)
+    a = _load(source, progress)
+    draw_other = _renderer(other, device, progress)
     cams = _views(a, args, "eval", source)
     total = 2 * len(cams)
     refs, tests = [], []
     for i, cam in enumerate(cams):
         progress("rendering", done=2 * i, total=total, message=f"view {i + 1} of {len(cams)}")
         refs.append(render(a, cam, device=device))
-        tests.append(render(b, cam, device=device))
+        tests.append(draw_other(cam))
     progress("rendering", done=total, total=total)
     res = compare_images(refs, tests)
     res.update(source=source, other=other, source_bytes=os.path.getsize(source),
@@ -336,15 +369,19 @@ def op_model_info(args: dict, progress: Callable) -> dict:
 
 
 def op_compress(args: dict, progress: Callable) -> dict:
-    """Code `model` into the .hgs `output` at `lambda` (a variable-rate model: any λ it serves;
-    default and fixed-rate: the model's own λ), decode the written file, measure it
-    against `source` (PSNR/SSIM over the views `hemgs eval` uses) and bake its preview (`preview`)."""
+    """Anchor mode (`mode` "anchor", the default): code `model` into the .hgs `output` at `lambda`
+    (a variable-rate model: any λ it serves; default and fixed-rate: the model's own λ). Direct
+    mode (`mode` "direct"): fit the anchor-free model to `source` and code it (op_compress_direct).
+    Then decode the written file, measure it against `source` (PSNR/SSIM over the views `hemgs
+    eval` uses) and bake its preview (`preview`)."""
+    from .modes import check_mode
+
+    mode = check_mode(_arg(args, "mode", str, DEFAULT_MODE, "compress"))
+    if mode == "direct":
+        return op_compress_direct(args, progress)
     from .anchor.bake import bake
     from .fit import render_views_anchor
-    from .metrics import compare_images
     from .pipeline import check_lambda, compress, decode_file
-    from .preview import preview_from_scene, save_preview
-    from .render import render
 
     model, output = _arg(args, "model", str, op="compress"), _arg(args, "output", str, op="compress")
     source = _arg(args, "source", str, None, "compress") if args.get("source") is not None else None
@@ -367,32 +404,132 @@ def op_compress(args: dict, progress: Callable) -> dict:
     progress("decoding", done=0, total=1, fraction=0.2)
     decoded = decode_file(output).model.to(device)
     progress("decoding", done=1, total=1, fraction=0.25)
-    if source is not None:
-        out["source"], out["source_bytes"] = source, os.path.getsize(source)
-        out["ratio"] = out["source_bytes"] / max(report["bytes"], 1)
-        if n_views > 0:
-            scene = _load(source, progress)
-            cams = _views(scene, args, "compress", source)
-            total = 2 * len(cams)
-            refs, tests = [], []
-            for i, cam in enumerate(cams):
-                progress("rendering", done=2 * i, total=total, message=f"view {i + 1} of {len(cams)}",
-                         fraction=0.25 + 0.65 * i / len(cams))
-                refs.append(render(scene, cam, device=device))
-                tests.extend(render_views_anchor(decoded, [cam]))
-            progress("rendering", done=total, total=total, fraction=0.9)
-            res = compare_images(refs, tests)
-            out.update({k: res[k] for k in ("psnr", "ssim", "psnr_per_view", "ssim_per_view", "views") if k in res})
-            out.update(width=cams[0].width, height=cams[0].height)
-    elif report.get("source_bytes"):
+    if source is None and report.get("source_bytes"):
         out["source_bytes"] = report["source_bytes"]  # recorded at training time
         out["ratio"] = report["source_bytes"] / max(report["bytes"], 1)
-    if preview_out is not None:
-        progress("baking", done=0, total=1, message="preview of the decoded scene", fraction=0.9)
-        preview = preview_from_scene(bake(decoded.cpu(), mode="sh_fit", sh_degree=1))
-        save_preview(preview, preview_out)
-        out["preview"], out["preview_count"] = preview_out, len(preview)
-        progress("baking", done=1, total=1, fraction=1.0)
+    _measure(out, args, source, lambda cam: render_views_anchor(decoded, [cam])[0], n_views, device, progress,
+             start=0.25)
+    _preview(out, preview_out, lambda: bake(decoded.cpu(), mode="sh_fit", sh_degree=1), progress)
+    return _finite(out)
+
+
+def _measure(out: dict, args: dict, source: str | None, draw: Callable, n_views: int, device, progress: Callable,
+             start: float) -> None:
+    """With `source`: its size, the ratio and PSNR/SSIM of `draw`'s renders (the decoded file)
+    against the source's, over `n_views` of `hemgs eval`'s views; progress from `start` to 0.9."""
+    from .metrics import compare_images
+    from .render import render
+
+    if source is None:
+        return
+    out["source"], out["source_bytes"] = source, os.path.getsize(source)
+    out["ratio"] = out["source_bytes"] / max(out["bytes"], 1)
+    if n_views <= 0:
+        return
+    scene = _load(source, progress)
+    cams = _views(scene, args, "compress", source)
+    total = 2 * len(cams)
+    refs, tests = [], []
+    for i, cam in enumerate(cams):
+        progress("rendering", done=2 * i, total=total, message=f"view {i + 1} of {len(cams)}",
+                 fraction=start + (0.9 - start) * i / len(cams))
+        refs.append(render(scene, cam, device=device))
+        tests.append(draw(cam))
+    progress("rendering", done=total, total=total, fraction=0.9)
+    res = compare_images(refs, tests)
+    out.update({k: res[k] for k in ("psnr", "ssim", "psnr_per_view", "ssim_per_view", "views") if k in res})
+    out.update(width=cams[0].width, height=cams[0].height)
+
+
+def _preview(out: dict, preview_out: str | None, scene_fn: Callable, progress: Callable) -> None:
+    """With `preview_out`: the preview .npz of the decoded scene `scene_fn()` gives."""
+    from .preview import preview_from_scene, save_preview
+
+    if preview_out is None:
+        return
+    progress("baking", done=0, total=1, message="preview of the decoded scene", fraction=0.9)
+    preview = preview_from_scene(scene_fn())
+    save_preview(preview, preview_out)
+    out["preview"], out["preview_count"] = preview_out, len(preview)
+    progress("baking", done=1, total=1, fraction=1.0)
+
+
+# The last direct-mode fit, kept so that coding the same source at another λ (the add-on's slider,
+# api.compress over several λ) does not fit again: one fit serves every λ.
+_DIRECT_FIT: dict[str, Any] = {"key": None, "fitted": None, "extra": None}
+DIRECT_SWITCHES = ("scene_agnostic", "ar", "acs", "variable_rate")
+
+
+def op_compress_direct(args: dict, progress: Callable) -> dict:
+    """Direct (anchor-free) mode: fit hemgs.direct's entropy model to `source` (a 3DGS PLY/SPZ;
+    `iters` fitting iterations, `scene_agnostic`/`ar`/`acs`/`variable_rate` switches), code it at
+    `lambda` (DIRECT_LAMBDA_RANGE, default DIRECT_LAMBDA_DEFAULT) into `output`, then measure
+    and preview the file as written (decoded again). A fit of the same source file and settings
+    is reused from the previous request (`fitted`: false)."""
+    from .direct import DirectConfig, DirectFitConfig, fit_direct
+    from .io import detect_format
+    from .modes import check_direct_lambda
+    from .pipeline import decode_file, encode_direct
+
+    op = "compress"
+    if args.get("model") is not None:
+        raise InputError("compress: mode 'direct' fits the source itself; it takes no 'model' (that is anchor mode)")
+    source, output = _arg(args, "source", str, op=op), _arg(args, "output", str, op=op)
+    lam = check_direct_lambda(_arg(args, "lambda", float, DIRECT_LAMBDA_DEFAULT, op)
+                              if args.get("lambda") is not None else DIRECT_LAMBDA_DEFAULT)
+    switches = {name: _arg(args, name, bool, True, op) for name in DIRECT_SWITCHES}
+    iters = _arg(args, "iters", int, None, op) if args.get("iters") is not None else None
+    if iters is not None and not 1 <= iters <= 100000:
+        raise InputError(f"compress: iters must be 1..100000, got {iters}")
+    preview_out = _arg(args, "preview", str, None, op) if args.get("preview") is not None else None
+    n_views = _arg(args, "views", int, 16, op)
+    if n_views < 0:
+        raise InputError("compress: views must be at least 0 (0: no PSNR/SSIM)")
+    device = _device(args, op)
+    fmt = detect_format(source)
+    if fmt not in ("ply", "spz"):
+        what = {"model": "a trained anchor-mode model", "hgs": "a .hgs file",
+                "scaffold_ply": "a Scaffold-GS anchor PLY"}.get(fmt, fmt)
+        raise InputError(f"compress: {source} is {what}; mode 'direct' codes a 3DGS PLY or SPZ")
+    st = os.stat(source)
+    fcfg = DirectFitConfig() if iters is None else DirectFitConfig(iters=iters)
+    key = json.dumps([os.path.realpath(source), st.st_mtime_ns, st.st_size, switches, fcfg.iters])
+    fitted_now = _DIRECT_FIT["key"] != key
+    t0 = time.perf_counter()
+    if fitted_now:
+        _DIRECT_FIT.update(key=None, fitted=None, extra=None)  # free the old one before fitting
+        progress("reading", done=0, total=1, message="reading the source", fraction=0.0)
+        scene = _load(source, progress)
+        last = {"t": 0.0}
+
+        def fit_progress(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done < total and now - last["t"] < 0.1:  # at most ~10 a second, always the last
+                return
+            last["t"] = now
+            progress("fitting", done=done, total=total, message="fitting (direct mode)",
+                     fraction=0.02 + 0.58 * done / max(total, 1))
+
+        fitted = fit_direct(scene, DirectConfig(**switches), fcfg, progress=fit_progress)
+        extra = {"source": os.path.basename(source), "source_bytes": st.st_size}
+        _DIRECT_FIT.update(key=key, fitted=fitted, extra=extra)
+    fitted, extra = _DIRECT_FIT["fitted"], _DIRECT_FIT["extra"]
+    fit_seconds = time.perf_counter() - t0
+    progress("encoding", done=0, total=1, fraction=0.6)
+    report = encode_direct(fitted, output, lam=lam, header_extra=extra)
+    progress("encoding", done=1, total=1, fraction=0.65)
+    out: dict[str, Any] = {"output": output, "mode": "direct", "lambda": lam, "bytes": report["bytes"],
+                           "sections": report["sections"], "gaussians": report["gaussians"],
+                           "voxels": report["voxels"], "fitted": fitted_now,
+                           "fit_seconds": round(fit_seconds, 3), "encode_seconds": round(report["seconds"], 3)}
+    # The metrics and the preview come from the file as written, decoded again: what a user gets.
+    progress("decoding", done=0, total=1, fraction=0.65)
+    scene = decode_file(output).scene
+    progress("decoding", done=1, total=1, fraction=0.7)
+    from .render import render
+
+    _measure(out, args, source, lambda cam: render(scene, cam, device=device), n_views, device, progress, start=0.7)
+    _preview(out, preview_out, lambda: scene, progress)
     return _finite(out)
 
 
@@ -400,24 +537,24 @@ def op_decompress(args: dict, progress: Callable) -> dict:
     """Decode the .hgs `path` and write its baked Gaussians to `output` (.ply or .spz)."""
     from pathlib import Path
 
-    from .anchor.bake import bake
     from .io import save_scene
-    from .pipeline import BAKE_SH_DEGREE, decode_file
+    from .pipeline import decode_file, decoded_scene
 
     path, output = _arg(args, "path", str, op="decompress"), _arg(args, "output", str, op="decompress")
-    sh_degree = _arg(args, "sh_degree", int, BAKE_SH_DEGREE, "decompress")
+    sh_degree = _arg(args, "sh_degree", int, None, "decompress") if args.get("sh_degree") is not None else None
     if Path(output).suffix.lower() not in (".ply", ".spz"):  # say so before decoding, not after
         raise InputError(f"decompress: {output}: the output must be a .ply or .spz file")
-    if not 0 <= sh_degree <= 3:
+    if sh_degree is not None and not 0 <= sh_degree <= 3:
         raise InputError(f"decompress: sh_degree must be 0..3, got {sh_degree}")
     progress("decoding", done=0, total=3)
     decoded = decode_file(path)
     progress("baking", done=1, total=3)
-    scene = bake(decoded.model, mode="sh_fit", sh_degree=sh_degree)
+    scene = decoded_scene(decoded, sh_degree)  # anchor: baked (default SH 1); direct: as decoded
     progress("writing", done=2, total=3)
     save_scene(scene, output)
     progress("writing", done=3, total=3)
-    return {"output": output, "gaussians": len(scene), "sh_degree": scene.sh_degree, "bytes": os.path.getsize(output),
+    return {"output": output, "mode": decoded.header.get("mode"), "gaussians": len(scene),
+            "sh_degree": scene.sh_degree, "bytes": os.path.getsize(output),
             "hgs_bytes": os.path.getsize(path), "anchors": decoded.header.get("anchors")}
 
 

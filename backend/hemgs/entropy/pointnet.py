@@ -131,6 +131,8 @@ def _sorted_keys(tree, coords: np.ndarray, rows: np.ndarray, cfg: PointNetConfig
         keys = _sort_keys(dx, dy, dz, d2, cfg.r2)
         keys[(d2 == 0) | (d2 > r2sq)] = big  # self and missing slots
         keys.sort(axis=1)
+        if keys.shape[1] < cfg.k2:  # fewer anchors than k2 in the whole scene: pad with empty slots
+            keys = np.concatenate([keys, np.full((keys.shape[0], cfg.k2 - keys.shape[1]), big)], axis=1)
         full = ~missing[:, -1]  # all k slots used: ties at the farthest distance may be cut
         sel = keys[:, : cfg.k2]
         last_d2 = np.where(sel[:, -1] == big, -1, sel[:, -1] // (2 * cfg.r2 + 1) ** 3)

@@ -1,0 +1,180 @@
+"""A scene's own Gaussians as the coded attribute vectors of anchor-free mode, and back.
+
+Stages, in coding order (each conditioned on the ones before it, DESIGN "progressive coding"):
+
+    importance 1 log2 of how much the Gaussian shows in renders (`visibility`), +30; coded with a
+                 fixed step of 1 (an octave) as side information: every later stage's step uses it
+    opacity   1  pre-sigmoid logit
+    scale     3  natural-log standard deviations
+    rotation  3  rotation vector θ·axis of the unit quaternion with w >= 0 (3 numbers, no sign
+                 ambiguity, quantization error roughly uniform in angle)
+    position  3  the offset from the centre of the Gaussian's voxel, in units of RHO (the scene
+                 span / 1000: about a pixel of a whole-scene view)
+    dc        3  SH DC term, in an orthonormal luma/chroma basis (COLOR_BASIS)
+    sh      3·(K-1)  higher SH bands, each coefficient in the same basis (absent at degree 0)
+
+The colour basis decorrelates R, G and B (view dependence is mostly grey, so the chroma rows are
+near zero and cost few bits); being orthonormal it leaves squared colour errors unchanged.
+
+`render_log_weights` says how much a unit of error in each coded value moves the renders (the
+distortion weights of the fit, and through `step_log_weights` the decoder-side steps). All scale
+with the Gaussian's measured importance V: the sum over the pixels of sampled views of its
+squared blend weight (approximated by α·Σ blend weight, from one backward pass of our renderer),
+as a share of the image; a footprint formula from opacity and size was tried first and does not
+predict it (log correlation 0.0 on playbot_lod2: occlusion decides). Then: rotation matters as
+far as the Gaussian is anisotropic; a position error counts relative to the Gaussian's size;
+each SH coefficient, DC included, adds the same mean squared colour over view directions (the
+basis is orthonormal: C0² = 1/4π each); geometry errors move colour by a contrast constant.
+The same formulas, in torch float64 elementwise ops, give the steps on both sides of the codec.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..scene import SH_C0, GaussianScene, sh_coeffs
+
+STAGES = ("importance", "opacity", "scale", "rotation", "position", "dc", "sh")
+IMPORTANCE_OFFSET = 30.0  # coded value = log2(V) + 30, clamped to [0, IMPORTANCE_MAX]
+IMPORTANCE_MAX = 40.0
+# Mean squared colour change per unit of error in a geometry value (opacity logit, log-scale,
+# rotation angle, position in sizes), and for SH bands relative to C0². Calibrated on
+# playbot_lod3 so that every stage adds the same render MSE per coded value at a given λ (the
+# rate-distortion optimum when weights are right): see docs/direct-mode.md.
+GEOM_WEIGHT = {"opacity": 0.35, "scale": 0.12, "rotation": 0.35, "position": 0.5}
+SH_WEIGHT = 0.67
+# rows: luma, red-green, blue-yellow; orthonormal, so its inverse is its transpose
+COLOR_BASIS = np.array([[1.0, 1.0, 1.0], [1.0, -1.0, 0.0], [1.0, 1.0, -2.0]]) / np.sqrt([[3.0], [2.0], [6.0]])
+RHO_PER_SPAN = 1e-3  # position unit: a thousandth of the scene's largest extent
+_LOG_W_CLAMP = 16.0
+
+
+def stage_dims(sh_degree: int) -> dict[str, int]:
+    k = sh_coeffs(sh_degree)
+    dims = {"importance": 1, "opacity": 1, "scale": 3, "rotation": 3, "position": 3, "dc": 3, "sh": 3 * (k - 1)}
+    return {s: d for s, d in dims.items() if d > 0}
+
+
+def quat_to_rotvec(quats: np.ndarray) -> np.ndarray:
+    """(N,4) w,x,y,z (unit or not, either sign) -> (N,3) rotation vectors with angle in [0, π]."""
+    q = np.asarray(quats, dtype=np.float64)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+    q = np.where(q[:, :1] < 0, -q, q)  # q and -q are the same rotation: keep w >= 0
+    v = q[:, 1:]
+    s = np.linalg.norm(v, axis=1)
+    angle = 2.0 * np.arctan2(s, q[:, 0])
+    # angle / sin(angle/2) -> 2 as the angle -> 0
+    factor = np.where(s > 1e-12, angle / np.maximum(s, 1e-300), 2.0 / np.maximum(q[:, 0], 1e-300))
+    return v * factor[:, None]
+
+
+def rotvec_to_quat(rv: np.ndarray) -> np.ndarray:
+    """Inverse of `quat_to_rotvec`: (N,3) -> unit quaternions (N,4) w,x,y,z."""
+    rv = np.asarray(rv, dtype=np.float64)
+    angle = np.linalg.norm(rv, axis=1)
+    half = 0.5 * angle
+    # sin(half)/angle -> 1/2 as the angle -> 0
+    k = np.where(angle > 1e-12, np.sin(half) / np.maximum(angle, 1e-300), 0.5)
+    return np.concatenate([np.cos(half)[:, None], rv * k[:, None]], axis=1)
+
+
+def scene_vectors(scene: GaussianScene, position_residual: np.ndarray, importance: np.ndarray) -> dict[str, np.ndarray]:
+    """The coded value of every stage, (N, dim) float64, in the scene's row order.
+    `position_residual` (N,3) is each Gaussian's offset from its voxel centre in RHO units;
+    `importance` (N,) its V (see `visibility`)."""
+    n = len(scene)
+    imp = np.log2(np.maximum(np.asarray(importance, dtype=np.float64), 2.0**-IMPORTANCE_OFFSET)) + IMPORTANCE_OFFSET
+    out = {
+        "importance": np.clip(imp, 0.0, IMPORTANCE_MAX).reshape(n, 1),
+        "opacity": scene.opacity_logits.astype(np.float64).reshape(n, 1),
+        "scale": scene.log_scales.astype(np.float64),
+        "rotation": quat_to_rotvec(scene.quats),
+        "position": np.asarray(position_residual, dtype=np.float64).reshape(n, 3),
+        "dc": scene.sh[:, 0, :].astype(np.float64) @ COLOR_BASIS.T,
+        "sh": (scene.sh[:, 1:, :].astype(np.float64) @ COLOR_BASIS.T).reshape(n, 3 * (scene.sh.shape[1] - 1)),
+    }
+    return {s: out[s] for s in stage_dims(scene.sh_degree)}
+
+
+def scene_from_vectors(vec: dict[str, np.ndarray], centres: np.ndarray, rho: float, sh_degree: int) -> GaussianScene:
+    """The decoded scene from decoded stage values and each Gaussian's voxel centre."""
+    n = centres.shape[0]
+    k = sh_coeffs(sh_degree)
+    sh = np.zeros((n, k, 3), np.float64)
+    sh[:, 0, :] = vec["dc"] @ COLOR_BASIS
+    if k > 1:
+        sh[:, 1:, :] = vec["sh"].reshape(n, k - 1, 3) @ COLOR_BASIS
+    return GaussianScene(
+        means=centres + vec["position"] * rho,
+        quats=rotvec_to_quat(vec["rotation"]),
+        log_scales=vec["scale"],
+        opacity_logits=vec["opacity"].reshape(n),
+        sh=sh,
+    )
+
+
+# ---- render weights ------------------------------------------------------------------------------
+def visibility(scene: GaussianScene, views) -> np.ndarray:
+    """Each Gaussian's V: α · (sum over pixels of its blend weight α·T) per view, as a share of
+    the image, averaged over `views`. One backward pass per view (d image / d colour)."""
+    from ..render import rasterize
+
+    n = len(scene)
+    if n == 0:
+        return np.zeros(0)
+    means = torch.as_tensor(scene.means)
+    quats = torch.as_tensor(scene.quats)
+    scales = torch.as_tensor(scene.scales)
+    alpha = torch.as_tensor(scene.opacities)
+    colors = torch.zeros((n, 3), requires_grad=True)
+    total = torch.zeros(n, dtype=torch.float64)
+    for cam in views:
+        img, _ = rasterize(means, quats, scales, alpha, colors, torch.as_tensor(cam.viewmat, dtype=torch.float32),
+                           torch.as_tensor(cam.K, dtype=torch.float32), cam.width, cam.height)
+        (g,) = torch.autograd.grad(img[..., 0].sum(), colors)
+        total += g[:, 0].double() / (cam.width * cam.height)
+    return (total / max(len(views), 1)).numpy() * scene.opacities.astype(np.float64)
+
+
+def render_log_weights(stage: str, vals: dict[str, torch.Tensor], log_rho: float) -> torch.Tensor:
+    """log of the distortion weight of each coded value of `stage`, (N, dim), from the importance,
+    opacity and scale stages' values (true ones when fitting, decoded ones when coding)."""
+    log_v = (vals["importance"] - IMPORTANCE_OFFSET) * float(np.log(2.0))
+    n = log_v.shape[0]
+    if stage == "importance":
+        w = torch.full_like(log_v, -_LOG_W_CLAMP)  # side information: no distortion of its own
+    elif stage == "opacity":
+        # dα/dlogit = α(1-α): the blend weights change by (1-α) per unit of logit
+        w = log_v - 2.0 * torch.nn.functional.softplus(vals["opacity"]) + np.log(GEOM_WEIGHT["opacity"])
+    elif stage == "scale":
+        w = (log_v + np.log(GEOM_WEIGHT["scale"])).expand(n, 3)
+    elif stage == "rotation":
+        s = vals["scale"].sort(dim=1).values
+        aniso = (1.0 - torch.exp(s[:, :1] - s[:, 2:])).clamp_min(1e-3)
+        w = (log_v + 2.0 * torch.log(aniso) + np.log(GEOM_WEIGHT["rotation"])).expand(n, 3)
+    elif stage == "position":
+        log_size = vals["scale"].mean(dim=1, keepdim=True) - log_rho  # geometric-mean axis in RHO
+        w = (log_v - 2.0 * log_size + np.log(GEOM_WEIGHT["position"])).expand(n, 3)
+    elif stage == "dc":
+        w = (log_v + 2.0 * np.log(SH_C0)).expand(n, 3)
+    elif stage == "sh":
+        w = (log_v + 2.0 * np.log(SH_C0) + np.log(SH_WEIGHT)).expand(n, vals[stage].shape[1])
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+    return w.clamp(-_LOG_W_CLAMP * 3, _LOG_W_CLAMP)
+
+
+def step_log_weights(stage: str, decoded: dict[str, torch.Tensor], n: int, dim: int, log_rho: float) -> torch.Tensor:
+    """The weights the decoder knows before decoding `stage`: the render weights where their
+    inputs are decoded already. Importance has none (its step is fixed); opacity knows its
+    importance only; scale the importance (the step network sees the opacity)."""
+    if stage == "importance":
+        return torch.zeros((n, dim), dtype=torch.float64)
+    log_v = (decoded["importance"] - IMPORTANCE_OFFSET) * float(np.log(2.0))
+    if stage in ("opacity", "scale"):
+        return log_v.expand(n, dim)
+    vals = dict(decoded)
+    if stage not in vals:
+        vals[stage] = torch.zeros((n, dim), dtype=log_v.dtype)
+    return render_log_weights(stage, vals, log_rho)

@@ -1,0 +1,206 @@
+"""Anchor-free HEMGS codec: a fitted DirectEntropyModel + the scene's Gaussians <-> .hgs sections
+(header mode "direct", codec "hemgs").
+
+Order: locations (occupied voxels, coding/locations.py) and counts (Gaussians per voxel), then the
+stages of attributes.STAGES, each coded group by group exactly as anchor-mode HEMGS codes its
+stages (codec/hemgs_codec.py's part layout: the stage's step guard, then one stream per group).
+Every distribution parameter and step goes through the exact path (float64 fixed chunks, snapped,
+guarded, CRC'd), so any machine decodes the same bits.
+
+Sections: locations, counts, networks (float16 prior and stage networks), grid (hash-grid bits),
+and one per stage. The scene-agnostic network is named by id in the header, as in anchor mode.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..codec import streams
+from ..codec.anchor import CHUNK
+from ..codec.hemgs_codec import _read_part, _write_part
+from ..codec.weights import pack_weights, round_to_half, unpack_weights
+from ..coding.bits import decode_bits, encode_bits
+from ..coding.exact_params import run_deterministic
+from ..coding.locations import decode_locations, encode_locations
+from ..coding.steps import snap_steps, step_values, steps_from_guard
+from ..entropy.ar import pack_context
+from ..entropy.context import num_groups
+from ..errors import FormatError, HemgsError, InputError
+from ..scene import GaussianScene
+from .attributes import scene_from_vectors
+from .fit import DirectFitted
+from .geometry import Frame, decode_counts, encode_counts, layout_from_counts
+from .model import DirectConfig, DirectEntropyModel
+from .prepare import Prepared, prepare
+
+MODE = "direct"
+CODEC = "hemgs"
+STEP_BASE = 1.0
+MAX_PER_VOXEL = 64  # Gaussians a voxel may hold on average (bounds a lying header's count)
+MAX_GAUSSIANS = 1 << 26
+
+
+@dataclass
+class DecodedDirect:
+    scene: GaussianScene
+    header: dict
+    context_counts: np.ndarray | None = None  # context voxels per coded voxel (paper Table 4)
+
+
+def _run(fn, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    # Small batches use the smallest power-of-two chunk that holds them (both sides see the same rows).
+    c = min(chunk, max(64, 1 << max(0, int(x.shape[0]) - 1).bit_length()))
+    return run_deterministic(fn, x, chunk=c)
+
+
+def _prior(e64: DirectEntropyModel, prep: Prepared, chunk: int) -> torch.Tensor:
+    m = prep.xyz01.shape[0]
+    if m == 0:
+        return torch.zeros((0, e64.cfg.prior_dim), dtype=torch.float64)
+    grid = run_deterministic(e64.grid, prep.xyz01, chunk=chunk)
+    return _run(e64.prior, e64.hyper(grid, prep.sa_feat), chunk)[torch.as_tensor(prep.layout.voxel_of)]
+
+
+def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int, *,
+                 values: dict | None = None, sections: dict | None = None) -> tuple[dict, dict]:
+    """Encode (values given) or decode (sections given) every stage, group by group."""
+    n = prep.n
+    prior = _prior(e64, prep, chunk)
+    dec: dict[str, np.ndarray] = {}
+    out: dict[str, bytes] = {}
+    for s, st in e64.stages.items():
+        a = st.dim
+        earlier = (np.concatenate([dec[t] for t, _ in st.earlier], axis=1) if st.earlier else np.zeros((n, 0)))
+        base_in = torch.cat([prior, torch.from_numpy(earlier)], dim=1)
+        q_raw = _run(st.step_rows(lam), base_in, chunk).numpy().reshape(-1) if n else np.zeros(0)
+        if values is not None:
+            idx, guard = snap_steps(q_raw, STEP_BASE)
+            group_streams = []
+        else:
+            guard, readers = _read_part(sections[s], s, prep.n_groups)
+            idx = steps_from_guard(q_raw, STEP_BASE, guard)
+        q = step_values(idx, STEP_BASE).reshape(n, a)
+        cur = np.zeros((n, a))
+        for g in range(prep.n_groups):
+            rows = np.flatnonzero(prep.groups == g)
+            x = [base_in[rows]]
+            if st.use_ctx and rows.size:
+                crow, off, ok = prep.context_rows(rows)
+                neigh = cur[crow] * ok[..., None]
+                x.append(pack_context(torch.from_numpy(neigh), torch.from_numpy(off), torch.from_numpy(ok)))
+            res = _run(st.head_rows, torch.cat(x, dim=1), chunk).numpy() if rows.size else np.zeros((0, 2 * a))
+            mean, scale, qg = res[:, :a].reshape(-1), res[:, a:].reshape(-1), q[rows].reshape(-1)
+            if values is not None:
+                data, v = streams.encode_values(values[s][rows].reshape(-1), mean, scale, qg, b"")
+                group_streams.append(data)
+            else:
+                v = streams.decode_values(readers[g], mean, scale, qg, f"{s} (group {g})")
+            cur[rows] = v.reshape(rows.size, a)
+        dec[s] = cur
+        if values is not None:
+            out[s] = _write_part(guard, group_streams)
+    return dec, out
+
+
+def _double(model: DirectEntropyModel) -> DirectEntropyModel:
+    return copy.deepcopy(model).double().eval()
+
+
+def encode(fitted: DirectFitted, *, lam: float, header_extra: dict | None = None,
+           chunk: int = CHUNK) -> tuple[dict, dict[str, bytes], DecodedDirect]:
+    """Code the fitted scene at rate `lam`. Returns (header, sections, what the file decodes to)."""
+    if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
+        raise InputError(f"λ must be a positive number, got {lam}")
+    prep, cfg = fitted.prep, fitted.model.cfg
+    layout = prep.layout
+    model = copy.deepcopy(fitted.model).cpu()
+    for net in model.networks().values():
+        round_to_half(net)
+    n, m = prep.n, layout.coords.shape[0]
+    if n > MAX_GAUSSIANS or n > MAX_PER_VOXEL * max(m, 1):
+        raise InputError(f"{n:,} Gaussians in {m:,} voxels: too many share a position (at most "
+                         f"{MAX_PER_VOXEL} per voxel on average); remove duplicates first")
+    loc, order = encode_locations(layout.coords.astype(np.uint16))
+    if m and not np.array_equal(order, np.arange(m)):
+        raise HemgsError("internal: voxels are not in the location coder's order")
+    header = {
+        "mode": MODE, "codec": CODEC, "lambda": float(lam), "gaussians": int(n), "voxels": int(m),
+        "sh_degree": int(fitted.sh_degree), **prep.frame.to_header(), "direct": cfg.to_dict(),
+        "scene_agnostic": fitted.sa_id if cfg.scene_agnostic else None,
+        **(header_extra or {}),
+    }
+    sections = {
+        "locations": loc,
+        "counts": encode_counts(layout.counts),
+        "networks": pack_weights(model.networks()),
+        "grid": encode_bits(model.grid.binary_tables().numpy()),
+    }
+    dec, stage_sections = _code_stages(_double(model), prep, float(lam), chunk, values=fitted.values)
+    sections.update(stage_sections)
+    return header, sections, _assemble(dec, prep, fitted.sh_degree, header)
+
+
+def _assemble(dec: dict, prep: Prepared, sh_degree: int, header: dict) -> DecodedDirect:
+    if prep.n == 0:
+        scene = GaussianScene(np.zeros((0, 3)), np.zeros((0, 4)), np.zeros((0, 3)), np.zeros(0),
+                              np.zeros((0, (sh_degree + 1) ** 2, 3)))
+    else:
+        scene = scene_from_vectors(dec, prep.centres, prep.frame.rho, sh_degree)
+    scene.meta.update({"format": "hgs", "mode": MODE})
+    counts = prep.selection.count[prep.layout.voxel_of] if prep.selection is not None else None
+    return DecodedDirect(scene, header, counts)
+
+
+def _header(header: dict) -> tuple[DirectConfig, Frame, float, int, int, int]:
+    try:
+        cfg = DirectConfig.from_untrusted(header["direct"])
+        num_groups(cfg.groups)
+        origin = [float(v) for v in header["origin"]]
+        span, lam = float(header["span"]), float(header["lambda"])
+        ints = [header[k] for k in ("voxel_bits", "gaussians", "voxels", "sh_degree")]
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in ints):
+            raise ValueError("voxel_bits, gaussians, voxels and sh_degree must be non-negative integers")
+        bits, n, m, deg = ints
+        if len(origin) != 3 or not all(math.isfinite(v) for v in origin + [span, lam]) or span <= 0 or lam <= 0:
+            raise ValueError("origin, span and λ must be finite (span, λ > 0)")
+        if not 0 <= bits <= 16 or deg != cfg.sh_degree:
+            raise ValueError("voxel_bits must be 0..16 and sh_degree must match the config")
+    except (KeyError, TypeError, ValueError, HemgsError) as exc:
+        raise FormatError(f"the file's header is incomplete or malformed: {' '.join(str(exc).split())}"[:300]) from None
+    return cfg, Frame(np.asarray(origin, dtype=np.float64), span, bits), lam, n, m, deg
+
+
+def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=None) -> DecodedDirect:
+    """Rebuild the decoded scene from an anchor-free file's header and sections."""
+    if header.get("mode") != MODE or header.get("codec") != CODEC:
+        raise FormatError(f"not an anchor-free HEMGS file (mode {header.get('mode')!r}, codec {header.get('codec')!r})"[:200])
+    cfg, frame, lam, n, m, deg = _header(header)
+    for name in ("locations", "counts", "networks", "grid", *cfg.dims):
+        if name not in sections:
+            raise FormatError(f"the file lacks its '{name}' section")
+    if n > MAX_GAUSSIANS or n > MAX_PER_VOXEL * max(m, 1) or m > n:
+        raise FormatError(f"the header's counts are impossible: {n} Gaussians in {m} voxels")
+    if cfg.scene_agnostic:
+        from ..entropy.pointnet import check_weights_id, load_scene_agnostic
+
+        check_weights_id(header.get("scene_agnostic"))
+        sa = sa or load_scene_agnostic()
+        if sa.dim != cfg.sa_dim:
+            raise FormatError(f"the file expects a {cfg.sa_dim}-wide scene-agnostic feature, the shipped network gives {sa.dim}")
+    coords = decode_locations(sections["locations"], max_anchors=m).astype(np.int64)
+    if coords.shape[0] != m:
+        raise FormatError(f"the location stream holds {coords.shape[0]} voxels, the header says {m}")
+    if m and coords.max() >= (1 << frame.bits):
+        raise FormatError(f"a voxel lies outside the header's {frame.bits}-bit grid")
+    counts = decode_counts(sections["counts"], n, m) if n else np.zeros(0, np.int64)
+    model = DirectEntropyModel(cfg, math.log(frame.rho))
+    unpack_weights(sections["networks"], model.networks())
+    model.grid.load_binary_tables(torch.as_tensor(decode_bits(sections["grid"], model.grid.num_bits())))
+    prep = prepare(frame, layout_from_counts(coords, counts), cfg, sa)
+    dec, _ = _code_stages(_double(model), prep, lam, chunk, sections=sections)
+    return _assemble(dec, prep, deg, header)

@@ -1,0 +1,153 @@
+"""Fitting anchor-free mode's entropy model to one scene, in attribute space (no rendering).
+
+Loss, averaged over the K training λ (one model serves them all, as in the paper's variable-rate
+training): bits + Σ w·(x̂ - x)² / (λ·LAMBDA_UNIT) per Gaussian, x̂ with uniform noise of the
+step's width for the rate (HAC's training quantization) and the rounded values, straight
+through, for what later stages and contexts see. w are the render weights of the true values
+(attributes.render_log_weights). The rate is estimated on a random subset of Gaussians per
+iteration; steps and rounded values are computed for all, as contexts need them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..entropy.rate import gaussian_bits, quantize
+from ..errors import InputError
+from ..scene import GaussianScene
+from .attributes import render_log_weights, scene_vectors, step_log_weights, visibility
+from .geometry import Frame, Layout, frame_for, layout_for
+from .model import LAMBDA_UNIT, DirectConfig, DirectEntropyModel, set_norms
+from .prepare import Prepared, prepare
+
+
+@dataclass
+class DirectFitConfig:
+    iters: int = 100
+    rows: int = 8192  # Gaussians whose rate is estimated per iteration
+    lr: float = 5e-3
+    seed: int = 0
+
+
+@dataclass
+class DirectFitted:
+    model: DirectEntropyModel
+    prep: Prepared
+    values: dict[str, np.ndarray]  # true coded values, coding order
+    sh_degree: int
+    sa_id: str | None = None  # the scene-agnostic weights' id when that part is on
+    history: dict = field(default_factory=dict)
+
+
+def scene_agnostic_for(cfg: DirectConfig):
+    from ..entropy.pointnet import load_scene_agnostic
+
+    sa = load_scene_agnostic()
+    cfg.sa_dim = sa.dim
+    return sa
+
+
+IMPORTANCE_VIEWS = 12  # sampled views at 128² for the render weights (not the evaluation's views)
+IMPORTANCE_SIZE = 128
+
+
+def _stage_values(prep: Prepared, scene: GaussianScene) -> dict[str, np.ndarray]:
+    from ..cameras import sample_views
+
+    ordered = scene.subset(prep.layout.order)
+    residual = (ordered.means.astype(np.float64) - prep.centres) / prep.frame.rho
+    views = sample_views(ordered, n=IMPORTANCE_VIEWS, width=IMPORTANCE_SIZE, height=IMPORTANCE_SIZE) if len(ordered) else []
+    return scene_vectors(ordered, residual, visibility(ordered, views))
+
+
+def fit_direct(scene: GaussianScene, cfg: DirectConfig | None = None, fcfg: DirectFitConfig | None = None,
+               progress=None, sa=None) -> DirectFitted:
+    """Fit the entropy model of `scene` (sanitized). `progress(done, total)` is called per iteration."""
+    cfg = cfg or DirectConfig()
+    fcfg = fcfg or DirectFitConfig()
+    cfg.sh_degree = scene.sh_degree
+    if cfg.scene_agnostic:
+        sa = sa or scene_agnostic_for(cfg)
+        cfg.sa_dim = sa.dim
+    else:
+        cfg.sa_dim = 0
+    if len(cfg.lambdas) < 1:
+        raise InputError("direct mode needs at least one training λ")
+    t0 = time.perf_counter()
+    frame = frame_for(scene.means)
+    layout, _ = layout_for(scene.means, frame)
+    prep = prepare(frame, layout, cfg, sa)
+    values = _stage_values(prep, scene)
+    model = DirectEntropyModel(cfg, math.log(frame.rho), seed=fcfg.seed)
+    set_norms(model, values)
+    history = {"prepare_seconds": time.perf_counter() - t0}
+    if prep.n:
+        _train(model, prep, values, cfg, fcfg, progress, history)
+    history["fit_seconds"] = time.perf_counter() - t0
+    return DirectFitted(model, prep, values, scene.sh_degree, sa.id if cfg.scene_agnostic else None, history)
+
+
+def _train(model, prep, values, cfg, fcfg, progress, history) -> None:
+    torch.manual_seed(fcfg.seed)
+    rng = np.random.default_rng(fcfg.seed)
+    n = prep.n
+    log_rho = math.log(prep.frame.rho)
+    true = {s: torch.as_tensor(v, dtype=torch.float32) for s, v in values.items()}
+    true_logw = {s: render_log_weights(s, true, log_rho).detach() for s in model.stages}
+    voxel_of = torch.as_tensor(prep.layout.voxel_of)
+    lookup = model.grid.lookup(prep.xyz01.float())
+    sa = prep.sa_feat.float() if prep.sa_feat is not None else None
+    # Steps start where the closed form puts them for the true weights, on average per value.
+    with torch.no_grad():
+        for s, st in model.stages.items():
+            if st.fixed_step:
+                continue
+            earlier = {t: true[t] for t, _ in st.earlier}
+            gap = true_logw[s] - step_log_weights(s, earlier, n, st.dim, log_rho).float()
+            st.step_bias.copy_(-0.5 * gap.mean(0))
+    opt = torch.optim.Adam(model.parameters(), lr=fcfg.lr)
+    lams = [float(v) for v in cfg.lambdas]
+    losses = []
+    for it in range(fcfg.iters):
+        lam = lams[it % len(lams)]
+        rows_np = np.sort(rng.choice(n, size=min(n, fcfg.rows), replace=False))
+        rows = torch.as_tensor(rows_np)
+        prior = model.prior(model.hyper(model.grid.encode(lookup), sa))[voxel_of[rows]]
+        if any(st.use_ctx for st in model.stages.values()):
+            crow, off, ok = prep.context_rows(rows_np)
+            crow, off, ok = torch.as_tensor(crow), torch.as_tensor(off, dtype=torch.float32), torch.as_tensor(ok)
+        dec: dict[str, torch.Tensor] = {}
+        loss = 0.0
+        bits_total = 0.0
+        # Everything on the sampled rows only, so an iteration costs the same for any scene size.
+        # Their context is the neighbours' true values: at this mode's rates the decoded ones differ
+        # by a fraction of a step, and computing them would need every Gaussian's steps.
+        for s, st in model.stages.items():
+            earlier = torch.cat([dec[t] for t, _ in st.earlier], dim=1) if st.earlier else prior.new_zeros((len(rows), 0))
+            q = torch.exp(st.log_steps(prior, earlier, lam))
+            x = true[s][rows]
+            dec[s] = quantize(x, q, "ste")
+            ctx = None
+            if st.use_ctx:
+                neigh = torch.where(ok[..., None], true[s][crow], x.new_zeros(()))
+                ctx = st.context(neigh, off, ok)
+            mean, scale = st.params(prior, earlier, ctx)
+            xn = quantize(x, q, "noise")
+            bits = gaussian_bits(xn, mean, scale, q).sum(1)
+            loss = loss + bits.mean()
+            if not st.fixed_step:
+                dist = (torch.exp(true_logw[s][rows]) * (xn - x) ** 2).sum(1)
+                loss = loss + (dist / (lam * LAMBDA_UNIT)).mean()
+            bits_total += float(bits.detach().mean())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append((lam, float(loss.detach()), bits_total))
+        if progress:
+            progress(it + 1, fcfg.iters)
+    history["losses"] = losses[-len(lams):]

@@ -1,0 +1,121 @@
+"""Where each Gaussian sits, as anchor-free mode codes it: an occupied voxel plus a residual.
+
+Positions are split in two: the occupied voxels of a cube grid of 2^b cells a side go through the
+lossless location coder (coding/locations.py), with each voxel's Gaussian count; the offset of a
+Gaussian from its voxel's centre is an attribute like the others (attributes.py, stage
+"position"), quantized with a step that follows its size and opacity. b is the finest level at
+which voxels still hold at most VOXEL_FILL Gaussians on average: below that the octree and a
+uniform residual cost the same ~3 bits a level, and the residual can be coarse where it is cheap.
+
+Gaussians are coded voxel by voxel in the location coder's (Morton) order, in their source order
+within a voxel; every voxel also gets a coding group and a context (entropy/context.py), and is
+represented in other Gaussians' contexts by its first Gaussian.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..coding.bits import decode_bits, encode_bits
+from ..coding.locations import MAX_BITS, morton
+from ..errors import FormatError
+from .attributes import RHO_PER_SPAN
+
+VOXEL_FILL = 1.5
+MIN_BITS = 2
+
+
+@dataclass
+class Frame:
+    """The grid: origin (3,) float64, cube side `span`, 2^bits voxels a side. From header floats
+    and integers only, so encoder and decoder compute identical centres."""
+
+    origin: np.ndarray
+    span: float
+    bits: int
+
+    @property
+    def voxel(self) -> float:
+        return float(np.ldexp(self.span, -self.bits))  # exact: a power-of-two division
+
+    @property
+    def rho(self) -> float:
+        return self.span * RHO_PER_SPAN
+
+    def centres(self, coords: np.ndarray) -> np.ndarray:
+        return self.origin + (coords.astype(np.float64) + 0.5) * self.voxel
+
+    def to_header(self) -> dict:
+        return {"origin": [float(v) for v in self.origin], "span": float(self.span), "voxel_bits": int(self.bits)}
+
+
+def frame_for(means: np.ndarray) -> Frame:
+    """The bounding cube of `means` and the voxel level (see the module doc)."""
+    m = np.asarray(means, dtype=np.float64)
+    if m.shape[0] == 0:
+        return Frame(np.zeros(3), 1.0, MIN_BITS)
+    lo, hi = m.min(axis=0), m.max(axis=0)
+    span = float(max((hi - lo).max(), 1e-6)) * (1.0 + 1e-9)  # every point strictly inside the cube
+    n = m.shape[0]
+    bits = MAX_BITS  # duplicates everywhere: no level separates them
+    for b in range(MIN_BITS, MAX_BITS + 1):
+        if n / np.unique(morton(_cells(m, lo, span, b))).size <= VOXEL_FILL:
+            bits = b
+            break
+    return Frame(lo, span, bits)
+
+
+def _cells(m: np.ndarray, origin: np.ndarray, span: float, bits: int) -> np.ndarray:
+    side = 1 << bits
+    return np.clip(np.floor((m - origin) / span * side), 0, side - 1).astype(np.int64)
+
+
+@dataclass
+class Layout:
+    """Gaussians in coding order, grouped by voxel."""
+
+    order: np.ndarray  # (N,) source row of each coded Gaussian
+    coords: np.ndarray  # (M, 3) voxel coordinates in coding (Morton) order
+    counts: np.ndarray  # (M,) Gaussians per voxel
+    voxel_of: np.ndarray  # (N,) voxel row of each coded Gaussian
+    first: np.ndarray  # (M,) coded row of each voxel's first Gaussian
+
+
+def layout_from_counts(coords: np.ndarray, counts: np.ndarray, order: np.ndarray | None = None) -> Layout:
+    counts = np.asarray(counts, dtype=np.int64)
+    voxel_of = np.repeat(np.arange(coords.shape[0]), counts)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if counts.size else counts
+    if order is None:
+        order = np.arange(voxel_of.size)
+    return Layout(order, coords, counts, voxel_of, first)
+
+
+def layout_for(means: np.ndarray, frame: Frame) -> tuple[Layout, np.ndarray]:
+    """The coding layout and the unique voxel coordinates in source order of first appearance
+    (what encode_locations is given; its order maps them to coding order)."""
+    cells = _cells(np.asarray(means, dtype=np.float64), frame.origin, frame.span, frame.bits)
+    codes = morton(cells)
+    uniq, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
+    # np.unique sorts by Morton code, which is the location coder's decode order.
+    order = np.argsort(inverse, kind="stable")
+    coords = cells[order][np.concatenate([[0], np.cumsum(counts)[:-1]])] if len(uniq) else np.zeros((0, 3), np.int64)
+    return layout_from_counts(coords, counts, order), coords
+
+
+def encode_counts(counts: np.ndarray) -> bytes:
+    """Gaussians per voxel as one decision per Gaussian: 1 = another follows in this voxel."""
+    counts = np.asarray(counts, dtype=np.int64)
+    bits = np.ones(int(counts.sum()), dtype=np.uint8)
+    ends = np.cumsum(counts) - 1
+    bits[ends] = 0
+    return encode_bits(bits)
+
+
+def decode_counts(data: bytes, n_gaussians: int, n_voxels: int) -> np.ndarray:
+    bits = decode_bits(data, n_gaussians).astype(np.int64)
+    ends = np.flatnonzero(bits == 0)
+    if ends.size != n_voxels or (n_gaussians and bits[-1] != 0):
+        raise FormatError(f"voxel counts: {ends.size} voxels end in the stream, the header says {n_voxels}")
+    return np.diff(np.concatenate([[-1], ends])).astype(np.int64)

@@ -1,0 +1,39 @@
+"""The coding modes of a .hgs file, and the λ each accepts (numpy-free, torch-free: the worker's
+handshake and the CLI's parser read these without importing the codecs).
+
+- "anchor": a Scaffold-GS anchor model is fitted to the scene (`hemgs train`, minutes), then coded
+  (`hemgs compress MODEL`); λ in the trained model's range (pipeline.check_lambda).
+- "direct": anchor-free; the HEMGS entropy model is fitted to the scene's own Gaussians (seconds
+  to a minute, no training step) and codes them directly (hemgs.direct). Its λ has its own
+  units: the model is trained on hemgs.direct.LAMBDAS = 0.25..2 and serves DIRECT_LAMBDA_RANGE.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .errors import InputError
+
+MODES = ("anchor", "direct")
+DEFAULT_MODE = "anchor"
+
+# λ of direct mode (larger = smaller file, lower PSNR). One fit serves the whole range.
+DIRECT_LAMBDA_RANGE = (1 / 64, 16.0)
+DIRECT_LAMBDA_DEFAULT = 1.0
+DIRECT_TRAINED_LAMBDAS = (0.25, 0.5, 1.0, 2.0)  # = hemgs.direct.LAMBDAS (a test keeps them equal)
+
+
+def check_mode(mode) -> str:
+    if mode not in MODES:
+        raise InputError(f"unknown coding mode {mode!r}; use one of {', '.join(MODES)}"[:200])
+    return mode
+
+
+def check_direct_lambda(lam) -> float:
+    """The direct-mode λ to code with: a positive finite number within DIRECT_LAMBDA_RANGE."""
+    lo, hi = DIRECT_LAMBDA_RANGE
+    if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
+        raise InputError(f"λ must be a positive number, got {lam}"[:200])
+    if not lo <= lam <= hi:
+        raise InputError(f"λ={lam:g} is outside what direct mode serves ({lo:g} to {hi:g}; larger λ, smaller file)")
+    return float(lam)

@@ -1,0 +1,134 @@
+"""Anchor-free mode (hemgs.direct): exact round trips at several λ, chunk sizes and every switch
+combination; size falls with λ; rotations survive any quaternion sign or length; SH degrees 0-3,
+empty and single-Gaussian scenes; corrupt or lying files are refused by name."""
+
+import numpy as np
+import pytest
+
+from conftest import DEMO_PLY
+from hemgs.direct import DirectConfig, DirectFitConfig, decode, encode, fit_direct
+from hemgs.direct.attributes import quat_to_rotvec, rotvec_to_quat
+from hemgs.errors import FormatError, HemgsError
+from hemgs.io import load_scene
+from hemgs.scene import GaussianScene, sanitize
+
+FIELDS = ("means", "quats", "log_scales", "opacity_logits", "sh")
+FAST = DirectFitConfig(iters=6, rows=1024)
+
+
+def tiny_scene(n: int = 1200) -> GaussianScene:
+    """The n Gaussians of the demo scene nearest to its centre: a compact real patch."""
+    scene, _ = sanitize(load_scene(DEMO_PLY))
+    centre = np.median(scene.means, axis=0)
+    keep = np.argsort(((scene.means - centre) ** 2).sum(1))[:n]
+    return scene.subset(np.sort(keep))
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return tiny_scene()
+
+
+@pytest.fixture(scope="module")
+def fitted(scene):
+    return fit_direct(scene, DirectConfig(), DirectFitConfig(iters=30, rows=1024))
+
+
+def same(a: GaussianScene, b: GaussianScene) -> bool:
+    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in FIELDS)
+
+
+def test_round_trip_exact_at_several_lambdas_and_chunks(fitted):
+    for lam in (0.0625, 1.0, 16.0):
+        header, sections, enc = encode(fitted, lam=lam, chunk=256)
+        assert same(enc.scene, decode(header, sections, chunk=97).scene)
+        assert same(enc.scene, decode(header, sections).scene)
+
+
+def test_size_falls_with_lambda_and_error_grows(fitted, scene):
+    sizes, errors = [], []
+    order = fitted.prep.layout.order
+    for lam in (1 / 16, 1 / 4, 1.0, 4.0, 16.0):
+        _, sections, enc = encode(fitted, lam=lam)
+        sizes.append(sum(len(v) for v in sections.values()))
+        errors.append(float(np.abs(enc.scene.sh[:, 0] - scene.sh[order, 0]).mean()))
+    assert all(a > b for a, b in zip(sizes, sizes[1:])), sizes
+    assert all(a < b for a, b in zip(errors, errors[1:])), errors
+
+
+def test_decoded_scene_is_close_to_the_source(fitted, scene):
+    _, _, enc = encode(fitted, lam=1 / 16)
+    src = scene.subset(fitted.prep.layout.order)
+    assert len(enc.scene) == len(scene)
+    span = fitted.prep.frame.span
+    assert np.abs(enc.scene.means - src.means).max() < 0.01 * span
+    assert np.abs(enc.scene.sh[:, 0] - src.sh[:, 0]).mean() < 0.02
+
+
+@pytest.mark.parametrize("switches", [{"scene_agnostic": False}, {"ar": False}, {"acs": False},
+                                      {"variable_rate": False},
+                                      {"scene_agnostic": False, "ar": False, "acs": False, "variable_rate": False}])
+def test_every_switch_decodes_exactly(scene, switches):
+    f = fit_direct(scene.subset(slice(0, 600)), DirectConfig(**switches), FAST)
+    header, sections, enc = encode(f, lam=1.0)
+    assert header["direct"]["ar"] == switches.get("ar", True)
+    assert same(enc.scene, decode(header, sections).scene)
+
+
+def test_quaternion_sign_and_length_do_not_matter():
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(500, 4))
+    unit = q / np.linalg.norm(q, axis=1, keepdims=True)
+    back = rotvec_to_quat(quat_to_rotvec(q * rng.uniform(0.1, 5, size=(500, 1))))
+    # the same rotation up to sign
+    assert np.allclose(np.abs((back * unit).sum(1)), 1.0, atol=1e-12)
+    assert np.allclose(quat_to_rotvec(unit), quat_to_rotvec(-unit))
+    assert np.allclose(quat_to_rotvec(np.array([[1.0, 0, 0, 0]])), 0.0)
+
+
+def test_flipped_and_scaled_quaternions_decode_to_the_same_scene(scene):
+    small = scene.subset(slice(0, 400))
+    flipped = GaussianScene(small.means, -3.0 * small.quats, small.log_scales, small.opacity_logits, small.sh)
+    a = encode(fit_direct(small, DirectConfig(), FAST), lam=1.0)[2].scene
+    b = encode(fit_direct(flipped, DirectConfig(), FAST), lam=1.0)[2].scene
+    assert np.allclose(a.quats, b.quats, atol=1e-12)
+
+
+@pytest.mark.parametrize("degree", [0, 1, 3])
+def test_sh_degrees(scene, degree):
+    small = scene.subset(slice(0, 400)).with_sh_degree(degree)
+    f = fit_direct(small, DirectConfig(), FAST)
+    header, sections, enc = encode(f, lam=1.0)
+    dec = decode(header, sections).scene
+    assert dec.sh_degree == degree and same(enc.scene, dec)
+    assert ("sh" in sections) == (degree > 0)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_empty_and_tiny_scenes(scene, n):
+    small = scene.subset(slice(0, n))
+    f = fit_direct(small, DirectConfig(), FAST)
+    header, sections, enc = encode(f, lam=1.0)
+    dec = decode(header, sections).scene
+    assert len(dec) == n and same(enc.scene, dec)
+    if n:
+        assert np.abs(dec.means - small.means[f.prep.layout.order]).max() < 0.01 * max(f.prep.frame.span, 1e-3)
+
+
+def test_corrupt_and_lying_files_are_refused(fitted):
+    header, sections, _ = encode(fitted, lam=1.0)
+    for name in ("dc", "scale", "counts", "locations"):
+        bad = dict(sections)
+        data = bytearray(bad[name])
+        data[len(data) // 2] ^= 0x55
+        bad[name] = bytes(data)
+        with pytest.raises(HemgsError):
+            decode(header, bad)
+    with pytest.raises(FormatError, match="impossible|cannot fit|says"):
+        decode({**header, "gaussians": 10**9}, sections)
+    with pytest.raises(FormatError, match="lacks its 'sh'"):
+        decode(header, {k: v for k, v in sections.items() if k != "sh"})
+    with pytest.raises(FormatError, match="malformed"):
+        decode({**header, "span": float("nan")}, sections)
+    with pytest.raises(HemgsError, match="scene-agnostic|weights"):
+        decode({**header, "scene_agnostic": "0123456789abcdef"}, sections)
