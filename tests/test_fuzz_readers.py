@@ -272,6 +272,47 @@ def test_fuzz_hgs_header_json_reaches_the_decoder(hgs_file, data):
     run_case("hgs header", open_hgs, pack_raw_header(bad, sections))
 
 
+@pytest.fixture(scope="module")
+def direct_file():
+    """A real anchor-free .hgs (300 demo Gaussians, small networks), as (header, sections)."""
+    import torch
+
+    from golden.make_golden import tiny_direct_fit
+    from hemgs.direct import encode
+
+    torch.set_num_threads(1)
+    header, sections, _ = encode(tiny_direct_fit(8000, 300, 3), lam=1.0)
+    return Quiet((header, sections))
+
+
+def open_direct(data: bytes):
+    from hemgs.direct import decode
+
+    f = read_hgs(data)
+    return decode(f.header, f.sections)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_direct_section_payloads(direct_file, data):
+    """Anchor-free files: damaged payloads with valid CRCs, and missing sections."""
+    header, sections = direct_file
+    name = data.draw(st.sampled_from(sorted(sections)))
+    new = dict(sections)
+    new[name] = data.draw(byte_mutations(sections[name]) if sections[name] else st.binary(max_size=64))
+    if data.draw(st.booleans()):
+        del new[data.draw(st.sampled_from(sorted(new)))]
+    run_case("direct sections", open_direct, pack_hgs(header, new))
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_direct_header_json(direct_file, data):
+    """Anchor-free header mutations (counts, frame, config), re-CRC'd to pass the container."""
+    header, sections = direct_file
+    run_case("direct header", open_direct, pack_raw_header(mutate_json(data.draw, header), sections))
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path

@@ -15,6 +15,7 @@ import pytest
 from hemgs.codec.anchor import decode
 from hemgs.codec.hemgs_codec import decode as hemgs_decode
 from hemgs.container import FORMAT_MAJOR, MAGIC, read_hgs
+from hemgs.direct import decode as direct_decode
 from hemgs.errors import FormatError
 from hemgs.pipeline import decode_file
 
@@ -29,7 +30,7 @@ def _checksum(decoded) -> str:
 
 
 def test_there_are_goldens_and_each_is_small():
-    assert len(RECORD) >= 3 and any("hemgs" in name for name in RECORD)
+    assert len(RECORD) >= 4 and any("hemgs" in name for name in RECORD) and any("direct" in name for name in RECORD)
     for name in RECORD:
         assert (GOLDEN / name).stat().st_size < 30_000, name
 
@@ -43,11 +44,17 @@ def test_golden_decodes_to_the_recorded_values(name):
     assert hashlib.sha256(data).hexdigest() == rec["file_sha256"]
     f = read_hgs(path)
     assert list(f.version) == rec["version"]
-    assert f.header["anchors"] == rec["anchors"]
-    # ...and today's decoder rebuilds bit-identical attributes, networks and entropy model,
-    # through the library call and through the pipeline entry the CLI and add-on use.
-    decoded = (hemgs_decode if f.header["codec"] == "hemgs" else decode)(f.header, f.sections)
-    assert decoded.model.num_anchors == rec["anchors"]
+    # ...and today's decoder rebuilds bit-identical attributes, networks and entropy model (the
+    # Gaussians, for a direct file), through the library call and through the pipeline entry the
+    # CLI and add-on use.
+    if f.header["mode"] == "direct":
+        assert f.header["gaussians"] == rec["anchors"]
+        decoded = direct_decode(f.header, f.sections)
+        assert len(decoded.scene) == rec["anchors"]
+    else:
+        assert f.header["anchors"] == rec["anchors"]
+        decoded = (hemgs_decode if f.header["codec"] == "hemgs" else decode)(f.header, f.sections)
+        assert decoded.model.num_anchors == rec["anchors"]
     assert _checksum(decoded) == rec["decoded_sha256"]
     assert _checksum(decode_file(path)) == rec["decoded_sha256"]
 

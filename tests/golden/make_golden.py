@@ -32,6 +32,10 @@ GOLDENS = {
 GOLDENS_HEMGS = {
     "tiny_hemgs.hgs": (4000, 400, 2, 3e-3),
 }
+# Anchor-free mode (every part on, small networks): name -> (first Gaussian, count, seed, lambda).
+GOLDENS_DIRECT = {
+    "tiny_direct.hgs": (8000, 300, 3, 1.0),
+}
 
 
 def tiny_model(start: int = 0, count: int = 300, seed: int = 0):
@@ -68,9 +72,28 @@ def tiny_hemgs_model(start: int, count: int, seed: int):
     return model, HemgsEntropyModel(cfg, hac.bbox_min, hac.bbox_max, seed=seed), sa
 
 
+def tiny_direct_fit(start: int, count: int, seed: int):
+    """A direct-mode fit of part of the demo scene with small networks and grid (~2 s)."""
+    from hemgs.direct import DirectConfig, DirectFitConfig, fit_direct
+    from hemgs.io import load_scene
+    from hemgs.scene import sanitize
+
+    scene, _ = sanitize(load_scene(DEMO_PLY).subset(slice(start, start + count)))
+    grid = {"levels_3d": 2, "res_3d": [4, 16], "log2_table_3d": 6, "levels_2d": 1, "res_2d": [8, 16],
+            "log2_table_2d": 6, "features": 2}
+    cfg = DirectConfig(prior_dim=6, hidden=6, ctx_dim=4, grid=grid)
+    return fit_direct(scene, cfg, DirectFitConfig(iters=5, rows=256, seed=seed))
+
+
 def decoded_checksum(decoded) -> str:
-    """SHA-256 over everything a decoder rebuilds: anchor attributes, MLPs, the entropy model."""
+    """SHA-256 over everything a decoder rebuilds: anchor attributes, MLPs, the entropy model
+    (anchor files); the decoded Gaussians (direct files)."""
     h = hashlib.sha256()
+    if decoded.header.get("mode") == "direct":
+        for name in ("means", "quats", "log_scales", "opacity_logits", "sh"):
+            arr = getattr(decoded.scene, name)
+            h.update(name.encode() + str(arr.shape).encode() + arr.tobytes())
+        return h.hexdigest()
     parts = {f"attr.{k}": v for k, v in decoded.model.anchor_attributes().items()}
     parts.update({f"mlp.{k}": v for k, v in decoded.model.mlp_state().items()})
     parts.update({f"entropy.{k}": v for k, v in decoded.entropy.state_dict().items()})
@@ -92,13 +115,17 @@ def main(argv: list[str]) -> int:
     from hemgs.codec import hemgs_codec
     from hemgs.codec.anchor import decode, encode
     from hemgs.container import read_hgs, write_hgs
+    from hemgs import direct
 
     only = set(argv)
     record = json.loads(CHECKSUMS.read_text()) if (only and CHECKSUMS.exists()) else {}
-    for name, (start, count, seed, lam) in {**GOLDENS, **GOLDENS_HEMGS}.items():
+    for name, (start, count, seed, lam) in {**GOLDENS, **GOLDENS_HEMGS, **GOLDENS_DIRECT}.items():
         if only and name not in only:
             continue
-        if name in GOLDENS_HEMGS:
+        if name in GOLDENS_DIRECT:
+            header, sections, _ = direct.encode(tiny_direct_fit(start, count, seed), lam=lam)
+            decode_fn = direct.decode
+        elif name in GOLDENS_HEMGS:
             model, entropy, sa = tiny_hemgs_model(start, count, seed)
             header, sections, _ = hemgs_codec.encode(model, entropy, sa, lam=lam)
             decode_fn = hemgs_codec.decode
@@ -112,11 +139,11 @@ def main(argv: list[str]) -> int:
         record[name] = {
             "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "bytes": path.stat().st_size,
-            "anchors": int(header["anchors"]),
+            "anchors": int(header.get("anchors", header.get("gaussians", 0))),
             "version": list(f.version),
             "decoded_sha256": decoded_checksum(decode_fn(f.header, f.sections)),
         }
-        print(f"{name}: {record[name]['bytes']} bytes, {record[name]['anchors']} anchors")
+        print(f"{name}: {record[name]['bytes']} bytes, {record[name]['anchors']} anchors (Gaussians in direct mode)")
     CHECKSUMS.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return 0
 

@@ -42,7 +42,7 @@ IMPORTANCE_MAX = 40.0
 # rotation angle, position in sizes), and for SH bands relative to C0². Calibrated on
 # playbot_lod3 so that every stage adds the same render MSE per coded value at a given λ (the
 # rate-distortion optimum when weights are right): see docs/direct-mode.md.
-GEOM_WEIGHT = {"opacity": 0.35, "scale": 0.12, "rotation": 0.35, "position": 0.5}
+GEOM_WEIGHT = {"opacity": 0.25, "scale": 0.075, "rotation": 0.22, "position": 0.3}
 SH_WEIGHT = 0.67
 # rows: luma, red-green, blue-yellow; orthonormal, so its inverse is its transpose
 COLOR_BASIS = np.array([[1.0, 1.0, 1.0], [1.0, -1.0, 0.0], [1.0, 1.0, -2.0]]) / np.sqrt([[3.0], [2.0], [6.0]])

@@ -40,6 +40,10 @@ LAMBDAS = (0.25, 0.5, 1.0, 2.0)  # the K training rates (DirectConfig.lambdas)
 LAMBDA_REF = 0.5
 _LOG_STEP_FIXED = 0.5 * math.log(6.0 / math.log(2.0))
 LOG_STEP_RANGE = (math.log(1e-6), math.log(1e3))
+# Largest step per stage: render errors grow faster than the weights' quadratic model once a
+# log-scale, logit or angle is off by more than this (measured on playbot_lod2: with uncapped
+# steps the scale stage's MSE per value grew 30x from λ 0.25 to 1 and the PSNR fell 9 dB).
+MAX_STEP = {"opacity": 0.5, "scale": 0.2, "rotation": 0.3}
 NO_AR_STAGES = ("position",)  # residuals inside a voxel do not follow their neighbours'
 # A small grid: its tables are bits of every file, and per-Gaussian attributes need less of it.
 DIRECT_GRID = HashGridConfig(levels_3d=8, res_3d=(16, 256), log2_table_3d=11, levels_2d=2, res_2d=(64, 512),
@@ -97,6 +101,8 @@ class DirectConfig:
         g = cfg.grid
         if not isinstance(g, dict):
             raise ValueError("direct-mode grid must be a JSON object")
+        if set(g) != set(HashGridConfig().to_dict()):
+            raise ValueError("direct-mode grid must have exactly the fields " + ", ".join(sorted(HashGridConfig().to_dict())))
         for name, lo, hi in (("levels_3d", 1, 16), ("levels_2d", 1, 16), ("features", 1, 4),
                              ("log2_table_3d", 4, 16), ("log2_table_2d", 4, 16)):
             v = g.get(name)
@@ -192,7 +198,8 @@ class DirectStage(nn.Module):
         if self.cfg.variable_rate:
             x.append(torch.full((n, 1), lambda_feature(lam), dtype=prior.dtype))
         fixed = _LOG_STEP_FIXED + 0.5 * math.log(lam * LAMBDA_UNIT) - 0.5 * logw
-        return (fixed + self.step_bias + self.vr(torch.cat(x, dim=1))).clamp(*LOG_STEP_RANGE)
+        hi = min(LOG_STEP_RANGE[1], math.log(MAX_STEP[self.stage])) if self.stage in MAX_STEP else LOG_STEP_RANGE[1]
+        return (fixed + self.step_bias + self.vr(torch.cat(x, dim=1))).clamp(LOG_STEP_RANGE[0], hi)
 
     def params(self, prior: torch.Tensor, earlier_raw: torch.Tensor, ctx_feat: torch.Tensor | None):
         """(mean, scale) in the stage's own units."""

@@ -95,6 +95,8 @@ class HemgsConfig:
         g = cfg.grid
         if not isinstance(g, dict):
             raise ValueError("HEMGS config grid must be a JSON object")
+        if set(g) != set(HashGridConfig().to_dict()):
+            raise ValueError("HEMGS grid must have exactly the fields " + ", ".join(sorted(HashGridConfig().to_dict())))
         for name, lo, hi in (("levels_3d", 1, 32), ("levels_2d", 1, 32), ("features", 1, 8),
                              ("log2_table_3d", 4, 22), ("log2_table_2d", 4, 22)):
             v = g.get(name)
