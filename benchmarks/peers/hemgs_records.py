@@ -1,7 +1,9 @@
-"""HEMGS and HAC-mode points from the lead's training benchmarks (this benchmark never trains).
+"""HEMGS, HAC-mode and anchor-free points from our own benchmarks (this benchmark never trains).
 
-Sources: docs/benchmarks/anchor_codec.json (HAC mode, one record per scene and λ) and
-docs/benchmarks/hemgs.json (HEMGS runs; the "full" run is the variable-rate λ sweep of one model).
+Sources: docs/benchmarks/anchor_codec.json (HAC mode, one record per scene and λ),
+docs/benchmarks/hemgs.json (HEMGS runs; the "full" run is the variable-rate λ sweep of one model)
+and docs/benchmarks/direct.json (anchor-free mode, benchmarks/bench_direct.py: measured on the
+very views this benchmark uses, 16 at 256² from hemgs.cameras.scene_views).
 Their PSNR/SSIM were measured on the fit's held-out sampled views; where the .hgs file named in a
 record still exists, it is re-measured here on this benchmark's 16 views.
 """
@@ -16,6 +18,7 @@ from hemgs.metrics import compare_images
 from hemgs.pipeline import render_views
 
 BENCH = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
+DIRECT_METHOD = "HEMGS anchor-free (--mode direct)"
 
 
 def _views_note(rec: dict, run: dict | None = None) -> str:
@@ -35,6 +38,15 @@ def load_records(scene: str, bench_dir: Path = BENCH) -> list[dict]:
         for r in json.loads(hac.read_text()):
             if r.get("scene") == scene and "bytes" in r:
                 out.append(_point("HAC mode (hemgs --codec hac)", r, r, hac.name))
+    direct = bench_dir / "direct.json"
+    if direct.exists():
+        for run in json.loads(direct.read_text()):
+            if run.get("scene") == scene and run.get("run") == "full":
+                for p in run.get("points", []):
+                    pt = _point(DIRECT_METHOD, p, run, direct.name)
+                    pt.update(views="benchmark's 16 views (same cameras)",
+                              note=f"one fit ({run['fit_s']:.0f} s) for every λ; encode = entropy coding only")
+                    out.append(pt)
     hem = bench_dir / "hemgs.json"
     if hem.exists():
         for run in json.loads(hem.read_text()):

@@ -8,7 +8,7 @@ from pathlib import Path
 from bdrate import bd_rate, closest_point, size_at_psnr
 
 BEGIN, END = "<!-- peers:begin (written by benchmarks/peers/run.py) -->", "<!-- peers:end -->"
-HEMGS_METHODS = ("HEMGS (variable rate)", "HAC mode (hemgs --codec hac)")
+HEMGS_METHODS = ("HEMGS anchor-free (--mode direct)", "HEMGS (variable rate)", "HAC mode (hemgs --codec hac)")
 
 
 def _curve(points: list[dict]) -> tuple[list[float], list[float]]:
@@ -105,7 +105,7 @@ def scene_section(name: str, s: dict, img_rel: str) -> list[str]:
         lines += ["| ours | peer | comparison |", "|---|---|---|"]
         lines += [_fmt_cmp(c, s["points"]) for c in s["comparisons"]]
     else:
-        lines.append("No HEMGS or HAC-mode records for this scene yet, so no comparison.")
+        lines.append("No HEMGS, HAC-mode or anchor-free records for this scene yet, so no comparison.")
     return lines + [""]
 
 
@@ -133,7 +133,9 @@ def write_section(doc: Path, data: dict, img_dir: Path) -> None:
              "measured on the fit's held-out sampled views (every 8th of the fit's views); where the `.hgs` "
              "file named in a record still exists it is re-measured on this benchmark's 16 views "
              "(`hemgs.pipeline.render_views`, the anchor model rendered view-dependently), and the table "
-             "says which. BD-rate (`benchmarks/peers/bdrate.py`, piecewise-cubic Bjøntegaard) is given "
+             "says which. Anchor-free (`--mode direct`) points come from `docs/benchmarks/direct.json` "
+             "(`benchmarks/bench_direct.py`: one fit per scene coded at 11 λ, each file decoded from disk "
+             "and rendered from these very 16 views). BD-rate (`benchmarks/peers/bdrate.py`, piecewise-cubic Bjøntegaard) is given "
              "where a peer has a curve of 2+ points overlapping ours in PSNR; otherwise, for each peer point, "
              "our size at its PSNR (interpolated in log size) or our closest point.", "",
              "Caveat: the playbot sources are themselves decoded from PlayCanvas SOG and biker from SPZ, so "

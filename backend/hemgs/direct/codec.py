@@ -26,16 +26,17 @@ from ..codec.hemgs_codec import _read_part, _write_part
 from ..codec.weights import pack_weights, round_to_half, unpack_weights
 from ..coding.bits import decode_bits, encode_bits
 from ..coding.exact_params import run_deterministic
+from ..coding.gaussian_coder import estimate_bits
 from ..coding.locations import decode_locations, encode_locations
 from ..coding.steps import snap_steps, step_values, steps_from_guard
 from ..entropy.ar import pack_context
 from ..entropy.context import num_groups
 from ..errors import FormatError, HemgsError, InputError
 from ..scene import GaussianScene
-from .attributes import scene_from_vectors
+from .attributes import render_log_weights, scene_from_vectors
 from .fit import DirectFitted
 from .geometry import Frame, decode_counts, encode_counts, layout_from_counts
-from .model import DirectConfig, DirectEntropyModel
+from .model import LAMBDA_UNIT, DirectConfig, DirectEntropyModel
 from .prepare import Prepared, prepare
 
 MODE = "direct"
@@ -66,10 +67,29 @@ def _prior(e64: DirectEntropyModel, prep: Prepared, chunk: int) -> torch.Tensor:
     return _run(e64.prior, e64.hyper(grid, prep.sa_feat), chunk)[torch.as_tensor(prep.layout.voxel_of)]
 
 
+def _rd_round(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray, log_w: np.ndarray,
+              lam: float) -> np.ndarray:
+    """Encoder-side rate-distortion rounding: of the two grid points around each value, the one
+    with the lower bits + w·error²/(λ·u) (the fit's loss), bits under the element's model. The
+    decoder is unchanged: it only ever sees symbols. Returns the chosen values (symbol × q)."""
+    t = x / q
+    lo = np.floor(t)
+    m, sd = mean / q, scale / q
+    k = np.exp(log_w) * q * q / (lam * LAMBDA_UNIT)
+    j_lo = estimate_bits(lo, m, sd) + k * (t - lo) ** 2
+    j_hi = estimate_bits(lo + 1, m, sd) + k * (lo + 1 - t) ** 2
+    return np.where(j_lo <= j_hi, lo, lo + 1) * q
+
+
 def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int, *,
-                 values: dict | None = None, sections: dict | None = None) -> tuple[dict, dict]:
+                 values: dict | None = None, sections: dict | None = None, rdoq: bool = True) -> tuple[dict, dict]:
     """Encode (values given) or decode (sections given) every stage, group by group."""
     n = prep.n
+    log_w = {}
+    if values is not None and rdoq and n:
+        true = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in values.items()}
+        log_w = {s: render_log_weights(s, true, math.log(prep.frame.rho)).numpy() for s in e64.stages
+                 if not e64.stages[s].fixed_step}
     prior = _prior(e64, prep, chunk)
     dec: dict[str, np.ndarray] = {}
     out: dict[str, bytes] = {}
@@ -96,7 +116,10 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
             res = _run(st.head_rows, torch.cat(x, dim=1), chunk).numpy() if rows.size else np.zeros((0, 2 * a))
             mean, scale, qg = res[:, :a].reshape(-1), res[:, a:].reshape(-1), q[rows].reshape(-1)
             if values is not None:
-                data, v = streams.encode_values(values[s][rows].reshape(-1), mean, scale, qg, b"")
+                x = values[s][rows].reshape(-1)
+                if s in log_w:
+                    x = _rd_round(x, mean, scale, qg, log_w[s][rows].reshape(-1), lam)
+                data, v = streams.encode_values(x, mean, scale, qg, b"")
                 group_streams.append(data)
             else:
                 v = streams.decode_values(readers[g], mean, scale, qg, f"{s} (group {g})")
@@ -112,8 +135,9 @@ def _double(model: DirectEntropyModel) -> DirectEntropyModel:
 
 
 def encode(fitted: DirectFitted, *, lam: float, header_extra: dict | None = None,
-           chunk: int = CHUNK) -> tuple[dict, dict[str, bytes], DecodedDirect]:
-    """Code the fitted scene at rate `lam`. Returns (header, sections, what the file decodes to)."""
+           chunk: int = CHUNK, rdoq: bool = True) -> tuple[dict, dict[str, bytes], DecodedDirect]:
+    """Code the fitted scene at rate `lam`. Returns (header, sections, what the file decodes to).
+    `rdoq` False rounds every value to its nearest step instead of choosing by rate and distortion."""
     if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
         raise InputError(f"λ must be a positive number, got {lam}")
     prep, cfg = fitted.prep, fitted.model.cfg
@@ -140,7 +164,7 @@ def encode(fitted: DirectFitted, *, lam: float, header_extra: dict | None = None
         "networks": pack_weights(model.networks()),
         "grid": encode_bits(model.grid.binary_tables().numpy()),
     }
-    dec, stage_sections = _code_stages(_double(model), prep, float(lam), chunk, values=fitted.values)
+    dec, stage_sections = _code_stages(_double(model), prep, float(lam), chunk, values=fitted.values, rdoq=rdoq)
     sections.update(stage_sections)
     return header, sections, _assemble(dec, prep, fitted.sh_degree, header)
 
