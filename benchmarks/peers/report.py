@@ -174,7 +174,8 @@ def plot_scene(name: str, s: dict, out: Path) -> None:
             ax.axvline(ok[0]["bytes"], ls=":", c="0.3", label=f"{method}: lossless")
             continue
         ours = method in HEMGS_METHODS
-        label = method + ("" if not ours or all(p.get("remeasured") for p in ok) else " (fit's held-out views)")
+        on_fit_views = [p for p in ok if not p.get("remeasured") and "held-out" in str(p.get("views", ""))]
+        label = method + (" (fit's held-out views)" if ours and on_fit_views else "")
         ax.plot([p["bytes"] for p in ok], [p["psnr"] for p in ok], marker="o" if ours else next(markers),
                 lw=2.2 if ours else 1, ms=5 if ours else 7, label=label, zorder=3 if ours else 2)
         if not ours:

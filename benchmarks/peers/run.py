@@ -89,18 +89,12 @@ def run_scene(path: Path, work: Path, skip: set[str]) -> dict:
 
 
 def refresh_records(out_json: Path, args) -> None:
-    """Replace each scene's recorded points (ours) with the current records; the peers' stay."""
+    """Replace each scene's anchor-free points with the current docs/benchmarks/direct.json (measured
+    on these very views, nothing to re-render); the peers' and the anchor-mode records stay."""
     data = json.loads(out_json.read_text())
     for name, s in data["scenes"].items():
-        path = Path(s["source"])
-        scene, _ = sanitize(load_scene(path))
-        views = scene_views(scene, path, n=16, width=256, height=256)
-        refs = None
-        points = [p for p in s["points"] if "record_from" not in p]
-        for rec in hemgs_records.load_records(name):
-            if rec.get("path") and Path(rec["path"]).is_file() and refs is None:
-                refs = [render(scene, c) for c in views]
-            points.append(hemgs_records.remeasure(rec, views, refs) if refs is not None else rec)
+        points = [p for p in s["points"] if p.get("method") != hemgs_records.DIRECT_METHOD]
+        points += [r for r in hemgs_records.load_records(name) if r["method"] == hemgs_records.DIRECT_METHOD]
         s["points"] = points
         s["comparisons"] = report.comparisons(points)
         report.plot_scene(name, s, Path(args.img_dir) / f"rd_{name}.png")
@@ -126,8 +120,8 @@ def main() -> None:
     ap.add_argument("--img-dir", default=str(REPO / "docs" / "img"))
     ap.add_argument("--report-only", action="store_true", help="rewrite the doc and plots from the JSON")
     ap.add_argument("--records-only", action="store_true",
-                    help="re-read our own recorded points (HEMGS, HAC mode, anchor-free) into the JSON's scenes "
-                         "without running the peers again, then rewrite the doc and plots")
+                    help="re-read the anchor-free points (docs/benchmarks/direct.json) into the JSON's scenes "
+                         "without running anything again, then rewrite the doc and plots")
     args = ap.parse_args()
     if args.records_only:
         refresh_records(Path(args.json), args)
