@@ -3,8 +3,9 @@
 For each scene: fit the direct-mode entropy model once (timed), code it at each λ (timed), decode
 each file from disk (timed), and render the decoded scene from the peers benchmark's 16 views at
 256² (hemgs.cameras.scene_views) against the source's renders. SPZ (hemgs.io's writer) is measured
-on the same views as the reference users know. Runs: `full`, and with --ablations the variants
-without the scene-agnostic prior, the AR context, ACS, and the variable-rate predictor's network.
+on the same views as the reference users know. Runs: `default` (the shipped switches), and with
+--ablations: every part on, the scene-agnostic prior on, the AR context on (with and without ACS),
+and the variable-rate predictor's network off.
 
 Usage:
     HEMGS_THREADS=2 python benchmarks/bench_direct.py                 # every scene of ../shared/data
@@ -40,13 +41,16 @@ from hemgs.io import load_scene, save_scene  # noqa: E402
 from hemgs.metrics import compare_images  # noqa: E402
 from hemgs.render import render  # noqa: E402
 from hemgs.scene import sanitize  # noqa: E402
+from peers.bdrate import bd_rate  # noqa: E402
 
 OUT = REPO / "docs" / "benchmarks"
 DATA = REPO.parent / "shared" / "data"
 DEFAULT_SCENES = [DATA / "playbot_lod2.ply", DATA / "biker.spz", DATA / "playbot_lod3.ply"]
 SWEEP = [float(v) for v in np.geomspace(1 / 64, 16.0, 11)]  # factors of 2
-RUNS = {"full": {}, "no_sa": {"scene_agnostic": False}, "no_ar": {"ar": False}, "no_acs": {"acs": False},
-        "no_vr": {"variable_rate": False}}
+# "default" = the shipped defaults (hemgs.modes.DIRECT_SWITCH_DEFAULTS: prior and context off);
+# the others switch one part on or off from there ("all_parts": every part of HEMGS on).
+RUNS = {"default": {}, "all_parts": {"scene_agnostic": True, "ar": True}, "with_sa": {"scene_agnostic": True},
+        "with_ar": {"ar": True}, "with_ar_no_acs": {"ar": True, "acs": False}, "no_vr": {"variable_rate": False}}
 
 
 def _views(scene, path):
@@ -96,7 +100,7 @@ def run(path: Path, run_name: str, lams: list[float], tmp: Path, fcfg: DirectFit
            "source_bytes": path.stat().st_size, "fit_s": fit_s, "threads": torch.get_num_threads(),
            "iters": fcfg.iters, "voxel_bits": fitted.prep.frame.bits, "voxels": int(fitted.prep.layout.coords.shape[0]),
            "points": points}
-    if run_name == "full":
+    if run_name == "default":
         rec["spz"] = spz_point(scene, views, refs, tmp)
         print("SPZ", json.dumps(rec["spz"]), flush=True)
     return rec
@@ -122,7 +126,7 @@ def report(records: list[dict]) -> None:
              "benchmark's 16 views at 256², PSNR/SSIM against the source's renders. Times on this machine's CPU.", ""]
     for scene in sorted({r["scene"] for r in records}):
         runs = [r for r in records if r["scene"] == scene]
-        full = next((r for r in runs if r["run"] == "full"), None)
+        full = next((r for r in runs if r["run"] == "default"), None)
         lines += [f"## {scene}", ""]
         if full:
             lines.append(f"{full['gaussians']:,} Gaussians, SH {full['sh_degree']}, source {full['source_bytes']:,} B; "
@@ -140,6 +144,16 @@ def report(records: list[dict]) -> None:
                              f"| {s['dc']:,} | {s.get('sh', 0):,} | {s['networks'] + s['grid']:,} | {p['psnr']:.2f} "
                              f"| {p['ssim']:.4f} | {p['encode_s']:.2f} | {p['decode_s']:.2f} "
                              f"| {p['context_mean']:.1f}/{p['context_max']} |")
+        ablations = [r for r in runs if r["run"] != "default"]
+        if full and ablations:
+            lines += ["", "BD-rate of each variant against the default, over the variants' λ (positive: the "
+                      "variant needs more bytes for the same PSNR):", ""]
+            lams = {round(p["lambda"], 9) for r in ablations for p in r["points"]}
+            fp = [p for p in full["points"] if round(p["lambda"], 9) in lams]
+            for r in ablations:
+                b = bd_rate([p["bytes"] for p in fp], [p["psnr"] for p in fp],
+                            [p["bytes"] for p in r["points"]], [p["psnr"] for p in r["points"]])
+                lines.append(f"- {r['run']}: " + (f"{b:+.1f}%" if b is not None else "n/a") + f" (fit {r['fit_s']:.0f} s)")
         if full:
             lines += ["", "Against the near-lossless formats on the same views (bytes of this mode's curve at the",
                       "peer's PSNR, interpolated in log bytes; the targets: ≤ 50% of SPZ, ≤ 60% of SOG):", ""]
@@ -175,7 +189,7 @@ def main() -> None:
                 if not sp.is_file():
                     print(f"skipping {sp}: not found", flush=True)
                     continue
-                for name in (RUNS if args.ablations else ["full"]):
+                for name in (RUNS if args.ablations else ["default"]):
                     print(f"{sp.stem} {name}", flush=True)
                     rec = run(sp, name, args.lambdas, Path(tmp), DirectFitConfig(iters=args.iters))
                     records = json.loads(path.read_text()) if path.exists() else []

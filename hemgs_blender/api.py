@@ -219,10 +219,11 @@ def compress_model(model: str | os.PathLike, output: str | os.PathLike, source: 
 
 def compress_direct(source: str | os.PathLike, output: str | os.PathLike, lam: float = 1.0, views: int = 16,
                     width: int = 256, preview: str | os.PathLike | None = None, iters: int | None = None,
-                    scene_agnostic: bool = True, ar: bool = True, acs: bool = True, variable_rate: bool = True,
+                    scene_agnostic: bool = False, ar: bool = False, acs: bool = True, variable_rate: bool = True,
                     device: str = "auto", timeout: float | None = None) -> dict:
     """Direct (anchor-free) mode: fit the entropy model to `source` (a 3DGS PLY/SPZ; `iters`
     iterations, default the backend's) and code its Gaussians at `lam` (1/64..16) into `output`.
+    The part switches default to the backend's direct-mode defaults (prior and context off).
     Measured against the source over `views` views at `width` (0 views: sizes only); with
     `preview`, the decoded scene's preview .npz. Returns the worker's result (output, bytes,
     ratio, psnr, ssim, gaussians, fitted, fit_seconds, ...); raises WorkerError on bad input."""

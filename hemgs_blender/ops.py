@@ -241,7 +241,7 @@ def compress_args(props, output: str) -> tuple[dict, str]:
     if hprops.is_direct(props):
         args = {"mode": "direct", "source": bpy.path.abspath(props.source_path), "output": output,
                 "lambda": hprops.direct_lambda(props), "views": props.views, "width": props.eval_width,
-                "preview": npz, "scene_agnostic": props.train_scene_agnostic, "ar": props.train_ar,
+                "preview": npz, "scene_agnostic": props.direct_scene_agnostic, "ar": props.direct_ar,
                 "acs": props.train_acs, "variable_rate": props.train_variable_rate}
         if props.direct_iters > 0:
             args["iters"] = props.direct_iters

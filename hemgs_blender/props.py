@@ -66,6 +66,14 @@ class HEMGS_SceneProps(bpy.types.PropertyGroup):
     train_acs: bpy.props.BoolProperty(  # type: ignore[valid-type]
         name="Adaptive context selection", description="The nearest 20 neighbours in a 25³ field (off: all "
         "in a 5³ field)", default=True)
+    # Direct mode's own part switches; defaults = the backend's hemgs.modes.DIRECT_SWITCH_DEFAULTS
+    # (the prior and the context cost bytes and decode time there; a test keeps them equal).
+    direct_scene_agnostic: bpy.props.BoolProperty(  # type: ignore[valid-type]
+        name="Scene-agnostic prior", description="Direct mode: use the pre-trained point-network prior (off by "
+        "default: about 1% either way in size, slower decoding)", default=False)
+    direct_ar: bpy.props.BoolProperty(  # type: ignore[valid-type]
+        name="Autoregressive context", description="Direct mode: condition each Gaussian on decoded neighbours "
+        "(off by default: about 1% either way in size, twice the decode time)", default=False)
     train_preset: bpy.props.EnumProperty(  # type: ignore[valid-type]
         name="Budget", items=PRESETS, default="QUICK")
     train_steps: bpy.props.IntProperty(  # type: ignore[valid-type]

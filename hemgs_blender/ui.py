@@ -103,10 +103,10 @@ class HEMGS_PT_main(bpy.types.Panel):
         box.label(text="No training: fitted to the source in seconds to a minute")
         col = box.column(align=True)
         col.prop(p, "train_variable_rate", text="Variable-rate predictor")
-        col.prop(p, "train_scene_agnostic")
-        col.prop(p, "train_ar")
+        col.prop(p, "direct_scene_agnostic")
+        col.prop(p, "direct_ar")
         sub = col.row()
-        sub.enabled = p.train_ar
+        sub.enabled = p.direct_ar
         sub.prop(p, "train_acs")
         box.prop(p, "direct_iters")
         lo, hi = props.DIRECT_LAMBDA_MIN, props.DIRECT_LAMBDA_MAX

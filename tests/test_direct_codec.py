@@ -29,9 +29,13 @@ def scene():
     return tiny_scene()
 
 
+ALL_ON = {"scene_agnostic": True, "ar": True, "acs": True, "variable_rate": True}
+
+
 @pytest.fixture(scope="module")
 def fitted(scene):
-    return fit_direct(scene, DirectConfig(), DirectFitConfig(iters=30, rows=1024))
+    """Every part on (the defaults switch the prior and the context off): the most code paths."""
+    return fit_direct(scene, DirectConfig(**ALL_ON), DirectFitConfig(iters=30, rows=1024))
 
 
 def same(a: GaussianScene, b: GaussianScene) -> bool:
@@ -65,13 +69,13 @@ def test_decoded_scene_is_close_to_the_source(fitted, scene):
     assert np.abs(enc.scene.sh[:, 0] - src.sh[:, 0]).mean() < 0.02
 
 
-@pytest.mark.parametrize("switches", [{"scene_agnostic": False}, {"ar": False}, {"acs": False},
+@pytest.mark.parametrize("switches", [{}, {"scene_agnostic": True}, {"ar": True}, {"ar": True, "acs": False},
                                       {"variable_rate": False},
                                       {"scene_agnostic": False, "ar": False, "acs": False, "variable_rate": False}])
 def test_every_switch_decodes_exactly(scene, switches):
     f = fit_direct(scene.subset(slice(0, 600)), DirectConfig(**switches), FAST)
     header, sections, enc = encode(f, lam=1.0)
-    assert header["direct"]["ar"] == switches.get("ar", True)
+    assert header["direct"]["ar"] == switches.get("ar", DirectConfig().ar)
     assert same(enc.scene, decode(header, sections).scene)
 
 
@@ -89,9 +93,12 @@ def test_quaternion_sign_and_length_do_not_matter():
 def test_flipped_and_scaled_quaternions_decode_to_the_same_scene(scene):
     small = scene.subset(slice(0, 400))
     flipped = GaussianScene(small.means, -3.0 * small.quats, small.log_scales, small.opacity_logits, small.sh)
-    a = encode(fit_direct(small, DirectConfig(), FAST), lam=1.0)[2].scene
-    b = encode(fit_direct(flipped, DirectConfig(), FAST), lam=1.0)[2].scene
-    assert np.allclose(a.quats, b.quats, atol=1e-12)
+    fa, fb = fit_direct(small, DirectConfig(), FAST), fit_direct(flipped, DirectConfig(), FAST)
+    assert np.abs(fa.values["rotation"] - fb.values["rotation"]).max() < 1e-6  # the same coded rotations
+    a, b = encode(fa, lam=1.0)[2].scene, encode(fb, lam=1.0)[2].scene
+    # float noise in the renders that weigh them may move a rare value across a rounding boundary
+    diff = np.abs(a.quats - b.quats).max(axis=1)
+    assert (diff == 0).mean() > 0.98 and diff.max() < 0.01
 
 
 @pytest.mark.parametrize("degree", [0, 1, 3])

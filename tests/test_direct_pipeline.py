@@ -61,7 +61,8 @@ def test_constants_agree_across_backend_worker_and_addon():
     assert lo < min(LAMBDAS) and max(LAMBDAS) < hi and lo <= modes.DIRECT_LAMBDA_DEFAULT <= hi
     assert CODEC["modes"] == ["anchor", "direct"] and CODEC["default_mode"] == "anchor"
     assert CODEC["direct"] == {"lambdas": list(LAMBDAS), "lambda_range": [lo, hi],
-                               "lambda_default": modes.DIRECT_LAMBDA_DEFAULT}
+                               "lambda_default": modes.DIRECT_LAMBDA_DEFAULT,
+                               "switch_defaults": modes.DIRECT_SWITCH_DEFAULTS}
     # The add-on (no hemgs import there for this) states the same numbers.
     tree = ast.parse((REPO / "hemgs_blender" / "props.py").read_text())
     consts = {}
@@ -72,6 +73,18 @@ def test_constants_agree_across_backend_worker_and_addon():
                 consts = dict(zip(names, ast.literal_eval(node.value)))
     assert consts == {"DIRECT_LAMBDA_MIN": lo, "DIRECT_LAMBDA_MAX": hi,
                       "DIRECT_LAMBDA_DEFAULT": modes.DIRECT_LAMBDA_DEFAULT}
+    # The direct-mode part switches: DirectConfig, the worker and the add-on's toggles default alike.
+    from hemgs.direct import DirectConfig
+
+    cfg = DirectConfig()
+    assert {k: getattr(cfg, k) for k in modes.DIRECT_SWITCH_DEFAULTS} == modes.DIRECT_SWITCH_DEFAULTS
+    assert CODEC["direct"]["switch_defaults"] == modes.DIRECT_SWITCH_DEFAULTS
+    addon = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) \
+                and node.target.id in ("direct_scene_agnostic", "direct_ar"):
+            addon[node.target.id[len("direct_"):]] = next(k.value.value for k in node.annotation.keywords if k.arg == "default")
+    assert addon == {k: modes.DIRECT_SWITCH_DEFAULTS[k] for k in ("scene_agnostic", "ar")}
 
 
 def test_cli_compress_direct_writes_a_direct_file(direct_hgs, tiny, capsys):

@@ -60,7 +60,9 @@ def test_handshake_and_info(client):
                               "lambdas": list(LAMBDAS), "lambda_margin": LAMBDA_MARGIN,
                               "modes": ["anchor", "direct"], "default_mode": "anchor",
                               "direct": {"lambdas": list(DIRECT_LAMBDAS), "lambda_range": list(DIRECT_LAMBDA_RANGE),
-                                         "lambda_default": DIRECT_LAMBDA_DEFAULT}}
+                                         "lambda_default": DIRECT_LAMBDA_DEFAULT,
+                                         "switch_defaults": {"scene_agnostic": False, "ar": False, "acs": True,
+                                                             "variable_rate": True}}}
     info = client.run("info", {"path": str(DEMO_PLY)}, timeout=60)
     assert info["gaussians"] == 31000 and info["format"] == "ply" and info["bytes"] == DEMO_PLY.stat().st_size
 

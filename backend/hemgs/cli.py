@@ -119,6 +119,11 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="HEMGS with a fixed 5x5x5 context field instead of adaptive context selection")
     fit_args.add_argument("--fixed-rate", action="store_true",
                           help="one λ per model (no variable-rate predictor); all four switches = HAC mode")
+    fit_args.add_argument("--scene-agnostic", action="store_true",
+                          help="--mode direct: switch the scene-agnostic prior on (off there by default: ~1%% either "
+                               "way in size and slower decoding on the scenes measured, docs/direct-mode.md)")
+    fit_args.add_argument("--ar", action="store_true",
+                          help="--mode direct: switch the autoregressive context on (off there by default, as above)")
     fit_args.add_argument("--images", default=None, metavar="TRANSFORMS",
                           help="train against photos: a NeRF/instant-ngp transforms.json or its folder (every 8th "
                                "photo held out); SRC, when given, is the starting point")
@@ -414,9 +419,16 @@ def _fit_config(args):
     return cfg
 
 
+def _refuse_direct_switches(args) -> None:
+    if args.ar or args.scene_agnostic:
+        raise InputError("--ar and --scene-agnostic switch parts on in --mode direct; anchor-mode HEMGS has them on "
+                         "already (--no-ar, --no-scene-agnostic switch them off)")
+
+
 def cmd_train(args) -> int:
     from .pipeline import train
 
+    _refuse_direct_switches(args)
     device = _setup_torch(args)
     cfg = _fit_config(args)
     t0 = time.perf_counter()
@@ -483,8 +495,13 @@ def cmd_compress_direct(args) -> int:
     lam = check_direct_lambda(args.lam if args.lam_given else DIRECT_LAMBDA_DEFAULT)  # before any work
     _check_direct_args(args)
     _setup_torch(args)
-    cfg = DirectConfig(scene_agnostic=not args.no_scene_agnostic, ar=not args.no_ar, acs=not args.no_acs,
-                       variable_rate=not args.fixed_rate)
+    from .modes import DIRECT_SWITCH_DEFAULTS as on
+
+    if (args.ar and args.no_ar) or (args.scene_agnostic and args.no_scene_agnostic):
+        raise InputError("--ar/--no-ar and --scene-agnostic/--no-scene-agnostic contradict each other")
+    cfg = DirectConfig(scene_agnostic=(on["scene_agnostic"] or args.scene_agnostic) and not args.no_scene_agnostic,
+                       ar=(on["ar"] or args.ar) and not args.no_ar, acs=on["acs"] and not args.no_acs,
+                       variable_rate=on["variable_rate"] and not args.fixed_rate)
     fcfg = DirectFitConfig() if args.iters is None else DirectFitConfig(iters=args.iters)
     bar = _stage_progress()
     report = compress_direct(args.src, args.output, lam=lam, cfg=cfg, fcfg=fcfg,
@@ -509,6 +526,7 @@ def cmd_compress(args) -> int:
         return cmd_compress_direct(args)
     if args.iters is not None:
         raise InputError("--iters applies to --mode direct (anchor mode trains with --steps and --warm-steps)")
+    _refuse_direct_switches(args)
     device = _setup_torch(args)
     if args.src is None or detect_format(args.src) != "model":
         import tempfile

@@ -24,7 +24,8 @@ from typing import Any, Callable, TextIO
 
 from . import __version__
 from .errors import HemgsError, InputError
-from .modes import DEFAULT_MODE, DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE, DIRECT_TRAINED_LAMBDAS, MODES
+from .modes import (DEFAULT_MODE, DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE, DIRECT_SWITCH_DEFAULTS, DIRECT_TRAINED_LAMBDAS,
+                    MODES)
 
 # Protocol version rules (docs/protocol.md): additions a client may ignore (new optional arguments,
 # new result or hello fields, new ops) keep the version; removing or changing the meaning of
@@ -41,7 +42,7 @@ CODEC = {"default": "hemgs", "codecs": ["hemgs", "hac"], "variable_rate": True,
          "lambdas": [1e-3, 2e-3, 3e-3, 4e-3], "lambda_margin": 2.0,
          "modes": list(MODES), "default_mode": DEFAULT_MODE,
          "direct": {"lambdas": list(DIRECT_TRAINED_LAMBDAS), "lambda_range": list(DIRECT_LAMBDA_RANGE),
-                    "lambda_default": DIRECT_LAMBDA_DEFAULT}}
+                    "lambda_default": DIRECT_LAMBDA_DEFAULT, "switch_defaults": dict(DIRECT_SWITCH_DEFAULTS)}}
 
 
 class NotAvailable(HemgsError):
@@ -457,7 +458,7 @@ def _preview(out: dict, preview_out: str | None, scene_fn: Callable, progress: C
 # The last direct-mode fit, kept so that coding the same source at another λ (the add-on's slider,
 # api.compress over several λ) does not fit again: one fit serves every λ.
 _DIRECT_FIT: dict[str, Any] = {"key": None, "fitted": None, "extra": None}
-DIRECT_SWITCHES = ("scene_agnostic", "ar", "acs", "variable_rate")
+DIRECT_SWITCHES = tuple(DIRECT_SWITCH_DEFAULTS)
 
 
 def op_compress_direct(args: dict, progress: Callable) -> dict:
@@ -477,7 +478,7 @@ def op_compress_direct(args: dict, progress: Callable) -> dict:
     source, output = _arg(args, "source", str, op=op), _arg(args, "output", str, op=op)
     lam = check_direct_lambda(_arg(args, "lambda", float, DIRECT_LAMBDA_DEFAULT, op)
                               if args.get("lambda") is not None else DIRECT_LAMBDA_DEFAULT)
-    switches = {name: _arg(args, name, bool, True, op) for name in DIRECT_SWITCHES}
+    switches = {name: _arg(args, name, bool, DIRECT_SWITCH_DEFAULTS[name], op) for name in DIRECT_SWITCHES}
     iters = _arg(args, "iters", int, None, op) if args.get("iters") is not None else None
     if iters is not None and not 1 <= iters <= 100000:
         raise InputError(f"compress: iters must be 1..100000, got {iters}")

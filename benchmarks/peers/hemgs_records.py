@@ -41,7 +41,7 @@ def load_records(scene: str, bench_dir: Path = BENCH) -> list[dict]:
     direct = bench_dir / "direct.json"
     if direct.exists():
         for run in json.loads(direct.read_text()):
-            if run.get("scene") == scene and run.get("run") == "full":
+            if run.get("scene") == scene and run.get("run") == "default":
                 for p in run.get("points", []):
                     pt = _point(DIRECT_METHOD, p, run, direct.name)
                     pt.update(views="benchmark's 16 views (same cameras)",

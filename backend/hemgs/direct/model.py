@@ -31,6 +31,7 @@ from torch import nn
 from ..entropy.context import RADIUS as CONTEXT_RADIUS
 from ..entropy.context import SRF_RADIUS
 from ..entropy.hashgrid import BinaryHashGrid, HashGridConfig
+from ..modes import DIRECT_SWITCH_DEFAULTS
 from .attributes import STAGES, stage_dims, step_log_weights
 
 # λ of this mode: bits + distortion / (λ·LAMBDA_UNIT), distortion in the render weights' units.
@@ -61,10 +62,11 @@ class DirectConfig:
     hidden: int = 16
     ctx_dim: int = 8
     sa_dim: int = 0
-    scene_agnostic: bool = True
-    ar: bool = True
-    acs: bool = True
-    variable_rate: bool = True
+    # defaults: hemgs.modes.DIRECT_SWITCH_DEFAULTS (why the prior and the context are off there)
+    scene_agnostic: bool = DIRECT_SWITCH_DEFAULTS["scene_agnostic"]
+    ar: bool = DIRECT_SWITCH_DEFAULTS["ar"]
+    acs: bool = DIRECT_SWITCH_DEFAULTS["acs"]
+    variable_rate: bool = DIRECT_SWITCH_DEFAULTS["variable_rate"]
     groups: str = "parity8"
     # ACS as in anchor mode (25³ field) but at most 8 neighbours: a Gaussian's context is paid
     # per Gaussian, ~10x as many as anchors, and decode must stay within seconds.
