@@ -264,12 +264,9 @@ def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=N
     if n_header > 8 * total:
         raise FormatError(f"the header claims {n_header} anchors, more than a {total}-byte file can hold")
     if cfg.scene_agnostic:
-        from ..entropy.pointnet import check_weights_id, load_scene_agnostic
+        from ..entropy.pointnet import prior_for_file
 
-        check_weights_id(header.get("scene_agnostic"))
-        sa = sa or load_scene_agnostic()
-        if sa.dim != cfg.sa_dim:
-            raise FormatError(f"the file expects a {cfg.sa_dim}-wide scene-agnostic feature, the shipped network gives {sa.dim}")
+        sa = prior_for_file(header, cfg.sa_dim, sa)
     g = cfg.grid
     grid_bits = (g["levels_3d"] * (1 << g["log2_table_3d"]) + 3 * g["levels_2d"] * (1 << g["log2_table_2d"])) * g["features"]
     if grid_bits > max(512 * len(sections["grid"]), 1 << 16):

@@ -210,12 +210,9 @@ def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=N
     if n > MAX_GAUSSIANS or n > MAX_PER_VOXEL * max(m, 1) or m > n:
         raise FormatError(f"the header's counts are impossible: {n} Gaussians in {m} voxels")
     if cfg.scene_agnostic:
-        from ..entropy.pointnet import check_weights_id, load_scene_agnostic
+        from ..entropy.pointnet import prior_for_file
 
-        check_weights_id(header.get("scene_agnostic"))
-        sa = sa or load_scene_agnostic()
-        if sa.dim != cfg.sa_dim:
-            raise FormatError(f"the file expects a {cfg.sa_dim}-wide scene-agnostic feature, the shipped network gives {sa.dim}")
+        sa = prior_for_file(header, cfg.sa_dim, sa)
     coords = decode_locations(sections["locations"], max_anchors=m).astype(np.int64)
     if coords.shape[0] != m:
         raise FormatError(f"the location stream holds {coords.shape[0]} voxels, the header says {m}")

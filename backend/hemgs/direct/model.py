@@ -100,21 +100,7 @@ class DirectConfig:
             raise ValueError("direct-mode config lambdas must be a list of positive numbers")
         if not isinstance(cfg.groups, str):
             raise ValueError("direct-mode config groups must be a scheme name")
-        g = cfg.grid
-        if not isinstance(g, dict):
-            raise ValueError("direct-mode grid must be a JSON object")
-        if set(g) != set(HashGridConfig().to_dict()):
-            raise ValueError("direct-mode grid must have exactly the fields " + ", ".join(sorted(HashGridConfig().to_dict())))
-        for name, lo, hi in (("levels_3d", 1, 16), ("levels_2d", 1, 16), ("features", 1, 4),
-                             ("log2_table_3d", 4, 16), ("log2_table_2d", 4, 16)):
-            v = g.get(name)
-            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                raise ValueError(f"direct-mode grid {name} must be an integer in [{lo}, {hi}], got {v!r}"[:120])
-        for key in ("res_3d", "res_2d"):
-            r = g.get(key)
-            if (not isinstance(r, list) or len(r) != 2
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 16 for v in r)):
-                raise ValueError(f"direct-mode grid {key} must be two integers in [1, 65536]")
+        HashGridConfig.check_untrusted(cfg.grid, "direct-mode grid", max_levels=16, max_features=4, max_log2=16)
         return cfg
 
     @property

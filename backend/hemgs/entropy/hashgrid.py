@@ -46,6 +46,25 @@ class HashGridConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
 
     @staticmethod
+    def check_untrusted(g, label: str, *, max_levels: int, max_features: int, max_log2: int) -> None:
+        """Validate a grid config read from a file (ValueError naming `label`): exactly our
+        fields, integers in ranges that keep the tables small."""
+        if not isinstance(g, dict):
+            raise ValueError(f"{label} must be a JSON object")
+        if set(g) != set(HashGridConfig().to_dict()):
+            raise ValueError(f"{label} must have exactly the fields " + ", ".join(sorted(HashGridConfig().to_dict())))
+        for name, lo, hi in (("levels_3d", 1, max_levels), ("levels_2d", 1, max_levels), ("features", 1, max_features),
+                             ("log2_table_3d", 4, max_log2), ("log2_table_2d", 4, max_log2)):
+            v = g.get(name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f"{label} {name} must be an integer in [{lo}, {hi}], got {v!r}"[:120])
+        for key in ("res_3d", "res_2d"):
+            r = g.get(key)
+            if (not isinstance(r, list) or len(r) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 16 for v in r)):
+                raise ValueError(f"{label} {key} must be two integers in [1, 65536]")
+
+    @staticmethod
     def from_dict(d: dict) -> "HashGridConfig":
         return HashGridConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 

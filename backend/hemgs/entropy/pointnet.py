@@ -329,6 +329,16 @@ def shipped_weights_id() -> str:
     return _load_default().id
 
 
+def prior_for_file(header: dict, sa_dim: int, sa=None) -> SceneAgnosticPrior:
+    """The scene-agnostic network a file with that part on needs: its header's weights id must be
+    ours, and the network's width the file's (FormatError otherwise). `sa`: one already loaded."""
+    check_weights_id(header.get("scene_agnostic"))
+    sa = sa or load_scene_agnostic()
+    if sa.dim != sa_dim:
+        raise FormatError(f"the file expects a {sa_dim}-wide scene-agnostic feature, the shipped network gives {sa.dim}")
+    return sa
+
+
 def check_weights_id(file_id, *, name: str = "this file", ours: str | None = None) -> None:
     """Refuse a .hgs file whose header names other scene-agnostic weights than this hemgs has."""
     ours = shipped_weights_id() if ours is None else ours
