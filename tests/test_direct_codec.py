@@ -139,3 +139,29 @@ def test_corrupt_and_lying_files_are_refused(fitted):
         decode({**header, "span": float("nan")}, sections)
     with pytest.raises(HemgsError, match="scene-agnostic|weights"):
         decode({**header, "scene_agnostic": "0123456789abcdef"}, sections)
+
+
+def test_gaussians_the_encoder_skips_decode_transparent_and_exactly(fitted):
+    from hemgs.direct.codec import SKIP_LOGIT, skip_decisions
+
+    imp = fitted.values["importance"][:, 0]
+    counts = [int(skip_decisions(imp, lam).sum()) for lam in (1 / 64, 1.0, 16.0, 64.0)]
+    assert counts == sorted(counts) and counts[-1] > counts[0], counts  # more are left out as λ grows
+    lam = 16.0
+    skipped = skip_decisions(imp, lam)
+    assert 0 < skipped.sum() < skipped.size
+    header, sections, enc = encode(fitted, lam=lam)
+    assert header["skips"] is True
+    assert np.all(enc.scene.opacity_logits[skipped] == SKIP_LOGIT)
+    assert not np.any(enc.scene.opacity_logits[~skipped] == SKIP_LOGIT)
+    assert len(enc.scene) == len(imp)  # the count and order of the source's Gaussians are kept
+    assert same(enc.scene, decode(header, sections, chunk=97).scene)
+    # without the encoder's RD decisions nothing is skipped and the file is larger
+    h2, s2, enc2 = encode(fitted, lam=lam, rdoq=False)
+    assert h2["skips"] is False and not np.any(enc2.scene.opacity_logits == SKIP_LOGIT)
+    assert sum(map(len, s2.values())) > sum(map(len, sections.values()))
+    # files from before skipping (no "skips" key) decode as they were made
+    del h2["skips"]
+    assert same(enc2.scene, decode(h2, s2).scene)
+    with pytest.raises(FormatError, match="skips"):
+        decode({**header, "skips": "yes"}, sections)

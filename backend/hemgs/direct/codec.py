@@ -33,7 +33,7 @@ from ..entropy.ar import pack_context
 from ..entropy.context import num_groups
 from ..errors import FormatError, HemgsError, InputError
 from ..scene import GaussianScene
-from .attributes import render_log_weights, scene_from_vectors
+from .attributes import GEOM_WEIGHT, IMPORTANCE_OFFSET, render_log_weights, scene_from_vectors
 from .fit import DirectFitted
 from .geometry import Frame, decode_counts, encode_counts, layout_from_counts
 from .model import LAMBDA_UNIT, DirectConfig, DirectEntropyModel
@@ -44,6 +44,13 @@ CODEC = "hemgs"
 STEP_BASE = 1.0
 MAX_PER_VOXEL = 64  # Gaussians a voxel may hold on average (bounds a lying header's count)
 MAX_GAUSSIANS = 1 << 26
+# Skipped Gaussians (the encoder's choice, see `skip_decisions`): coded importance 0, nothing else
+# coded; they decode transparent, with each later stage's mean value, so the count and the order
+# of the source's Gaussians stay as they were.
+SKIP_LOGIT = -12.0  # α ≈ 6e-6: below every renderer's cut-off (1/255)
+# Bits a Gaussian's later stages cost, for the skip decision (calibrated on playbot_lod3 and
+# biker: docs/direct-mode.md); the distortion of skipping is the opacity weight of losing all α.
+SKIP_BITS = 48.0
 
 
 @dataclass
@@ -81,10 +88,33 @@ def _rd_round(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
     return np.where(j_lo <= j_hi, lo, lo + 1) * q
 
 
+def skip_decisions(importance: np.ndarray, lam: float) -> np.ndarray:
+    """Which Gaussians the encoder leaves out (True = skipped): those no sampled view shows
+    (importance below half an octave above its floor, i.e. V < 2^-29.5), and those whose loss of
+    all opacity (distortion GEOM_WEIGHT["opacity"]·V, the opacity stage's weight for Δα = α)
+    costs less than SKIP_BITS bits at rate λ, the fit's trade-off: bits + distortion / (λ·LAMBDA_UNIT)."""
+    imp = np.asarray(importance, dtype=np.float64).reshape(-1)
+    rd = math.log2(lam * LAMBDA_UNIT * SKIP_BITS / GEOM_WEIGHT["opacity"]) + IMPORTANCE_OFFSET
+    return imp < max(0.5, rd)
+
+
+def _skip_values(values: dict, lam: float) -> dict:
+    """The encoder's values with the skip decisions made: importance 0 for a skipped Gaussian, at
+    least 1 for a kept one (0 is what the decoder reads as skipped)."""
+    imp = np.asarray(values["importance"], dtype=np.float64)
+    skip = skip_decisions(imp, lam)
+    out = dict(values)
+    out["importance"] = np.where(skip[:, None], 0.0, np.maximum(imp, 1.0))
+    return out
+
+
 def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int, *,
-                 values: dict | None = None, sections: dict | None = None, rdoq: bool = True) -> tuple[dict, dict]:
-    """Encode (values given) or decode (sections given) every stage, group by group."""
+                 values: dict | None = None, sections: dict | None = None, rdoq: bool = True,
+                 skips: bool = True) -> tuple[dict, dict]:
+    """Encode (values given) or decode (sections given) every stage, group by group. With `skips`
+    a Gaussian whose importance decodes to 0 is coded no further (`_fill`)."""
     n = prep.n
+    live = np.ones(n, dtype=bool)
     log_w = {}
     if values is not None and rdoq and n:
         true = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in values.items()}
@@ -106,8 +136,12 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
             idx = steps_from_guard(q_raw, STEP_BASE, guard)
         q = step_values(idx, STEP_BASE).reshape(n, a)
         cur = np.zeros((n, a))
+        if not st.fixed_step:
+            cur[~live] = SKIP_LOGIT if s == "opacity" else st.norm_mean.numpy()
         for g in range(prep.n_groups):
             rows = np.flatnonzero(prep.groups == g)
+            if not st.fixed_step:
+                rows = rows[live[rows]]
             x = [base_in[rows]]
             if st.use_ctx and rows.size:
                 crow, off, ok = prep.context_rows(rows)
@@ -125,6 +159,8 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
                 v = streams.decode_values(readers[g], mean, scale, qg, f"{s} (group {g})")
             cur[rows] = v.reshape(rows.size, a)
         dec[s] = cur
+        if s == "importance" and skips:
+            live = cur[:, 0] >= 0.5
         if values is not None:
             out[s] = _write_part(guard, group_streams)
     return dec, out
@@ -137,7 +173,8 @@ def _double(model: DirectEntropyModel) -> DirectEntropyModel:
 def encode(fitted: DirectFitted, *, lam: float, header_extra: dict | None = None,
            chunk: int = CHUNK, rdoq: bool = True) -> tuple[dict, dict[str, bytes], DecodedDirect]:
     """Code the fitted scene at rate `lam`. Returns (header, sections, what the file decodes to).
-    `rdoq` False rounds every value to its nearest step instead of choosing by rate and distortion."""
+    `rdoq` False turns the encoder's rate-distortion decisions off: every value is rounded to its
+    nearest step (instead of choosing by rate and distortion) and no Gaussian is skipped."""
     if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
         raise InputError(f"λ must be a positive number, got {lam}")
     prep, cfg = fitted.prep, fitted.model.cfg
@@ -156,6 +193,7 @@ def encode(fitted: DirectFitted, *, lam: float, header_extra: dict | None = None
         "mode": MODE, "codec": CODEC, "lambda": float(lam), "gaussians": int(n), "voxels": int(m),
         "sh_degree": int(fitted.sh_degree), **prep.frame.to_header(), "direct": cfg.to_dict(),
         "scene_agnostic": fitted.sa_id if cfg.scene_agnostic else None,
+        "skips": bool(rdoq),  # importance 0 = skipped (files without the key were made before skipping)
         **(header_extra or {}),
     }
     sections = {
@@ -164,7 +202,9 @@ def encode(fitted: DirectFitted, *, lam: float, header_extra: dict | None = None
         "networks": pack_weights(model.networks()),
         "grid": encode_bits(model.grid.binary_tables().numpy()),
     }
-    dec, stage_sections = _code_stages(_double(model), prep, float(lam), chunk, values=fitted.values, rdoq=rdoq)
+    values = _skip_values(fitted.values, float(lam)) if rdoq and n else fitted.values
+    dec, stage_sections = _code_stages(_double(model), prep, float(lam), chunk, values=values, rdoq=rdoq,
+                                       skips=bool(rdoq))
     sections.update(stage_sections)
     return header, sections, _assemble(dec, prep, fitted.sh_degree, header)
 
@@ -223,5 +263,8 @@ def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=N
     unpack_weights(sections["networks"], model.networks())
     model.grid.load_binary_tables(torch.as_tensor(decode_bits(sections["grid"], model.grid.num_bits())))
     prep = prepare(frame, layout_from_counts(coords, counts), cfg, sa)
-    dec, _ = _code_stages(_double(model), prep, lam, chunk, sections=sections)
+    skips = header.get("skips", False)
+    if not isinstance(skips, bool):
+        raise FormatError("the file's header is malformed: 'skips' must be true or false")
+    dec, _ = _code_stages(_double(model), prep, lam, chunk, sections=sections, skips=skips)
     return _assemble(dec, prep, deg, header)
