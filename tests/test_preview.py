@@ -92,3 +92,14 @@ def test_preview_imports_and_runs_without_torch():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "31000"
+
+
+def test_decoded_preview_leaves_out_gaussians_no_renderer_draws():
+    from hemgs.pipeline import decode_file
+
+    golden = REPO / "tests" / "golden" / "tiny_direct_skips.hgs"  # 118 of its 300 Gaussians skipped
+    scene = decode_file(golden).scene
+    p = preview_file(golden)
+    visible = scene.opacities >= 1 / 255
+    assert len(p) == visible.sum() < len(scene) - 100
+    np.testing.assert_allclose(p.positions, scene.means[visible], atol=1e-6)

@@ -28,7 +28,7 @@ from .prepare import Prepared, prepare
 
 @dataclass
 class DirectFitConfig:
-    iters: int = 100
+    iters: int = 200
     rows: int = 8192  # Gaussians whose rate is estimated per iteration
     lr: float = 5e-3
     seed: int = 0
