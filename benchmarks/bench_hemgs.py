@@ -152,20 +152,40 @@ def report(records: list[dict]) -> None:
     for scene in sorted({r["scene"] for r in records if r["run"] != "decode_timing"}):
         runs = {r["run"]: r for r in records if r["scene"] == scene and "points" in r}
         base = sorted(((h["bytes"], h["psnr"]) for h in hac if h["scene"] == scene), key=lambda t: t[0])
+        hac_here = sorted((h for h in hac if h["scene"] == scene), key=lambda h: h["lambda"])
         lines += [f"## {scene}", "",
-                  "| run | λ | size (bytes) | features | scaling | offsets | networks+grid | PSNR | SSIM | encode s | decode s | context mean/max |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "Storage per component; `HAC` rows are HAC-mode models (one training per λ, "
+                  "`bench_anchor_codec.py`); `other` is locations, mask and the stream framing.", "",
+                  "| run | λ | size (bytes) | features | scaling | offsets | networks+grid | other | PSNR | SSIM | encode s | decode s | context mean/max |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+        def row(name, lam, size, s, psnr, ssim, enc, dec, ctx):
+            nets = s["networks"] + s["grid"]
+            other = size - nets - s["features"] - s["scaling"] - s["offsets"]
+            return (f"| {name} | {lam:.3g} | {size:,} | {s['features']:,} | {s['scaling']:,} | {s['offsets']:,} "
+                    f"| {nets:,} | {other:,} | {psnr:.2f} | {ssim:.4f} | {enc:.2f} | {dec:.2f} | {ctx} |")
+        for h in hac_here:
+            lines.append(row("HAC", h["lambda"], h["bytes"], h["sections"], h["psnr"], h["ssim"], h["encode_s"],
+                             h["decode_s"], "-"))
         for name, r in runs.items():
             for p in r["points"]:
-                s = p["sections"]
-                lines.append(f"| {name} | {p['lambda']:.3g} | {p['bytes']:,} | {s['features']:,} | {s['scaling']:,} "
-                             f"| {s['offsets']:,} | {s['networks'] + s['grid']:,} | {p['psnr']:.2f} | {p['ssim']:.4f} "
-                             f"| {p['encode_s']:.2f} | {p['decode_s']:.2f} | {p['context_mean']:.1f}/{p['context_max']} |")
-        lines += ["", "BD-rate against HAC mode (negative = smaller files at the same PSNR):", ""]
+                lines.append(row(name, p["lambda"], p["bytes"], p["sections"], p["psnr"], p["ssim"], p["encode_s"],
+                                 p["decode_s"], f"{p['context_mean']:.1f}/{p['context_max']}"))
+        lines += ["", "BD-rate against HAC mode (negative = smaller files at the same PSNR); in brackets the same "
+                  "without the networks and hash grid (what the entropy models' predictions alone earn):", ""]
+
+        def payload(p):
+            return p["bytes"] - p["sections"]["networks"] - p["sections"]["grid"]
+        base_payload = sorted(((payload(h), h["psnr"]) for h in hac_here), key=lambda t: t[0])
         for name, r in runs.items():
             pts = sorted(((p["bytes"], p["psnr"]) for p in r["points"]), key=lambda t: t[0])
             b = bd_rate(base, pts) if len(base) >= 4 and len(pts) >= 4 else None
-            lines.append(f"- {name}: " + (f"{b:+.1f}%" if b is not None else "n/a (curves do not overlap or too few points)"))
+            bp = (bd_rate(base_payload, sorted(((payload(p), p["psnr"]) for p in r["points"]), key=lambda t: t[0]))
+                  if b is not None else None)
+            if b is None and name.startswith("fixed_"):
+                continue  # one point each: taken together below
+            lines.append(f"- {name}: " + (f"{b:+.1f}%" if b is not None else "n/a (curves do not overlap or too few points)")
+                         + (f" ({bp:+.1f}% without networks and grid)" if bp is not None else ""))
         if "full" in runs:
             full = sorted((p["bytes"], p["psnr"]) for p in runs["full"]["points"])
             for name in ("no_sa", "no_ar", "no_acs"):
@@ -174,6 +194,13 @@ def report(records: list[dict]) -> None:
                     lines.append(f"- full against {name} (what that part earns): "
                                  + (f"{b:+.1f}%" if b is not None else "n/a (no PSNR overlap)"))
         fixed = sorted(((p["bytes"], p["psnr"]) for n, r in runs.items() if n.startswith("fixed_") for p in r["points"]))
+        if len(fixed) >= 4 and len(base) >= 4:
+            fixed_payload = sorted((payload(p), p["psnr"]) for n, r in runs.items() if n.startswith("fixed_")
+                                   for p in r["points"])
+            b, bp = bd_rate(base, fixed), bd_rate(base_payload, fixed_payload)
+            lines.append(f"- the {len(fixed)} fixed-rate HEMGS models as one curve: "
+                         + (f"{b:+.1f}%" if b is not None else "n/a (no PSNR overlap)")
+                         + (f" ({bp:+.1f}% without networks and grid)" if bp is not None else ""))
         if "full" in runs and len(fixed) >= 4:
             b = bd_rate(fixed, sorted((p["bytes"], p["psnr"]) for p in runs["full"]["points"]))
             lines.append(f"- full (one model) against the {len(fixed)} fixed-rate models: "
