@@ -140,6 +140,48 @@ def bd_rate(ref: list[tuple[float, float]], test: list[tuple[float, float]]) -> 
         return None
 
 
+IMG = REPO / "docs" / "img"
+
+
+def plot(scene: str, runs: dict, hac: list[dict]) -> str | None:
+    """docs/img/hemgs_<scene>.png: the paper's Fig. 4 for our scene (one variable-rate model's
+    sweep, the fixed-rate models, HAC mode) plus the ablations. Needs matplotlib (the peers
+    benchmark's benchmarks/peers/setup.sh installs it into benchmarks/peers/.pydeps); None without."""
+    sys.path.insert(0, str(REPO / "benchmarks" / "peers" / ".pydeps"))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.6), dpi=110)
+    curves = [("HAC mode (one model per λ)", sorted((h["bytes"], h["psnr"]) for h in hac), "s-", 1.2)]
+    if "full" in runs:
+        curves.append(("HEMGS, one variable-rate model (16 λ)",
+                       sorted((p["bytes"], p["psnr"]) for p in runs["full"]["points"]), "o-", 2.2))
+    fixed = sorted((p["bytes"], p["psnr"]) for n, r in runs.items() if n.startswith("fixed_") for p in r["points"])
+    if fixed:
+        curves.append(("HEMGS, fixed-rate models (one per λ)", fixed, "D--", 1.2))
+    for name, label in (("no_sa", "w/o scene-agnostic prior"), ("no_ar", "w/o AR context"), ("no_acs", "w/o ACS (5³)")):
+        if name in runs:
+            curves.append((label, sorted((p["bytes"], p["psnr"]) for p in runs[name]["points"]), "^:", 1.0))
+    for label, pts, style, lw in curves:
+        if pts:
+            ax.plot([b for b, _ in pts], [q for _, q in pts], style, lw=lw, ms=4, label=label)
+    ax.set_xlabel("file size (bytes)")
+    ax.set_ylabel("PSNR vs source renders, fit's held-out views (dB)")
+    ax.set_title(f"{scene}: HEMGS against HAC mode (300 CPU training steps)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    IMG.mkdir(parents=True, exist_ok=True)
+    out = IMG / f"hemgs_{scene}.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return f"../img/{out.name}"
+
+
 def report(records: list[dict]) -> None:
     hac = []
     if (OUT / "anchor_codec.json").exists():
@@ -205,6 +247,9 @@ def report(records: list[dict]) -> None:
             b = bd_rate(fixed, sorted((p["bytes"], p["psnr"]) for p in runs["full"]["points"]))
             lines.append(f"- full (one model) against the {len(fixed)} fixed-rate models: "
                          + (f"{b:+.1f}%" if b is not None else "n/a"))
+        img = plot(scene, runs, hac_here)
+        if img:
+            lines += ["", f"![{scene}: HEMGS against HAC mode]({img})"]
         trains = ", ".join(f"{n} {r['train_s']:.0f} s" for n, r in runs.items())
         lines += ["", f"Training times: {trains}.", ""]
     for r in records:
