@@ -97,7 +97,7 @@ def test_preview_imports_and_runs_without_torch():
 def test_decoded_preview_leaves_out_gaussians_no_renderer_draws():
     from hemgs.pipeline import decode_file
 
-    golden = REPO / "tests" / "golden" / "tiny_direct_skips.hgs"  # 118 of its 300 Gaussians skipped
+    golden = REPO / "tests" / "golden" / "tiny_direct_skips.hgs"  # 200 of its 300 Gaussians skipped
     scene = decode_file(golden).scene
     p = preview_file(golden)
     visible = scene.opacities >= 1 / 255

@@ -50,7 +50,7 @@ MAX_GAUSSIANS = 1 << 26
 SKIP_LOGIT = -12.0  # α ≈ 6e-6: below every renderer's cut-off (1/255)
 # Bits a Gaussian's later stages cost, for the skip decision (calibrated on playbot_lod3 and
 # biker: docs/direct-mode.md); the distortion of skipping is the opacity weight of losing all α.
-SKIP_BITS = 48.0
+SKIP_BITS = 6.0
 
 
 @dataclass
