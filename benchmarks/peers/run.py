@@ -90,11 +90,15 @@ def run_scene(path: Path, work: Path, skip: set[str]) -> dict:
 
 def refresh_records(out_json: Path, args) -> None:
     """Replace each scene's anchor-free points with the current docs/benchmarks/direct.json (measured
-    on these very views, nothing to re-render); the peers' and the anchor-mode records stay."""
+    on these very views, nothing to re-render); the peers' points stay, and so do anchor-mode
+    points already there (re-measured on these views by a full run). An anchor-mode method the
+    scene lacks is added as recorded (PSNR on its fit's held-out views, marked so in the doc)."""
     data = json.loads(out_json.read_text())
     for name, s in data["scenes"].items():
         points = [p for p in s["points"] if p.get("method") != hemgs_records.DIRECT_METHOD]
-        points += [r for r in hemgs_records.load_records(name) if r["method"] == hemgs_records.DIRECT_METHOD]
+        have = {p.get("method") for p in points}
+        points += [r for r in hemgs_records.load_records(name)
+                   if r["method"] == hemgs_records.DIRECT_METHOD or r["method"] not in have]
         s["points"] = points
         s["comparisons"] = report.comparisons(points)
         report.plot_scene(name, s, Path(args.img_dir) / f"rd_{name}.png")
