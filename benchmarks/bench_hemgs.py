@@ -233,7 +233,7 @@ def report(records: list[dict]) -> None:
             for name in ("no_sa", "no_ar", "no_acs"):
                 if name in runs:
                     b = bd_rate(sorted((p["bytes"], p["psnr"]) for p in runs[name]["points"]), full)
-                    lines.append(f"- full against {name} (what that part earns): "
+                    lines.append(f"- full against {name} (negative: the part saves bytes; positive: full is larger): "
                                  + (f"{b:+.1f}%" if b is not None else "n/a (no PSNR overlap)"))
         fixed = sorted(((p["bytes"], p["psnr"]) for n, r in runs.items() if n.startswith("fixed_") for p in r["points"]))
         if len(fixed) >= 4 and len(base) >= 4:
