@@ -190,7 +190,8 @@ def report(records: list[dict]) -> None:
              "Written by `benchmarks/bench_hemgs.py`. Every point is a `.hgs` file decoded from disk; PSNR/SSIM",
              "of its renders against the source's on the held-out views of the fit (every 8th of the sampled",
              "views). `full` is ONE variable-rate model swept over 16 λ values; ablations are variable-rate",
-             "models without one part, measured at λ 1e-3..4e-3; `fixed_λ` are fixed-rate HEMGS models.", ""]
+             "models without one part, measured at λ 1e-3..4e-3; `fixed_λ` are fixed-rate HEMGS models.",
+             "What these figures say, and what holds HEMGS back here: `docs/hemgs-results.md`.", ""]
     for scene in sorted({r["scene"] for r in records if r["run"] != "decode_timing"}):
         runs = {r["run"]: r for r in records if r["scene"] == scene and "points" in r}
         base = sorted(((h["bytes"], h["psnr"]) for h in hac if h["scene"] == scene), key=lambda t: t[0])
