@@ -182,6 +182,21 @@ def plot(scene: str, runs: dict, hac: list[dict]) -> str | None:
     return f"../img/{out.name}"
 
 
+def _payload(p: dict) -> int:
+    """A file's bytes without its networks and hash grid: what the entropy models' predictions cost."""
+    return p["bytes"] - p["sections"]["networks"] - p["sections"]["grid"]
+
+
+def _row(name: str, p: dict, ctx: str) -> str:
+    """One line of the per-component table, for a HAC-mode record or a HEMGS point."""
+    s, size = p["sections"], p["bytes"]
+    nets = s["networks"] + s["grid"]
+    other = size - nets - s["features"] - s["scaling"] - s["offsets"]
+    return (f"| {name} | {p['lambda']:.3g} | {size:,} | {s['features']:,} | {s['scaling']:,} | {s['offsets']:,} "
+            f"| {nets:,} | {other:,} | {p['psnr']:.2f} | {p['ssim']:.4f} | {p['encode_s']:.2f} | {p['decode_s']:.2f} "
+            f"| {ctx} |")
+
+
 def report(records: list[dict]) -> None:
     hac = []
     if (OUT / "anchor_codec.json").exists():
@@ -201,29 +216,16 @@ def report(records: list[dict]) -> None:
                   "`bench_anchor_codec.py`); `other` is locations, mask and the stream framing.", "",
                   "| run | λ | size (bytes) | features | scaling | offsets | networks+grid | other | PSNR | SSIM | encode s | decode s | context mean/max |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-
-        def row(name, lam, size, s, psnr, ssim, enc, dec, ctx):
-            nets = s["networks"] + s["grid"]
-            other = size - nets - s["features"] - s["scaling"] - s["offsets"]
-            return (f"| {name} | {lam:.3g} | {size:,} | {s['features']:,} | {s['scaling']:,} | {s['offsets']:,} "
-                    f"| {nets:,} | {other:,} | {psnr:.2f} | {ssim:.4f} | {enc:.2f} | {dec:.2f} | {ctx} |")
-        for h in hac_here:
-            lines.append(row("HAC", h["lambda"], h["bytes"], h["sections"], h["psnr"], h["ssim"], h["encode_s"],
-                             h["decode_s"], "-"))
-        for name, r in runs.items():
-            for p in r["points"]:
-                lines.append(row(name, p["lambda"], p["bytes"], p["sections"], p["psnr"], p["ssim"], p["encode_s"],
-                                 p["decode_s"], f"{p['context_mean']:.1f}/{p['context_max']}"))
+        lines += [_row("HAC", h, "-") for h in hac_here]
+        lines += [_row(name, p, f"{p['context_mean']:.1f}/{p['context_max']}") for name, r in runs.items()
+                  for p in r["points"]]
         lines += ["", "BD-rate against HAC mode (negative = smaller files at the same PSNR); in brackets the same "
                   "without the networks and hash grid (what the entropy models' predictions alone earn):", ""]
-
-        def payload(p):
-            return p["bytes"] - p["sections"]["networks"] - p["sections"]["grid"]
-        base_payload = sorted(((payload(h), h["psnr"]) for h in hac_here), key=lambda t: t[0])
+        base_payload = sorted(((_payload(h), h["psnr"]) for h in hac_here), key=lambda t: t[0])
         for name, r in runs.items():
             pts = sorted(((p["bytes"], p["psnr"]) for p in r["points"]), key=lambda t: t[0])
             b = bd_rate(base, pts) if len(base) >= 4 and len(pts) >= 4 else None
-            bp = (bd_rate(base_payload, sorted(((payload(p), p["psnr"]) for p in r["points"]), key=lambda t: t[0]))
+            bp = (bd_rate(base_payload, sorted(((_payload(p), p["psnr"]) for p in r["points"]), key=lambda t: t[0]))
                   if b is not None else None)
             if b is None and name.startswith("fixed_"):
                 continue  # one point each: taken together below
@@ -238,7 +240,7 @@ def report(records: list[dict]) -> None:
                                  + (f"{b:+.1f}%" if b is not None else "n/a (no PSNR overlap)"))
         fixed = sorted(((p["bytes"], p["psnr"]) for n, r in runs.items() if n.startswith("fixed_") for p in r["points"]))
         if len(fixed) >= 4 and len(base) >= 4:
-            fixed_payload = sorted((payload(p), p["psnr"]) for n, r in runs.items() if n.startswith("fixed_")
+            fixed_payload = sorted((_payload(p), p["psnr"]) for n, r in runs.items() if n.startswith("fixed_")
                                    for p in r["points"])
             b, bp = bd_rate(base, fixed), bd_rate(base_payload, fixed_payload)
             lines.append(f"- the {len(fixed)} fixed-rate HEMGS models as one curve: "

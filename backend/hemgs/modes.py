@@ -20,12 +20,12 @@ DEFAULT_MODE = "anchor"
 # λ of direct mode (larger = smaller file, lower PSNR). One fit serves the whole range.
 DIRECT_LAMBDA_RANGE = (1 / 64, 16.0)
 DIRECT_LAMBDA_DEFAULT = 1.0
-DIRECT_TRAINED_LAMBDAS = (0.25, 0.5, 1.0, 2.0)
+DIRECT_TRAINED_LAMBDAS = (0.25, 0.5, 1.0, 2.0)  # = hemgs.direct.LAMBDAS (a test keeps them equal)
 # Direct mode's parts, on or off by default. The scene-agnostic prior and the AR context are
 # built and selectable, but off: here they move the size by ~1% either way (BD-rate on
-# playbot_lod3: all parts on +1.1%, docs/benchmarks/direct.md) and double the decode time of
+# playbot_lod3: all parts on +0.6%, docs/benchmarks/direct.md) and double the decode time of
 # playbot_lod2 (6.5 s against 3.3 s on 2 cores), past the 5 s a near-lossless format needs.
-DIRECT_SWITCH_DEFAULTS = {"scene_agnostic": False, "ar": False, "acs": True, "variable_rate": True}  # = hemgs.direct.LAMBDAS (a test keeps them equal)
+DIRECT_SWITCH_DEFAULTS = {"scene_agnostic": False, "ar": False, "acs": True, "variable_rate": True}
 
 
 def check_mode(mode) -> str:

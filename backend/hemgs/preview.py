@@ -84,9 +84,6 @@ def splat_sizes(log_scales: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return np.minimum(SIZE_SIGMAS * sigma_mid, _size_cap(positions)).astype(np.float32)
 
 
-MIN_VISIBLE_ALPHA = 1.0 / 255.0
-
-
 def preview_from_scene(scene: GaussianScene) -> SplatPreview:
     """Preview arrays of a 3DGS scene (colour from the DC term, opacity, size from the scales)."""
     meta = {"kind": "gaussians", **{k: scene.meta[k] for k in ("path", "source_format") if k in scene.meta}}
@@ -111,12 +108,13 @@ def preview_hgs(path: str | os.PathLike) -> SplatPreview:
     baked to SH degree 1; a direct file: its decoded Gaussians); the preview shows those. Needs
     torch (the backend)."""
     from .pipeline import decode_file, decoded_scene
+    from .render.project import ALPHA_THRESHOLD
 
     decoded = decode_file(path)
     scene = decoded_scene(decoded)
-    # No 3DGS renderer draws α < 1/255; a direct file's skipped Gaussians are such (α ≈ 6e-6) and
-    # would otherwise show as solid dots in Blender's solid view.
-    out = preview_from_scene(scene.subset(np.flatnonzero(scene.opacities >= MIN_VISIBLE_ALPHA)))
+    # No 3DGS renderer draws α below gsplat's threshold (1/255); a direct file's skipped Gaussians
+    # are such (α ≈ 6e-6) and would otherwise show as solid dots in Blender's solid view.
+    out = preview_from_scene(scene.subset(np.flatnonzero(scene.opacities >= ALPHA_THRESHOLD)))
     out.meta.update(kind="decoded", path=str(path), source_format="hgs", mode=decoded.header.get("mode"))
     return out
 

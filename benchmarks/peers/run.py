@@ -138,8 +138,8 @@ def main() -> None:
                     help="with --records-only: render anchor-mode records a scene lacks, or has only as "
                          "recorded, from this benchmark's 16 views (their .hgs files must still exist)")
     ap.add_argument("--records-only", action="store_true",
-                    help="re-read the anchor-free points (docs/benchmarks/direct.json) into the JSON's scenes "
-                         "without running anything again, then rewrite the doc and plots")
+                    help="re-read the anchor-free points (docs/benchmarks/direct.json), and add anchor-mode "
+                         "records a scene lacks, without running the peers again; then rewrite the doc and plots")
     args = ap.parse_args()
     if args.records_only:
         refresh_records(Path(args.json), args)

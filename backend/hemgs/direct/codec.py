@@ -113,7 +113,8 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
                  values: dict | None = None, sections: dict | None = None, rdoq: bool = True,
                  skips: bool = True) -> tuple[dict, dict]:
     """Encode (values given) or decode (sections given) every stage, group by group. With `skips`
-    a Gaussian whose importance decodes to 0 is coded no further (`_fill`)."""
+    a Gaussian whose importance decodes to 0 is coded no further: its later stages hold
+    SKIP_LOGIT (opacity) or the stage's `norm_mean`, the same on both sides."""
     n = prep.n
     live = np.ones(n, dtype=bool)
     log_w = {}
