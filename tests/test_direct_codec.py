@@ -1,5 +1,6 @@
 """Anchor-free mode (hemgs.direct): exact round trips at several λ, chunk sizes and every switch
-combination; size falls with λ; rotations survive any quaternion sign or length; SH degrees 0-3,
+combination; size falls with λ; rotations survive any quaternion sign or length, and the 24
+equivalent (rotation, scale order) pairs of a Gaussian code alike; SH degrees 0-3,
 empty and single-Gaussian scenes; corrupt or lying files are refused by name."""
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from conftest import DEMO_PLY
 from hemgs.direct import DirectConfig, DirectFitConfig, decode, encode, fit_direct
-from hemgs.direct.attributes import quat_to_rotvec, rotvec_to_quat
+from hemgs.direct.attributes import CUBE_GROUP, CUBE_PERMS, canonical_orientation, quat_to_rotvec, rotvec_to_quat
 from hemgs.errors import FormatError, HemgsError
 from hemgs.io import load_scene
 from hemgs.scene import GaussianScene, sanitize
@@ -99,6 +100,53 @@ def test_flipped_and_scaled_quaternions_decode_to_the_same_scene(scene):
     # float noise in the renders that weigh them may move a rare value across a rounding boundary
     diff = np.abs(a.quats - b.quats).max(axis=1)
     assert (diff == 0).mean() > 0.98 and diff.max() < 0.01
+
+
+def _covariances(quats, log_scales):
+    from scipy.spatial.transform import Rotation
+
+    r = Rotation.from_quat(np.asarray(quats, np.float64)[:, [1, 2, 3, 0]]).as_matrix()
+    m = r * np.exp(np.asarray(log_scales, np.float64))[:, None, :]
+    return m @ m.transpose(0, 2, 1)
+
+
+def _equivalent(quats, log_scales, rng):
+    """Each Gaussian rewritten with a random one of its 24 equivalent (rotation, scale order) pairs."""
+    from scipy.spatial.transform import Rotation
+
+    g = rng.integers(0, 24, size=len(quats))
+    r = Rotation.from_quat(np.asarray(quats, np.float64)[:, [1, 2, 3, 0]]).as_matrix() @ CUBE_GROUP[g]
+    xyzw = Rotation.from_matrix(r).as_quat() * rng.choice([-1.0, 1.0], size=(len(quats), 1))
+    return xyzw[:, [3, 0, 1, 2]], np.take_along_axis(np.asarray(log_scales, np.float64), CUBE_PERMS[g], axis=1)
+
+
+def test_canonical_orientation_keeps_covariances_and_takes_the_smallest_angle():
+    rng = np.random.default_rng(1)
+    q, s = rng.normal(size=(2000, 4)), rng.normal(size=(2000, 3))
+    cq, cs = canonical_orientation(q, s)
+    assert np.allclose(_covariances(cq, cs), _covariances(q, s), rtol=1e-9, atol=1e-12)
+    angles = np.linalg.norm(quat_to_rotvec(cq), axis=1)
+    assert angles.max() <= np.radians(62.8) and (cq[:, 0] >= 0).all()
+    # every one of the 24 equivalent pairs has an angle at least as large
+    for k in range(24):
+        eq = quat_to_rotvec(canonical_orientation(*_equivalent(q, s, np.random.default_rng(k)))[0])
+        assert np.allclose(np.linalg.norm(eq, axis=1), angles, atol=1e-9)
+    e0, e1 = canonical_orientation(np.zeros((0, 4)), np.zeros((0, 3)))
+    assert e0.shape == (0, 4) and e1.shape == (0, 3)
+
+
+def test_equivalent_orientations_code_alike_and_decode_to_the_same_covariances(scene):
+    small = scene.subset(slice(0, 400))
+    q, s = _equivalent(small.quats, small.log_scales, np.random.default_rng(2))
+    other = GaussianScene(small.means, q, s, small.opacity_logits, small.sh)
+    fa, fb = fit_direct(small, DirectConfig(), FAST), fit_direct(other, DirectConfig(), FAST)
+    assert np.abs(fa.values["rotation"] - fb.values["rotation"]).max() < 1e-5
+    assert np.abs(fa.values["scale"] - fb.values["scale"]).max() < 1e-5
+    dec = encode(fa, lam=1 / 16)[2].scene
+    src = small.subset(fa.prep.layout.order)
+    c_dec, c_src = _covariances(dec.quats, dec.log_scales), _covariances(src.quats, src.log_scales)
+    size = np.exp(src.log_scales.astype(np.float64)).max(1) ** 2
+    assert np.median(np.abs(c_dec - c_src).max(axis=(1, 2)) / size) < 0.05
 
 
 @pytest.mark.parametrize("degree", [0, 1, 3])

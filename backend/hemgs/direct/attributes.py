@@ -7,7 +7,8 @@ Stages, in coding order (each conditioned on the ones before it, DESIGN "progres
     opacity   1  pre-sigmoid logit
     scale     3  natural-log standard deviations
     rotation  3  rotation vector θ·axis of the unit quaternion with w >= 0 (3 numbers, no sign
-                 ambiguity, quantization error roughly uniform in angle)
+                 ambiguity, quantization error roughly uniform in angle); scale and rotation are
+                 first rewritten in the canonical orientation (`canonical_orientation`)
     position  3  the offset from the centre of the Gaussian's voxel, in units of RHO (the scene
                  span / 1000: about a pixel of a whole-scene view)
     dc        3  SH DC term, in an orthonormal luma/chroma basis (COLOR_BASIS)
@@ -29,6 +30,8 @@ The same formulas, in torch float64 elementwise ops, give the steps on both side
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import torch
@@ -79,17 +82,59 @@ def rotvec_to_quat(rv: np.ndarray) -> np.ndarray:
     return np.concatenate([np.cos(half)[:, None], rv * k[:, None]], axis=1)
 
 
+def _cube_group() -> tuple[np.ndarray, np.ndarray]:
+    """The 24 rotations that map the coordinate axes onto themselves (signed permutation matrices
+    of determinant +1), and for each the local axis that becomes axis j (G[perm[j], j] = ±1)."""
+    mats, perms = [], []
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            g = np.zeros((3, 3))
+            g[list(perm), [0, 1, 2]] = signs
+            if np.linalg.det(g) > 0:
+                mats.append(g)
+                perms.append(perm)
+    return np.array(mats), np.array(perms)
+
+
+CUBE_GROUP, CUBE_PERMS = _cube_group()
+
+
+def canonical_orientation(quats: np.ndarray, log_scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same covariances R·S²·Rᵀ, written with the smallest rotation angle.
+
+    A Gaussian's covariance does not change when its local axes are permuted (with its scales)
+    or have their signs flipped: 24 (rotation, scale order) pairs describe it. A source file holds
+    an arbitrary one, and coding that choice costs bits (up to log2 24 ≈ 4.6 a Gaussian). Of the
+    24, this takes the rotation nearest the identity (largest |w|: angles ≤ 62.8°), with w ≥ 0.
+    Measured (4-λ sweeps, BD-rate): −6.8% on playbot_lod2, −5.3% playbot_lod3, −1.8% biker;
+    sorting the scales instead (then the smallest angle of the 4 that keep the order, ≤ 120°):
+    −5.9%, −3.8%, −2.8%."""
+    from scipy.spatial.transform import Rotation
+
+    q = np.asarray(quats, dtype=np.float64).reshape(-1, 4)
+    s = np.asarray(log_scales, dtype=np.float64).reshape(-1, 3)
+    if q.shape[0] == 0:
+        return q, s
+    rot = Rotation.from_quat(q[:, [1, 2, 3, 0]]).as_matrix()  # scipy is scalar-last; normalises
+    # trace(R·G) = 1 + 2·cos(angle of R·G): the largest trace is the smallest angle
+    best = np.argmax(np.einsum("nij,gji->ng", rot, CUBE_GROUP), axis=1)
+    xyzw = Rotation.from_matrix(rot @ CUBE_GROUP[best]).as_quat()
+    wxyz = xyzw[:, [3, 0, 1, 2]]
+    return np.where(wxyz[:, :1] < 0, -wxyz, wxyz), np.take_along_axis(s, CUBE_PERMS[best], axis=1)
+
+
 def scene_vectors(scene: GaussianScene, position_residual: np.ndarray, importance: np.ndarray) -> dict[str, np.ndarray]:
     """The coded value of every stage, (N, dim) float64, in the scene's row order.
     `position_residual` (N,3) is each Gaussian's offset from its voxel centre in RHO units;
     `importance` (N,) its V (see `visibility`)."""
     n = len(scene)
+    quats, log_scales = canonical_orientation(scene.quats, scene.log_scales)
     imp = np.log2(np.maximum(np.asarray(importance, dtype=np.float64), 2.0**-IMPORTANCE_OFFSET)) + IMPORTANCE_OFFSET
     out = {
         "importance": np.clip(imp, 0.0, IMPORTANCE_MAX).reshape(n, 1),
         "opacity": scene.opacity_logits.astype(np.float64).reshape(n, 1),
-        "scale": scene.log_scales.astype(np.float64),
-        "rotation": quat_to_rotvec(scene.quats),
+        "scale": log_scales,
+        "rotation": quat_to_rotvec(quats),
         "position": np.asarray(position_residual, dtype=np.float64).reshape(n, 3),
         "dc": scene.sh[:, 0, :].astype(np.float64) @ COLOR_BASIS.T,
         "sh": (scene.sh[:, 1:, :].astype(np.float64) @ COLOR_BASIS.T).reshape(n, 3 * (scene.sh.shape[1] - 1)),
