@@ -97,9 +97,10 @@ def test_flipped_and_scaled_quaternions_decode_to_the_same_scene(scene):
     fa, fb = fit_direct(small, DirectConfig(), FAST), fit_direct(flipped, DirectConfig(), FAST)
     assert np.abs(fa.values["rotation"] - fb.values["rotation"]).max() < 1e-6  # the same coded rotations
     a, b = encode(fa, lam=1.0)[2].scene, encode(fb, lam=1.0)[2].scene
-    # float noise in the renders that weigh them may move a rare value across a rounding boundary
+    # float noise in the renders that weigh them fits slightly different networks: a rare value
+    # crosses a rounding boundary, and values on the grid through the predicted mean move a little
     diff = np.abs(a.quats - b.quats).max(axis=1)
-    assert (diff == 0).mean() > 0.98 and diff.max() < 0.01
+    assert np.median(diff) == 0 and (diff < 1e-3).mean() > 0.98 and diff.max() < 0.01
 
 
 def _covariances(quats, log_scales):
@@ -187,6 +188,21 @@ def test_corrupt_and_lying_files_are_refused(fitted):
         decode({**header, "span": float("nan")}, sections)
     with pytest.raises(HemgsError, match="scene-agnostic|weights"):
         decode({**header, "scene_agnostic": "0123456789abcdef"}, sections)
+    for bad_cfg, what in (({"laplace": ["bogus"]}, "laplace"), ({"laplace": "sh"}, "laplace"),
+                          ({"shifted": "yes"}, "shifted")):
+        with pytest.raises(FormatError, match=what):
+            decode({**header, "direct": {**header["direct"], **bad_cfg}}, sections)
+
+
+def test_symbol_distribution_and_grid_are_named_in_the_file_and_a_decoder_follows_them(fitted):
+    header, sections, enc = encode(fitted, lam=1.0)
+    assert header["direct"]["laplace"] == ["sh"] and header["direct"]["shifted"] is True
+    # decoding with the other choices (as a file without these fields says) does not give this scene
+    for other in ({"laplace": []}, {"shifted": False}):
+        try:
+            assert not same(decode({**header, "direct": {**header["direct"], **other}}, sections).scene, enc.scene)
+        except HemgsError:
+            pass
 
 
 def test_gaussians_the_encoder_skips_decode_transparent_and_exactly(fitted):

@@ -36,6 +36,8 @@ GOLDENS_HEMGS = {
 GOLDENS_DIRECT = {
     "tiny_direct.hgs": (8000, 300, 3, 1.0),  # made before skipping: no "skips" key
     "tiny_direct_skips.hgs": (8000, 300, 3, 65536.0),  # λ far beyond the CLI range, so that many are skipped
+    # SH under Laplacians, values on the grid through the predicted mean (config "laplace", "shifted")
+    "tiny_direct_shifted.hgs": (8000, 300, 3, 1.0),
 }
 
 

@@ -8,7 +8,11 @@ Shared by every codec. A stream's bytes are
     u32     | CRC32 of the symbols, so any other cross-machine mismatch fails loudly too
     rest    | the symbol stream (coding/gaussian_coder.py)
 
-Means, scales and steps are in the attribute's own units; the stream codes round(value / q).
+Means, scales and steps are in the attribute's own units; the stream codes round(value / q), or
+with `shifted` round(value / q - m), m the snapped mean in steps: values then decode to (m + k)·q,
+the grid that passes through the predicted mean (a value predicted within a step costs ~0 bits and
+decodes to its mean, not to the nearest multiple of q). m is bit-identical on both sides, and
+(m + k)·q is two correctly rounded operations, so the decoded values are too.
 """
 
 from __future__ import annotations
@@ -53,13 +57,17 @@ def empty() -> bytes:
 
 
 def encode_values(values: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
-                  step_guard: bytes) -> tuple[bytes, np.ndarray]:
-    """Code `values` with per-element steps `q` (already snapped); returns (bytes, decoded values)."""
+                  step_guard: bytes, family: str = "gaussian", shifted: bool = False) -> tuple[bytes, np.ndarray]:
+    """Code `values` with per-element steps `q` (already snapped); returns (bytes, decoded values).
+    `family`: the symbols' distribution (gaussian_coder.FAMILIES); `shifted`: quantize on the grid
+    through the mean (module doc). The decoder's must match."""
     snapped, guard = snap_for_encoder(mean / q, scale / q)
-    symbols = np.clip(np.rint(values / q), -_MAX_SYMBOL, _MAX_SYMBOL).astype(np.int32)
-    stream = encode_symbols(symbols, snapped.means, snapped.scales)
+    offset = snapped.means if shifted else 0.0
+    symbols = np.clip(np.rint(values / q - offset), -_MAX_SYMBOL, _MAX_SYMBOL).astype(np.int32)
+    model_means = np.zeros_like(snapped.means) if shifted else snapped.means
+    stream = encode_symbols(symbols, model_means, snapped.scales, family=family)
     data = pack([step_guard, guard, param_checksums(snapped)], zlib.crc32(symbols.astype("<i4").tobytes()), stream)
-    return data, symbols.astype(np.float64) * q
+    return data, (symbols.astype(np.float64) + offset) * q
 
 
 def split(data: bytes, name: str) -> tuple[bytes, tuple]:
@@ -68,11 +76,14 @@ def split(data: bytes, name: str) -> tuple[bytes, tuple]:
     return step_guard, (guard, crcs, sym_crc, stream)
 
 
-def decode_values(rest: tuple, mean: np.ndarray, scale: np.ndarray, q: np.ndarray, name: str) -> np.ndarray:
+def decode_values(rest: tuple, mean: np.ndarray, scale: np.ndarray, q: np.ndarray, name: str,
+                  family: str = "gaussian", shifted: bool = False) -> np.ndarray:
     guard, crcs, sym_crc, stream = rest
     snapped = apply_guard(mean / q, scale / q, guard)
     check_param_checksums(snapped, crcs, name)
-    symbols = decode_symbols(stream, snapped.means, snapped.scales)
+    offset = snapped.means if shifted else 0.0
+    model_means = np.zeros_like(snapped.means) if shifted else snapped.means
+    symbols = decode_symbols(stream, model_means, snapped.scales, family=family)
     if zlib.crc32(symbols.astype("<i4").tobytes()) != sym_crc:
         raise IntegrityError(f"decoded {name} differ from what the encoder coded (entropy-coder mismatch)")
-    return symbols.astype(np.float64) * q
+    return (symbols.astype(np.float64) + offset) * q

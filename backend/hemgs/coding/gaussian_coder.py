@@ -1,4 +1,5 @@
-"""Entropy coding of integer symbols under per-element quantized Gaussians (constriction ANS).
+"""Entropy coding of integer symbols under per-element quantized Gaussians (constriction ANS), or
+Laplacians (`family="laplace"`, same layout; `scales` is then still the standard deviation).
 
 Symbols are already quantized (round(f/s)); `means`/`scales` are in symbol units and must be
 *bit-identical* between encoder and decoder (see exact_params.py for how the codec ensures it).
@@ -30,6 +31,9 @@ from .bits import ans_decoder, decode_varints, encode_varints
 
 MIN_SCALE = 0.05  # constriction needs std > 0; below 0.05 a centred bin already has p > 1 - 1e-6
 TAIL_SIGMAS = 8.0
+# A Laplacian's tail beyond kσ holds exp(-k·√2): 16σ leaves ~1e-10, as 8σ does for a Gaussian.
+TAIL_SIGMAS_LAPLACE = 16.0
+FAMILIES = ("gaussian", "laplace")
 MAX_LOG2_RANGE = 18  # R <= 2^18: covers 8σ for σ up to 32768 symbol units
 MAX_SYMBOL = 2**31 - 1  # decoded symbols are int32
 MAX_MEAN = 2.0**30
@@ -50,9 +54,21 @@ def _prepare(means, scales, n: int, what: str) -> tuple[np.ndarray, np.ndarray, 
     return means - centre, scales, centre.astype(np.int64)
 
 
-def _group_log2(scales: np.ndarray) -> np.ndarray:
+def _model(family: str, r: int):
+    """constriction's model over [-r, r] and how its scale parameter follows from the std."""
+    if family == "gaussian":
+        return constriction.stream.model.QuantizedGaussian(-r, r), lambda sd: sd
+    if family == "laplace":
+        return constriction.stream.model.QuantizedLaplace(-r, r), lambda sd: sd * _INV_SQRT2
+    raise InputError(f"unknown symbol distribution {family!r}: expected one of {', '.join(FAMILIES)}")
+
+
+_INV_SQRT2 = 0.7071067811865476  # b = σ/√2 (a correctly rounded product: the same on every machine)
+
+
+def _group_log2(scales: np.ndarray, family: str = "gaussian") -> np.ndarray:
     """log2 of each element's alphabet half-width R (deterministic: only float compares)."""
-    need = TAIL_SIGMAS * scales + 1.0
+    need = (TAIL_SIGMAS_LAPLACE if family == "laplace" else TAIL_SIGMAS) * scales + 1.0
     lg = np.ceil(np.log2(need)).astype(np.int64)
     # Guard against a log2 off by one ulp at exact powers of two: fix with exact comparisons.
     lg = np.where(np.ldexp(1.0, lg - 1) >= need, lg - 1, lg)
@@ -60,7 +76,7 @@ def _group_log2(scales: np.ndarray) -> np.ndarray:
     return np.clip(lg, 1, MAX_LOG2_RANGE)
 
 
-def encode_symbols(symbols, means, scales, *, max_abs: int = MAX_SYMBOL) -> bytes:
+def encode_symbols(symbols, means, scales, *, max_abs: int = MAX_SYMBOL, family: str = "gaussian") -> bytes:
     """Code integer `symbols` under N(means, scales) quantized to unit bins; see the module doc.
 
     `max_abs` bounds |symbol| (int32 by default, what `decode_symbols` returns); out-of-range
@@ -74,8 +90,9 @@ def encode_symbols(symbols, means, scales, *, max_abs: int = MAX_SYMBOL) -> byte
     if n and np.abs(sym).max() > min(int(max_abs), MAX_SYMBOL):
         raise InputError(f"encode_symbols: a symbol exceeds max_abs={max_abs}")
     mu, sd, centre = _prepare(means, scales, n, "encode_symbols")
+    _model(family, 1)
     d = sym - centre
-    lg = _group_log2(sd)
+    lg = _group_log2(sd, family)
     half = np.left_shift(1, lg)
     coded = np.clip(d, -half, half)
     at_edge = np.abs(coded) == half
@@ -86,14 +103,13 @@ def encode_symbols(symbols, means, scales, *, max_abs: int = MAX_SYMBOL) -> byte
     # ANS is a stack: encode the group decoded last first.
     for g in np.unique(lg)[::-1]:
         sel = lg == g
-        r = 1 << int(g)
-        model = constriction.stream.model.QuantizedGaussian(-r, r)
-        coder.encode_reverse(coded[sel].astype(np.int32), model, mu[sel], sd[sel])
+        model, param = _model(family, 1 << int(g))
+        coder.encode_reverse(coded[sel].astype(np.int32), model, mu[sel], param(sd[sel]))
     words = coder.get_compressed() if n else np.zeros(0, dtype=np.uint32)
     return struct.pack("<I", len(escapes)) + escapes + np.asarray(words, dtype="<u4").tobytes()
 
 
-def decode_symbols(data: bytes, means, scales, *, max_abs: int = MAX_SYMBOL) -> np.ndarray:
+def decode_symbols(data: bytes, means, scales, *, max_abs: int = MAX_SYMBOL, family: str = "gaussian") -> np.ndarray:
     """Inverse of `encode_symbols` given the same means/scales: an int32 array."""
     data = bytes(data)
     means = np.asarray(means).reshape(-1)
@@ -112,15 +128,15 @@ def decode_symbols(data: bytes, means, scales, *, max_abs: int = MAX_SYMBOL) -> 
         if esc_len or body:
             raise FormatError("symbol stream: data present for zero symbols")
         return np.zeros(0, dtype=np.int32)
-    lg = _group_log2(sd)
+    _model(family, 1)
+    lg = _group_log2(sd, family)
     coder = ans_decoder(np.frombuffer(body, dtype="<u4"), "symbol stream")
     coded = np.empty(n, dtype=np.int64)
     try:
         for g in np.unique(lg):
             sel = lg == g
-            r = 1 << int(g)
-            model = constriction.stream.model.QuantizedGaussian(-r, r)
-            coded[sel] = coder.decode(model, mu[sel], sd[sel])
+            model, param = _model(family, 1 << int(g))
+            coded[sel] = coder.decode(model, mu[sel], param(sd[sel]))
     except Exception as exc:  # constriction's own error types on a malformed stream
         raise FormatError(f"symbol stream: corrupt ANS data ({exc})") from None
     half = np.left_shift(1, lg)
@@ -138,8 +154,8 @@ def decode_symbols(data: bytes, means, scales, *, max_abs: int = MAX_SYMBOL) -> 
     return out.astype(np.int32)
 
 
-def estimate_bits(symbols, means, scales) -> np.ndarray:
-    """Ideal cost in bits of each symbol: -log2 of its Gaussian bin's probability mass.
+def estimate_bits(symbols, means, scales, family: str = "gaussian") -> np.ndarray:
+    """Ideal cost in bits of each symbol: -log2 of its Gaussian (or Laplacian) bin's probability mass.
 
     Uses the same std clamp as the coder and floors the mass at 2^-24 (constriction's least
     probability), so sum(estimate_bits) is what the coder should approach.
@@ -149,7 +165,14 @@ def estimate_bits(symbols, means, scales) -> np.ndarray:
     sd = np.maximum(np.asarray(scales, dtype=np.float64).reshape(-1), MIN_SCALE)
     # Work on the side of the mean where the CDF difference does not cancel.
     z = np.abs(sym - means)
-    hi = ndtr(-(z - 0.5) / sd)  # upper-tail masses: accurate far from the mean
-    lo = ndtr(-(z + 0.5) / sd)
-    p = hi - lo
+    if family == "laplace":
+        b = sd * _INV_SQRT2
+        # upper-tail mass beyond t: ½·exp(-t/b) for t >= 0, 1 - ½·exp(t/b) below
+        tail = lambda t: np.where(t >= 0, 0.5 * np.exp(-np.abs(t) / b), 1.0 - 0.5 * np.exp(-np.abs(t) / b))  # noqa: E731
+        p = tail(z - 0.5) - tail(z + 0.5)
+    else:
+        _model(family, 1)
+        hi = ndtr(-(z - 0.5) / sd)  # upper-tail masses: accurate far from the mean
+        lo = ndtr(-(z + 0.5) / sd)
+        p = hi - lo
     return -np.log2(np.maximum(p, _MIN_PROB))

@@ -75,17 +75,18 @@ def _prior(e64: DirectEntropyModel, prep: Prepared, chunk: int) -> torch.Tensor:
 
 
 def _rd_round(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray, log_w: np.ndarray,
-              lam: float) -> np.ndarray:
+              lam: float, family: str = "gaussian", shifted: bool = False) -> np.ndarray:
     """Encoder-side rate-distortion rounding: of the two grid points around each value, the one
     with the lower bits + w·error²/(λ·u) (the fit's loss), bits under the element's model. The
     decoder is unchanged: it only ever sees symbols. Returns the chosen values (symbol × q)."""
-    t = x / q
-    lo = np.floor(t)
     m, sd = mean / q, scale / q
+    shift = m if shifted else 0.0
+    t = x / q - shift
+    lo = np.floor(t)
     k = np.exp(log_w) * q * q / (lam * LAMBDA_UNIT)
-    j_lo = estimate_bits(lo, m, sd) + k * (t - lo) ** 2
-    j_hi = estimate_bits(lo + 1, m, sd) + k * (lo + 1 - t) ** 2
-    return np.where(j_lo <= j_hi, lo, lo + 1) * q
+    j_lo = estimate_bits(lo, m - shift, sd, family) + k * (t - lo) ** 2
+    j_hi = estimate_bits(lo + 1, m - shift, sd, family) + k * (lo + 1 - t) ** 2
+    return (np.where(j_lo <= j_hi, lo, lo + 1) + shift) * q
 
 
 def skip_decisions(importance: np.ndarray, lam: float) -> np.ndarray:
@@ -137,6 +138,7 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
             guard, readers = _read_part(sections[s], s, prep.n_groups)
             idx = steps_from_guard(q_raw, STEP_BASE, guard)
         q = step_values(idx, STEP_BASE).reshape(n, a)
+        shifted = e64.cfg.shifted and not st.fixed_step  # importance stays on integers (0 = skipped)
         cur = np.zeros((n, a))
         if not st.fixed_step:
             cur[~live] = SKIP_LOGIT if s == "opacity" else st.norm_mean.numpy()
@@ -154,11 +156,11 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
             if values is not None:
                 x = values[s][rows].reshape(-1)
                 if s in log_w:
-                    x = _rd_round(x, mean, scale, qg, log_w[s][rows].reshape(-1), lam)
-                data, v = streams.encode_values(x, mean, scale, qg, b"")
+                    x = _rd_round(x, mean, scale, qg, log_w[s][rows].reshape(-1), lam, st.family, shifted)
+                data, v = streams.encode_values(x, mean, scale, qg, b"", st.family, shifted)
                 group_streams.append(data)
             else:
-                v = streams.decode_values(readers[g], mean, scale, qg, f"{s} (group {g})")
+                v = streams.decode_values(readers[g], mean, scale, qg, f"{s} (group {g})", st.family, shifted)
             cur[rows] = v.reshape(rows.size, a)
         dec[s] = cur
         if s == "importance" and skips:

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..entropy.rate import gaussian_bits, quantize
+from ..entropy.rate import quantize, symbol_bits
 from ..errors import InputError
 from ..scene import GaussianScene
 from .attributes import render_log_weights, scene_vectors, step_log_weights, visibility
 from .geometry import Frame, Layout, frame_for, layout_for
-from .model import LAMBDA_UNIT, DirectConfig, DirectEntropyModel, set_norms
+from .model import LAMBDA_UNIT, SHIFTED_FIT, DirectConfig, DirectEntropyModel, set_norms
 from .prepare import Prepared, prepare
 
 
@@ -92,6 +92,12 @@ def fit_direct(scene: GaussianScene, cfg: DirectConfig | None = None, fcfg: Dire
     return DirectFitted(model, prep, values, scene.sh_degree, sa.id if cfg.scene_agnostic else None, history)
 
 
+def _shifted_error(x: torch.Tensor, mean: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """x̂ - x for x̂ = mean + q·round((x - mean)/q), differentiable in q (the rounding offset held)."""
+    t = (x - mean) / q
+    return q * (torch.round(t) - t).detach()
+
+
 def _train(model, prep, values, cfg, fcfg, progress, history) -> None:
     torch.manual_seed(fcfg.seed)
     rng = np.random.default_rng(fcfg.seed)
@@ -131,17 +137,22 @@ def _train(model, prep, values, cfg, fcfg, progress, history) -> None:
             earlier = torch.cat([dec[t] for t, _ in st.earlier], dim=1) if st.earlier else prior.new_zeros((len(rows), 0))
             q = torch.exp(st.log_steps(prior, earlier, lam))
             x = true[s][rows]
-            dec[s] = quantize(x, q, "ste")
             ctx = None
             if st.use_ctx:
                 neigh = torch.where(ok[..., None], true[s][crow], x.new_zeros(()))
                 ctx = st.context(neigh, off, ok)
             mean, scale = st.params(prior, earlier, ctx)
+            shifted = cfg.shifted and not st.fixed_step
+            # the coded values, straight through: on the grid through the mean when the codec puts it there
+            dec[s] = mean.detach() + quantize(x - mean.detach(), q, "ste") if shifted else quantize(x, q, "ste")
             xn = quantize(x, q, "noise")
-            bits = gaussian_bits(xn, mean, scale, q).sum(1)
+            bits = symbol_bits(st.family)(xn, mean, scale, q).sum(1)
             loss = loss + bits.mean()
             if not st.fixed_step:
-                dist = (torch.exp(true_logw[s][rows]) * (xn - x) ** 2).sum(1)
+                # distortion: of the actual rounding when shifted (a value predicted within a step
+                # decodes to its mean, error (x - mean)², which noise of width q would overstate)
+                err = _shifted_error(x, mean.detach(), q) if shifted and SHIFTED_FIT else xn - x
+                dist = (torch.exp(true_logw[s][rows]) * err ** 2).sum(1)
                 loss = loss + (dist / (lam * LAMBDA_UNIT)).mean()
             bits_total += float(bits.detach().mean())
         opt.zero_grad()

@@ -45,6 +45,10 @@ LOG_STEP_RANGE = (math.log(1e-6), math.log(1e3))
 # log-scale, logit or angle is off by more than this (measured on playbot_lod2: with uncapped
 # steps the scale stage's MSE per value grew 30x from λ 0.25 to 1 and the PSNR fell 9 dB).
 MAX_STEP = {"opacity": 0.5, "scale": 0.2, "rotation": 0.3}
+# Stages coded under Laplacians: heavy-tailed values (docs/direct-mode.md, "Symbol distributions").
+LAPLACE_STAGES = ("sh",)
+SHIFTED = True
+SHIFTED_FIT = True
 NO_AR_STAGES = ("position",)  # residuals inside a voxel do not follow their neighbours'
 # A small grid: its tables are bits of every file, and per-Gaussian attributes need less of it.
 DIRECT_GRID = HashGridConfig(levels_3d=8, res_3d=(16, 256), log2_table_3d=11, levels_2d=2, res_2d=(64, 512),
@@ -72,6 +76,10 @@ class DirectConfig:
     # per Gaussian, ~10x as many as anchors, and decode must stay within seconds.
     n_context: int = 8
     lambdas: list = field(default_factory=lambda: list(LAMBDAS))
+    # stages whose symbols are coded under Laplacians (the rest under Gaussians): see LAPLACE_STAGES
+    laplace: list = field(default_factory=lambda: list(LAPLACE_STAGES))
+    # quantize every stepped stage on the grid through its predicted mean (codec/streams.py)
+    shifted: bool = SHIFTED
     grid: dict = field(default_factory=lambda: DIRECT_GRID.to_dict())
 
     def to_dict(self) -> dict:
@@ -85,19 +93,22 @@ class DirectConfig:
         known = {f.name for f in fields(DirectConfig)}
         if set(d) - known:
             raise ValueError(f"unknown direct-mode config fields {sorted(set(d) - known)}")
-        cfg = DirectConfig(**d)
+        # files without these fields: every stage under Gaussians, on the grid of multiples of q
+        cfg = DirectConfig(**{"laplace": [], "shifted": False, **d})
         for name, lo, hi in (("sh_degree", 0, 3), ("prior_dim", 1, 256), ("hidden", 1, 256), ("ctx_dim", 1, 256),
                              ("sa_dim", 0, 512), ("n_context", 1, 256)):
             v = getattr(cfg, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise ValueError(f"direct-mode config {name} must be an integer in [{lo}, {hi}], got {v!r}"[:120])
-        for name in ("scene_agnostic", "ar", "acs", "variable_rate"):
+        for name in ("scene_agnostic", "ar", "acs", "variable_rate", "shifted"):
             if not isinstance(getattr(cfg, name), bool):
                 raise ValueError(f"direct-mode config {name} must be true or false")
         if not isinstance(cfg.lambdas, list) or not cfg.lambdas or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
                 for v in cfg.lambdas):
             raise ValueError("direct-mode config lambdas must be a list of positive numbers")
+        if not isinstance(cfg.laplace, list) or not all(isinstance(v, str) and v in STAGES for v in cfg.laplace):
+            raise ValueError("direct-mode config laplace must be a list of stage names")
         if not isinstance(cfg.groups, str):
             raise ValueError("direct-mode config groups must be a scheme name")
         HashGridConfig.check_untrusted(cfg.grid, "direct-mode grid", max_levels=16, max_features=4, max_log2=16)
@@ -157,6 +168,7 @@ class DirectStage(nn.Module):
         self.register_buffer("in_mean", torch.zeros(self.e))
         self.register_buffer("in_std", torch.ones(self.e))
         self.fixed_step = stage == "importance"  # side information, coded with a step of 1
+        self.family = "laplace" if stage in cfg.laplace else "gaussian"
         self.vr = None
         if not self.fixed_step:
             vr_in = self.p + self.e + (1 if cfg.variable_rate else 0)

@@ -38,6 +38,24 @@ def gaussian_bits(x_hat: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, 
     return -torch.log2(p)
 
 
+def laplace_bits(x_hat: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Bits of each value under a Laplacian of standard deviation `scale` (b = scale/√2) over its
+    bin of width q; the bin's mass from the tail on the far side of the mean (no cancellation)."""
+    b = scale.clamp_min(_SCALE_MIN) / math.sqrt(2.0)
+    z = (x_hat - mean).abs()
+    near, far = (z - 0.5 * q) / b, (z + 0.5 * q) / b
+    # tail mass beyond t·b: ½·exp(-t) for t >= 0; a bin straddling the mean: 1 - ½e^{near} - ½e^{-far}
+    inside = 1.0 - 0.5 * torch.exp(near.clamp_max(0.0)) - 0.5 * torch.exp(-far)
+    outside = 0.5 * (torch.exp(-near.clamp_min(0.0)) - torch.exp(-far))
+    p = torch.where(near < 0, inside, outside).clamp_min(_P_MIN)
+    return -torch.log2(p)
+
+
+def symbol_bits(family: str):
+    """The training rate function of a symbol distribution (coding/gaussian_coder.FAMILIES)."""
+    return laplace_bits if family == "laplace" else gaussian_bits
+
+
 def bernoulli_bits(mask_prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Bits of binary values under per-element probabilities of being 1."""
     p = torch.where(mask > 0.5, mask_prob, 1 - mask_prob).clamp_min(_P_MIN)
