@@ -38,6 +38,8 @@ GOLDENS_DIRECT = {
     "tiny_direct_skips.hgs": (8000, 300, 3, 65536.0),  # λ far beyond the CLI range, so that many are skipped
     # SH under Laplacians, values on the grid through the predicted mean (config "laplace", "shifted")
     "tiny_direct_shifted.hgs": (8000, 300, 3, 1.0),
+    # scales in ascending order with weights and step caps by rank (config "scale_ranks")
+    "tiny_direct_ranks.hgs": (8000, 300, 3, 1.0),
 }
 
 

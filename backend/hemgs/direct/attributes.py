@@ -5,7 +5,7 @@ Stages, in coding order (each conditioned on the ones before it, DESIGN "progres
     importance 1 log2 of how much the Gaussian shows in renders (`visibility`), +30; coded with a
                  fixed step of 1 (an octave) as side information: every later stage's step uses it
     opacity   1  pre-sigmoid logit
-    scale     3  natural-log standard deviations
+    scale     3  natural-log standard deviations (ascending with DirectConfig.scale_ranks)
     rotation  3  rotation vector θ·axis of the unit quaternion with w >= 0 (3 numbers, no sign
                  ambiguity, quantization error roughly uniform in angle); scale and rotation are
                  first rewritten in the canonical orientation (`canonical_orientation`)
@@ -22,7 +22,8 @@ distortion weights of the fit, and through `step_log_weights` the decoder-side s
 with the Gaussian's measured importance V: the sum over the pixels of sampled views of its
 squared blend weight (approximated by α·Σ blend weight, from one backward pass of our renderer),
 as a share of the image; a footprint formula from opacity and size was tried first and does not
-predict it (log correlation 0.0 on playbot_lod2: occlusion decides). Then: rotation matters as
+predict it (log correlation 0.0 on playbot_lod2: occlusion decides). Then: with the scales in
+ascending order a log-scale error counts by its axis' rank (SCALE_RANK_LOG); rotation matters as
 far as the Gaussian is anisotropic; a position error counts relative to the Gaussian's size;
 each SH coefficient, DC included, adds the same mean squared colour over view directions (the
 basis is orthonormal: C0² = 1/4π each); geometry errors move colour by a contrast constant.
@@ -47,6 +48,12 @@ IMPORTANCE_MAX = 40.0
 # rate-distortion optimum when weights are right): see docs/direct-mode.md.
 GEOM_WEIGHT = {"opacity": 0.25, "scale": 0.075, "rotation": 0.22, "position": 0.3}
 SH_WEIGHT = 0.67
+# With scales in ascending order (DirectConfig.scale_ranks), log of each rank's weight relative to
+# the stage's: a log-scale error on the shortest axis of a flat Gaussian barely shows, on the
+# longest it shows most. Measured on playbot_lod3 (Gauss-Newton diagonal of the renders, median
+# over Gaussians of each rank's log weight minus the mean over the Gaussian's three): −4.8, +0.4,
+# +4.4 at 128², −4.5, +0.7, +3.75 at 256², −3.9, +1.0, +3.0 at 512²: geometry, not pixel size.
+SCALE_RANK_LOG = (-4.5, 0.7, 3.75)
 # rows: luma, red-green, blue-yellow; orthonormal, so its inverse is its transpose
 COLOR_BASIS = np.array([[1.0, 1.0, 1.0], [1.0, -1.0, 0.0], [1.0, 1.0, -2.0]]) / np.sqrt([[3.0], [2.0], [6.0]])
 RHO_PER_SPAN = 1e-3  # position unit: a thousandth of the scene's largest extent
@@ -99,16 +106,18 @@ def _cube_group() -> tuple[np.ndarray, np.ndarray]:
 CUBE_GROUP, CUBE_PERMS = _cube_group()
 
 
-def canonical_orientation(quats: np.ndarray, log_scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The same covariances R·S²·Rᵀ, written with the smallest rotation angle.
+def canonical_orientation(quats: np.ndarray, log_scales: np.ndarray,
+                          sort_scales: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The same covariances R·S²·Rᵀ, in a canonical form.
 
     A Gaussian's covariance does not change when its local axes are permuted (with its scales)
     or have their signs flipped: 24 (rotation, scale order) pairs describe it. A source file holds
-    an arbitrary one, and coding that choice costs bits (up to log2 24 ≈ 4.6 a Gaussian). Of the
-    24, this takes the rotation nearest the identity (largest |w|: angles ≤ 62.8°), with w ≥ 0.
-    Measured (4-λ sweeps, BD-rate): −6.8% on playbot_lod2, −5.3% playbot_lod3, −1.8% biker;
-    sorting the scales instead (then the smallest angle of the 4 that keep the order, ≤ 120°):
-    −5.9%, −3.8%, −2.8%."""
+    an arbitrary one, and coding that choice costs bits (up to log2 24 ≈ 4.6 a Gaussian).
+    `sort_scales`: scales in ascending order, and of the 4 rotations that keep that order the one
+    of smallest angle (≤ 120°); else the rotation nearest the identity of all 24 (≤ 62.8°, scales
+    in any order). Always w ≥ 0. Measured (4-λ sweeps, BD-rate, against the source's own
+    orientation): nearest −6.8% on playbot_lod2, −5.3% playbot_lod3, −1.8% biker; sorted −5.9%,
+    −3.8%, −2.8%, and with weights by rank (SCALE_RANK_LOG) sorted beats nearest (docs/direct-mode.md)."""
     from scipy.spatial.transform import Rotation
 
     q = np.asarray(quats, dtype=np.float64).reshape(-1, 4)
@@ -117,18 +126,22 @@ def canonical_orientation(quats: np.ndarray, log_scales: np.ndarray) -> tuple[np
         return q, s
     rot = Rotation.from_quat(q[:, [1, 2, 3, 0]]).as_matrix()  # scipy is scalar-last; normalises
     # trace(R·G) = 1 + 2·cos(angle of R·G): the largest trace is the smallest angle
-    best = np.argmax(np.einsum("nij,gji->ng", rot, CUBE_GROUP), axis=1)
+    traces = np.einsum("nij,gji->ng", rot, CUBE_GROUP)
+    if sort_scales:  # only the elements that put the scales in ascending order (ties: any of them)
+        traces = np.where((np.diff(s[:, CUBE_PERMS], axis=2) >= 0).all(axis=2), traces, -np.inf)
+    best = np.argmax(traces, axis=1)
     xyzw = Rotation.from_matrix(rot @ CUBE_GROUP[best]).as_quat()
     wxyz = xyzw[:, [3, 0, 1, 2]]
     return np.where(wxyz[:, :1] < 0, -wxyz, wxyz), np.take_along_axis(s, CUBE_PERMS[best], axis=1)
 
 
-def scene_vectors(scene: GaussianScene, position_residual: np.ndarray, importance: np.ndarray) -> dict[str, np.ndarray]:
+def scene_vectors(scene: GaussianScene, position_residual: np.ndarray, importance: np.ndarray,
+                  sort_scales: bool = True) -> dict[str, np.ndarray]:
     """The coded value of every stage, (N, dim) float64, in the scene's row order.
     `position_residual` (N,3) is each Gaussian's offset from its voxel centre in RHO units;
-    `importance` (N,) its V (see `visibility`)."""
+    `importance` (N,) its V (see `visibility`); `sort_scales` as in `canonical_orientation`."""
     n = len(scene)
-    quats, log_scales = canonical_orientation(scene.quats, scene.log_scales)
+    quats, log_scales = canonical_orientation(scene.quats, scene.log_scales, sort_scales)
     imp = np.log2(np.maximum(np.asarray(importance, dtype=np.float64), 2.0**-IMPORTANCE_OFFSET)) + IMPORTANCE_OFFSET
     out = {
         "importance": np.clip(imp, 0.0, IMPORTANCE_MAX).reshape(n, 1),
@@ -182,9 +195,11 @@ def visibility(scene: GaussianScene, views) -> np.ndarray:
     return (total / max(len(views), 1)).numpy() * scene.opacities.astype(np.float64)
 
 
-def render_log_weights(stage: str, vals: dict[str, torch.Tensor], log_rho: float) -> torch.Tensor:
+def render_log_weights(stage: str, vals: dict[str, torch.Tensor], log_rho: float,
+                       scale_ranks: bool = False) -> torch.Tensor:
     """log of the distortion weight of each coded value of `stage`, (N, dim), from the importance,
-    opacity and scale stages' values (true ones when fitting, decoded ones when coding)."""
+    opacity and scale stages' values (true ones when fitting, decoded ones when coding).
+    `scale_ranks`: the scales are in ascending order, each rank weighted by SCALE_RANK_LOG."""
     log_v = (vals["importance"] - IMPORTANCE_OFFSET) * float(np.log(2.0))
     n = log_v.shape[0]
     if stage == "importance":
@@ -194,6 +209,8 @@ def render_log_weights(stage: str, vals: dict[str, torch.Tensor], log_rho: float
         w = log_v - 2.0 * torch.nn.functional.softplus(vals["opacity"]) + np.log(GEOM_WEIGHT["opacity"])
     elif stage == "scale":
         w = (log_v + np.log(GEOM_WEIGHT["scale"])).expand(n, 3)
+        if scale_ranks:
+            w = w + torch.as_tensor(SCALE_RANK_LOG, dtype=w.dtype)
     elif stage == "rotation":
         s = vals["scale"].sort(dim=1).values
         aniso = (1.0 - torch.exp(s[:, :1] - s[:, 2:])).clamp_min(1e-3)
@@ -210,13 +227,17 @@ def render_log_weights(stage: str, vals: dict[str, torch.Tensor], log_rho: float
     return w.clamp(-_LOG_W_CLAMP * 3, _LOG_W_CLAMP)
 
 
-def step_log_weights(stage: str, decoded: dict[str, torch.Tensor], n: int, dim: int, log_rho: float) -> torch.Tensor:
+def step_log_weights(stage: str, decoded: dict[str, torch.Tensor], n: int, dim: int, log_rho: float,
+                     scale_ranks: bool = False) -> torch.Tensor:
     """The weights the decoder knows before decoding `stage`: the render weights where their
     inputs are decoded already. Importance has none (its step is fixed); opacity knows its
-    importance only; scale the importance (the step network sees the opacity)."""
+    importance only; scale the importance and, with `scale_ranks`, the rank of each channel
+    (the step network sees the opacity)."""
     if stage == "importance":
         return torch.zeros((n, dim), dtype=torch.float64)
     log_v = (decoded["importance"] - IMPORTANCE_OFFSET) * float(np.log(2.0))
+    if stage == "scale" and scale_ranks:
+        return log_v.expand(n, dim) + torch.as_tensor(SCALE_RANK_LOG, dtype=log_v.dtype)
     if stage in ("opacity", "scale"):
         return log_v.expand(n, dim)
     vals = dict(decoded)

@@ -121,7 +121,8 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
     log_w = {}
     if values is not None and rdoq and n:
         true = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in values.items()}
-        log_w = {s: render_log_weights(s, true, math.log(prep.frame.rho)).numpy() for s in e64.stages
+        log_rho = math.log(prep.frame.rho)
+        log_w = {s: render_log_weights(s, true, log_rho, e64.cfg.scale_ranks).numpy() for s in e64.stages
                  if not e64.stages[s].fixed_step}
     prior = _prior(e64, prep, chunk)
     dec: dict[str, np.ndarray] = {}

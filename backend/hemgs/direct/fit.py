@@ -56,13 +56,13 @@ IMPORTANCE_VIEWS = 12  # sampled views at 128² for the render weights (not the 
 IMPORTANCE_SIZE = 128
 
 
-def _stage_values(prep: Prepared, scene: GaussianScene) -> dict[str, np.ndarray]:
+def _stage_values(prep: Prepared, scene: GaussianScene, cfg: DirectConfig) -> dict[str, np.ndarray]:
     from ..cameras import sample_views
 
     ordered = scene.subset(prep.layout.order)
     residual = (ordered.means.astype(np.float64) - prep.centres) / prep.frame.rho
     views = sample_views(ordered, n=IMPORTANCE_VIEWS, width=IMPORTANCE_SIZE, height=IMPORTANCE_SIZE) if len(ordered) else []
-    return scene_vectors(ordered, residual, visibility(ordered, views))
+    return scene_vectors(ordered, residual, visibility(ordered, views), sort_scales=cfg.scale_ranks)
 
 
 def fit_direct(scene: GaussianScene, cfg: DirectConfig | None = None, fcfg: DirectFitConfig | None = None,
@@ -82,7 +82,7 @@ def fit_direct(scene: GaussianScene, cfg: DirectConfig | None = None, fcfg: Dire
     frame = frame_for(scene.means)
     layout, _ = layout_for(scene.means, frame)
     prep = prepare(frame, layout, cfg, sa)
-    values = _stage_values(prep, scene)
+    values = _stage_values(prep, scene, cfg)
     model = DirectEntropyModel(cfg, math.log(frame.rho), seed=fcfg.seed)
     set_norms(model, values)
     history = {"prepare_seconds": time.perf_counter() - t0}
@@ -104,7 +104,7 @@ def _train(model, prep, values, cfg, fcfg, progress, history) -> None:
     n = prep.n
     log_rho = math.log(prep.frame.rho)
     true = {s: torch.as_tensor(v, dtype=torch.float32) for s, v in values.items()}
-    true_logw = {s: render_log_weights(s, true, log_rho).detach() for s in model.stages}
+    true_logw = {s: render_log_weights(s, true, log_rho, cfg.scale_ranks).detach() for s in model.stages}
     voxel_of = torch.as_tensor(prep.layout.voxel_of)
     lookup = model.grid.lookup(prep.xyz01.float())
     sa = prep.sa_feat.float() if prep.sa_feat is not None else None
@@ -114,7 +114,7 @@ def _train(model, prep, values, cfg, fcfg, progress, history) -> None:
             if st.fixed_step:
                 continue
             earlier = {t: true[t] for t, _ in st.earlier}
-            gap = true_logw[s] - step_log_weights(s, earlier, n, st.dim, log_rho).float()
+            gap = true_logw[s] - step_log_weights(s, earlier, n, st.dim, log_rho, cfg.scale_ranks).float()
             st.step_bias.copy_(-0.5 * gap.mean(0))
     opt = torch.optim.Adam(model.parameters(), lr=fcfg.lr)
     lams = [float(v) for v in cfg.lambdas]

@@ -45,6 +45,9 @@ LOG_STEP_RANGE = (math.log(1e-6), math.log(1e3))
 # log-scale, logit or angle is off by more than this (measured on playbot_lod2: with uncapped
 # steps the scale stage's MSE per value grew 30x from λ 0.25 to 1 and the PSNR fell 9 dB).
 MAX_STEP = {"opacity": 0.5, "scale": 0.2, "rotation": 0.3}
+# With scales by rank (DirectConfig.scale_ranks): the shortest axis may be off by much more before
+# it shows (a flat Gaussian stays flat); the longest keeps the stage's cap.
+SCALE_RANK_MAX_STEP = (2.0, 0.5, 0.2)
 # Stages coded under Laplacians: heavy-tailed values (docs/direct-mode.md, "Symbol distributions").
 LAPLACE_STAGES = ("sh",)
 SHIFTED = True
@@ -80,6 +83,8 @@ class DirectConfig:
     laplace: list = field(default_factory=lambda: list(LAPLACE_STAGES))
     # quantize every stepped stage on the grid through its predicted mean (codec/streams.py)
     shifted: bool = SHIFTED
+    # scales in ascending order, each rank with its own weight and step cap (attributes.SCALE_RANK_LOG)
+    scale_ranks: bool = True
     grid: dict = field(default_factory=lambda: DIRECT_GRID.to_dict())
 
     def to_dict(self) -> dict:
@@ -94,13 +99,13 @@ class DirectConfig:
         if set(d) - known:
             raise ValueError(f"unknown direct-mode config fields {sorted(set(d) - known)}")
         # files without these fields: every stage under Gaussians, on the grid of multiples of q
-        cfg = DirectConfig(**{"laplace": [], "shifted": False, **d})
+        cfg = DirectConfig(**{"laplace": [], "shifted": False, "scale_ranks": False, **d})
         for name, lo, hi in (("sh_degree", 0, 3), ("prior_dim", 1, 256), ("hidden", 1, 256), ("ctx_dim", 1, 256),
                              ("sa_dim", 0, 512), ("n_context", 1, 256)):
             v = getattr(cfg, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise ValueError(f"direct-mode config {name} must be an integer in [{lo}, {hi}], got {v!r}"[:120])
-        for name in ("scene_agnostic", "ar", "acs", "variable_rate", "shifted"):
+        for name in ("scene_agnostic", "ar", "acs", "variable_rate", "shifted", "scale_ranks"):
             if not isinstance(getattr(cfg, name), bool):
                 raise ValueError(f"direct-mode config {name} must be true or false")
         if not isinstance(cfg.lambdas, list) or not cfg.lambdas or not all(
@@ -193,13 +198,17 @@ class DirectStage(nn.Module):
         n = prior.shape[0]
         if self.fixed_step:
             return prior.new_zeros((n, self.dim))
-        logw = step_log_weights(self.stage, self._split_earlier(earlier_raw), n, self.dim, self.log_rho).to(prior.dtype)
+        logw = step_log_weights(self.stage, self._split_earlier(earlier_raw), n, self.dim, self.log_rho,
+                                self.cfg.scale_ranks).to(prior.dtype)
         x = [prior, (earlier_raw - self.in_mean) / self.in_std]
         if self.cfg.variable_rate:
             x.append(torch.full((n, 1), lambda_feature(lam), dtype=prior.dtype))
         fixed = _LOG_STEP_FIXED + 0.5 * math.log(lam * LAMBDA_UNIT) - 0.5 * logw
-        hi = min(LOG_STEP_RANGE[1], math.log(MAX_STEP[self.stage])) if self.stage in MAX_STEP else LOG_STEP_RANGE[1]
-        return (fixed + self.step_bias + self.vr(torch.cat(x, dim=1))).clamp(LOG_STEP_RANGE[0], hi)
+        log_q = (fixed + self.step_bias + self.vr(torch.cat(x, dim=1))).clamp(*LOG_STEP_RANGE)
+        if self.stage == "scale" and self.cfg.scale_ranks:
+            caps = torch.tensor([math.log(c) for c in SCALE_RANK_MAX_STEP], dtype=log_q.dtype)
+            return torch.minimum(log_q, caps)
+        return log_q.clamp_max(math.log(MAX_STEP[self.stage])) if self.stage in MAX_STEP else log_q
 
     def params(self, prior: torch.Tensor, earlier_raw: torch.Tensor, ctx_feat: torch.Tensor | None):
         """(mean, scale) in the stage's own units."""
