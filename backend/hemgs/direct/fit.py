@@ -3,8 +3,9 @@
 Loss, averaged over the K training λ (one model serves them all, as in the paper's variable-rate
 training): bits + Σ w·(x̂ - x)² / (λ·LAMBDA_UNIT) per Gaussian, x̂ with uniform noise of the
 step's width for the rate (HAC's training quantization) and the rounded values, straight
-through, for what later stages and contexts see. w are the render weights of the true values
-(attributes.render_log_weights). The rate is estimated on a random subset of Gaussians per
+through, for what later stages and contexts see; with the grid through the predicted mean
+(DirectConfig.shifted) the distortion is that of the actual rounding. w are the render weights of
+the true values (attributes.render_log_weights). The rate is estimated on a random subset of Gaussians per
 iteration; steps and rounded values are computed for all, as contexts need them.
 """
 
@@ -22,7 +23,7 @@ from ..errors import InputError
 from ..scene import GaussianScene
 from .attributes import render_log_weights, scene_vectors, step_log_weights, visibility
 from .geometry import Frame, Layout, frame_for, layout_for
-from .model import LAMBDA_UNIT, SHIFTED_FIT, DirectConfig, DirectEntropyModel, set_norms
+from .model import LAMBDA_UNIT, DirectConfig, DirectEntropyModel, set_norms
 from .prepare import Prepared, prepare
 
 
@@ -151,7 +152,7 @@ def _train(model, prep, values, cfg, fcfg, progress, history) -> None:
             if not st.fixed_step:
                 # distortion: of the actual rounding when shifted (a value predicted within a step
                 # decodes to its mean, error (x - mean)², which noise of width q would overstate)
-                err = _shifted_error(x, mean.detach(), q) if shifted and SHIFTED_FIT else xn - x
+                err = _shifted_error(x, mean.detach(), q) if shifted else xn - x
                 dist = (torch.exp(true_logw[s][rows]) * err ** 2).sum(1)
                 loss = loss + (dist / (lam * LAMBDA_UNIT)).mean()
             bits_total += float(bits.detach().mean())

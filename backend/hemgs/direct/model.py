@@ -50,8 +50,6 @@ MAX_STEP = {"opacity": 0.5, "scale": 0.2, "rotation": 0.3}
 SCALE_RANK_MAX_STEP = (2.0, 0.5, 0.2)
 # Stages coded under Laplacians: heavy-tailed values (docs/direct-mode.md, "Symbol distributions").
 LAPLACE_STAGES = ("sh",)
-SHIFTED = True
-SHIFTED_FIT = True
 NO_AR_STAGES = ("position",)  # residuals inside a voxel do not follow their neighbours'
 # A small grid: its tables are bits of every file, and per-Gaussian attributes need less of it.
 DIRECT_GRID = HashGridConfig(levels_3d=8, res_3d=(16, 256), log2_table_3d=11, levels_2d=2, res_2d=(64, 512),
@@ -82,7 +80,7 @@ class DirectConfig:
     # stages whose symbols are coded under Laplacians (the rest under Gaussians): see LAPLACE_STAGES
     laplace: list = field(default_factory=lambda: list(LAPLACE_STAGES))
     # quantize every stepped stage on the grid through its predicted mean (codec/streams.py)
-    shifted: bool = SHIFTED
+    shifted: bool = True
     # scales in ascending order, each rank with its own weight and step cap (attributes.SCALE_RANK_LOG)
     scale_ranks: bool = True
     grid: dict = field(default_factory=lambda: DIRECT_GRID.to_dict())
