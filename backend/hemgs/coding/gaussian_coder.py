@@ -54,13 +54,16 @@ def _prepare(means, scales, n: int, what: str) -> tuple[np.ndarray, np.ndarray, 
     return means - centre, scales, centre.astype(np.int64)
 
 
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise InputError(f"unknown symbol distribution {family!r}: expected one of {', '.join(FAMILIES)}")
+
+
 def _model(family: str, r: int):
     """constriction's model over [-r, r] and how its scale parameter follows from the std."""
-    if family == "gaussian":
-        return constriction.stream.model.QuantizedGaussian(-r, r), lambda sd: sd
     if family == "laplace":
         return constriction.stream.model.QuantizedLaplace(-r, r), lambda sd: sd * _INV_SQRT2
-    raise InputError(f"unknown symbol distribution {family!r}: expected one of {', '.join(FAMILIES)}")
+    return constriction.stream.model.QuantizedGaussian(-r, r), lambda sd: sd
 
 
 _INV_SQRT2 = 0.7071067811865476  # b = σ/√2 (a correctly rounded product: the same on every machine)
@@ -90,7 +93,7 @@ def encode_symbols(symbols, means, scales, *, max_abs: int = MAX_SYMBOL, family:
     if n and np.abs(sym).max() > min(int(max_abs), MAX_SYMBOL):
         raise InputError(f"encode_symbols: a symbol exceeds max_abs={max_abs}")
     mu, sd, centre = _prepare(means, scales, n, "encode_symbols")
-    _model(family, 1)
+    _check_family(family)
     d = sym - centre
     lg = _group_log2(sd, family)
     half = np.left_shift(1, lg)
@@ -128,7 +131,7 @@ def decode_symbols(data: bytes, means, scales, *, max_abs: int = MAX_SYMBOL, fam
         if esc_len or body:
             raise FormatError("symbol stream: data present for zero symbols")
         return np.zeros(0, dtype=np.int32)
-    _model(family, 1)
+    _check_family(family)
     lg = _group_log2(sd, family)
     coder = ans_decoder(np.frombuffer(body, dtype="<u4"), "symbol stream")
     coded = np.empty(n, dtype=np.int64)
@@ -164,14 +167,17 @@ def estimate_bits(symbols, means, scales, family: str = "gaussian") -> np.ndarra
     means = np.asarray(means, dtype=np.float64).reshape(-1)
     sd = np.maximum(np.asarray(scales, dtype=np.float64).reshape(-1), MIN_SCALE)
     # Work on the side of the mean where the CDF difference does not cancel.
+    _check_family(family)
     z = np.abs(sym - means)
     if family == "laplace":
         b = sd * _INV_SQRT2
-        # upper-tail mass beyond t: ½·exp(-t/b) for t >= 0, 1 - ½·exp(t/b) below
-        tail = lambda t: np.where(t >= 0, 0.5 * np.exp(-np.abs(t) / b), 1.0 - 0.5 * np.exp(-np.abs(t) / b))  # noqa: E731
+
+        def tail(t):  # upper-tail mass beyond t: ½·exp(-t/b) for t >= 0, 1 - ½·exp(t/b) below
+            half = 0.5 * np.exp(-np.abs(t) / b)
+            return np.where(t >= 0, half, 1.0 - half)
+
         p = tail(z - 0.5) - tail(z + 0.5)
     else:
-        _model(family, 1)
         hi = ndtr(-(z - 0.5) / sd)  # upper-tail masses: accurate far from the mean
         lo = ndtr(-(z + 0.5) / sd)
         p = hi - lo

@@ -139,7 +139,6 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
             guard, readers = _read_part(sections[s], s, prep.n_groups)
             idx = steps_from_guard(q_raw, STEP_BASE, guard)
         q = step_values(idx, STEP_BASE).reshape(n, a)
-        shifted = e64.cfg.shifted and not st.fixed_step  # importance stays on integers (0 = skipped)
         cur = np.zeros((n, a))
         if not st.fixed_step:
             cur[~live] = SKIP_LOGIT if s == "opacity" else st.norm_mean.numpy()
@@ -157,11 +156,11 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
             if values is not None:
                 x = values[s][rows].reshape(-1)
                 if s in log_w:
-                    x = _rd_round(x, mean, scale, qg, log_w[s][rows].reshape(-1), lam, st.family, shifted)
-                data, v = streams.encode_values(x, mean, scale, qg, b"", st.family, shifted)
+                    x = _rd_round(x, mean, scale, qg, log_w[s][rows].reshape(-1), lam, st.family, st.shifted)
+                data, v = streams.encode_values(x, mean, scale, qg, b"", st.family, st.shifted)
                 group_streams.append(data)
             else:
-                v = streams.decode_values(readers[g], mean, scale, qg, f"{s} (group {g})", st.family, shifted)
+                v = streams.decode_values(readers[g], mean, scale, qg, f"{s} (group {g})", st.family, st.shifted)
             cur[rows] = v.reshape(rows.size, a)
         dec[s] = cur
         if s == "importance" and skips:

@@ -143,16 +143,15 @@ def _train(model, prep, values, cfg, fcfg, progress, history) -> None:
                 neigh = torch.where(ok[..., None], true[s][crow], x.new_zeros(()))
                 ctx = st.context(neigh, off, ok)
             mean, scale = st.params(prior, earlier, ctx)
-            shifted = cfg.shifted and not st.fixed_step
             # the coded values, straight through: on the grid through the mean when the codec puts it there
-            dec[s] = mean.detach() + quantize(x - mean.detach(), q, "ste") if shifted else quantize(x, q, "ste")
+            dec[s] = mean.detach() + quantize(x - mean.detach(), q, "ste") if st.shifted else quantize(x, q, "ste")
             xn = quantize(x, q, "noise")
             bits = symbol_bits(st.family)(xn, mean, scale, q).sum(1)
             loss = loss + bits.mean()
             if not st.fixed_step:
                 # distortion: of the actual rounding when shifted (a value predicted within a step
                 # decodes to its mean, error (x - mean)², which noise of width q would overstate)
-                err = _shifted_error(x, mean.detach(), q) if shifted else xn - x
+                err = _shifted_error(x, mean.detach(), q) if st.shifted else xn - x
                 dist = (torch.exp(true_logw[s][rows]) * err ** 2).sum(1)
                 loss = loss + (dist / (lam * LAMBDA_UNIT)).mean()
             bits_total += float(bits.detach().mean())

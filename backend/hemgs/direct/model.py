@@ -172,6 +172,8 @@ class DirectStage(nn.Module):
         self.register_buffer("in_std", torch.ones(self.e))
         self.fixed_step = stage == "importance"  # side information, coded with a step of 1
         self.family = "laplace" if stage in cfg.laplace else "gaussian"
+        # on the grid through the predicted mean; importance stays on integers (0 = skipped)
+        self.shifted = cfg.shifted and not self.fixed_step
         self.vr = None
         if not self.fixed_step:
             vr_in = self.p + self.e + (1 if cfg.variable_rate else 0)
