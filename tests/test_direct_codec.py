@@ -204,6 +204,10 @@ def test_corrupt_and_lying_files_are_refused(fitted):
         decode({**header, "span": float("nan")}, sections)
     with pytest.raises(HemgsError, match="scene-agnostic|weights"):
         decode({**header, "scene_agnostic": "0123456789abcdef"}, sections)
+    with pytest.raises(FormatError, match="layout"):
+        decode({**header, "networks": "int3"}, sections)
+    with pytest.raises(FormatError, match="network weights"):
+        decode(header, {**sections, "networks": sections["networks"][:50]})
     for bad_cfg, what in (({"laplace": ["bogus"]}, "laplace"), ({"laplace": "sh"}, "laplace"),
                           ({"shifted": "yes"}, "shifted"), ({"scale_ranks": 1}, "scale_ranks")):
         with pytest.raises(FormatError, match=what):

@@ -40,6 +40,8 @@ GOLDENS_DIRECT = {
     "tiny_direct_shifted.hgs": (8000, 300, 3, 1.0),
     # scales in ascending order with weights and step caps by rank (config "scale_ranks")
     "tiny_direct_ranks.hgs": (8000, 300, 3, 1.0),
+    # networks in the quantized layout (header "networks": "quantized", codec/weights.py)
+    "tiny_direct_qnet.hgs": (8000, 300, 3, 1.0),
 }
 
 

@@ -1,7 +1,16 @@
-"""Network weights inside a .hgs file: float16 safetensors bytes (never a pickle).
+"""Network weights inside a .hgs file (never a pickle), in one of two layouts:
 
-The encoder rounds its networks to float16 *before* it computes any distribution parameter, so
-the decoder, which only has the float16 weights, computes the very same ones.
+- float16 safetensors bytes (`pack_weights`): anchor mode, and anchor-free files made before the
+  quantized layout;
+- quantized (`pack_quantized`, anchor-free mode): each matrix row as small integers times a
+  float16 step, the integers entropy-coded; vectors (biases, standardisation buffers) as raw
+  float16, in the modules' own state order, with no names (the decoder builds the same modules
+  from the file's config, so it knows every shape). A small scene's file is mostly data, and
+  the safetensors layout spent 7 kB of JSON names and 16 bits a weight on ~7,000 weights; at 6
+  bits a weight the fit's networks code the scene as well as in float16 (docs/direct-mode.md).
+
+The encoder rounds its networks to what the file holds *before* it computes any distribution
+parameter, so the decoder, which only has the stored weights, computes the very same ones.
 """
 
 from __future__ import annotations
@@ -12,7 +21,10 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from safetensors import SafetensorError
 
+from ..coding.gaussian_coder import decode_symbols, encode_symbols
 from ..errors import FormatError
+
+QUANT_BITS = 6  # integers in [-(2^(b-1)-1), 2^(b-1)-1] per matrix row
 
 
 def round_to_half(module: torch.nn.Module) -> None:
@@ -58,3 +70,99 @@ def unpack_weights(data: bytes, modules: dict[str, torch.nn.Module]) -> None:
     extra = sorted(set(tensors) - expected)
     if extra:
         raise FormatError(f"network weights section has unexpected tensors {extra[:3]}")
+
+
+def _tensors(modules: dict[str, torch.nn.Module]) -> list[tuple[str, torch.Tensor]]:
+    """Every floating tensor (parameters and buffers) in state order: the layout of the section."""
+    return [(f"{prefix}.{name}", t) for prefix, module in modules.items()
+            for name, t in module.state_dict(keep_vars=True).items() if t.is_floating_point()]
+
+
+def _row_steps(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Each row's step as float16 values (in w's dtype): the row's largest |weight| is the top integer."""
+    top = float((1 << (bits - 1)) - 1)
+    step = (w.abs().amax(dim=1, keepdim=True) / top).to(torch.float16).to(w.dtype)
+    return torch.where(step > 0, step, torch.ones_like(step))
+
+
+def quantize_weights(modules: dict[str, torch.nn.Module], bits: int | None = None) -> None:
+    """Round `modules` in place to what `pack_quantized` stores: matrices to integers times their
+    row's float16 step, everything else to float16. The product of a small integer and a float16
+    is exact in float32, so the decoder's weights are these, bit for bit."""
+    bits = bits or QUANT_BITS
+    with torch.no_grad():
+        for _, t in _tensors(modules):
+            if t.ndim == 2:
+                step = _row_steps(t, bits)
+                t.copy_(torch.round(t / step) * step)
+            else:
+                t.copy_(t.to(torch.float16).to(t.dtype))
+
+
+def pack_quantized(modules: dict[str, torch.nn.Module], bits: int | None = None) -> bytes:
+    """The section for modules already rounded by `quantize_weights`: one byte `bits`, the float16
+    values (vectors, then each matrix's row steps and its symbols' Laplacian std), then the
+    matrices' integers under those Laplacians (gaussian_coder)."""
+    bits = bits or QUANT_BITS
+    halves, symbols, stds = [], [], []
+    for _, t in _tensors(modules):
+        t = t.detach().cpu().float()
+        if t.ndim != 2:
+            halves.append(t.reshape(-1).numpy())
+    for _, t in _tensors(modules):
+        t = t.detach().cpu().float()
+        if t.ndim == 2:
+            step = _row_steps(t, bits)
+            k = torch.round(t / step)
+            if not torch.equal(k * step, t):
+                raise ValueError("pack_quantized: the networks were not rounded by quantize_weights first")
+            k = k.to(torch.int64).reshape(-1).numpy()
+            std = np.float16(max(float(np.sqrt(np.mean(k.astype(np.float64) ** 2))) if k.size else 1.0, 0.1))
+            halves += [step.reshape(-1).numpy(), np.array([std], np.float32)]
+            symbols.append(k)
+            stds.append(np.full(k.size, float(std)))
+    flat = np.concatenate(halves).astype(np.float16) if halves else np.zeros(0, np.float16)
+    sym = np.concatenate(symbols) if symbols else np.zeros(0, np.int64)
+    sd = np.concatenate(stds) if stds else np.zeros(0)
+    coded = encode_symbols(sym, np.zeros(sym.size), sd, max_abs=(1 << (bits - 1)) - 1, family="laplace")
+    return bytes([bits]) + flat.astype("<f2").tobytes() + coded
+
+
+def unpack_quantized(data: bytes, modules: dict[str, torch.nn.Module]) -> None:
+    """Load a `pack_quantized` section into `modules` (which give the shapes); FormatError when
+    the section does not fit them or holds non-finite values."""
+    data = bytes(data)
+    tensors = _tensors(modules)
+    if not data or not 2 <= data[0] <= 8:
+        raise FormatError("network weights section: missing or impossible bit count")
+    bits, top = data[0], (1 << (data[0] - 1)) - 1
+    vec_size = sum(t.numel() for _, t in tensors if t.ndim != 2)
+    n_halves = vec_size + sum(t.shape[0] + 1 for _, t in tensors if t.ndim == 2)
+    if len(data) < 1 + 2 * n_halves:
+        raise FormatError("network weights section is truncated")
+    flat = np.frombuffer(data, dtype="<f2", count=n_halves, offset=1).astype(np.float32)
+    if not np.isfinite(flat).all():
+        raise FormatError("network weights section holds NaN/Inf")
+    at, mats, stds = vec_size, [], []
+    for _, t in tensors:
+        if t.ndim == 2:
+            rows = t.shape[0]
+            step, std = flat[at:at + rows], flat[at + rows]
+            at += rows + 1
+            if std <= 0:
+                raise FormatError("network weights section holds a non-positive symbol std")
+            mats.append(step)
+            stds.append(np.full(t.numel(), float(np.float16(std))))
+    sd = np.concatenate(stds) if stds else np.zeros(0)
+    sym = decode_symbols(data[1 + 2 * n_halves:], np.zeros(sd.size), sd, max_abs=top, family="laplace")
+    with torch.no_grad():
+        at, sat, m = 0, 0, 0
+        for _, t in tensors:
+            if t.ndim == 2:
+                k = torch.from_numpy(sym[sat:sat + t.numel()].astype(np.float32)).reshape(t.shape)
+                t.copy_((k * torch.from_numpy(mats[m])[:, None]).to(t.dtype))
+                sat += t.numel()
+                m += 1
+            else:
+                t.copy_(torch.from_numpy(flat[at:at + t.numel()]).reshape(t.shape).to(t.dtype))
+                at += t.numel()

@@ -23,7 +23,7 @@ import torch
 from ..codec import streams
 from ..codec.anchor import CHUNK
 from ..codec.hemgs_codec import _read_part, _write_part
-from ..codec.weights import pack_weights, round_to_half, unpack_weights
+from ..codec.weights import pack_quantized, quantize_weights, unpack_quantized, unpack_weights
 from ..coding.bits import decode_bits, encode_bits
 from ..coding.exact_params import run_deterministic
 from ..coding.gaussian_coder import estimate_bits
@@ -41,6 +41,7 @@ from .prepare import Prepared, prepare
 
 MODE = "direct"
 CODEC = "hemgs"
+NETWORKS_LAYOUT = "quantized"  # codec/weights.py: pack_quantized
 STEP_BASE = 1.0
 MAX_PER_VOXEL = 64  # Gaussians a voxel may hold on average (bounds a lying header's count)
 MAX_GAUSSIANS = 1 << 26
@@ -184,8 +185,7 @@ def encode(fitted: DirectFitted, *, lam: float, header_extra: dict | None = None
     prep, cfg = fitted.prep, fitted.model.cfg
     layout = prep.layout
     model = copy.deepcopy(fitted.model).cpu()
-    for net in model.networks().values():
-        round_to_half(net)
+    quantize_weights(model.networks())
     n, m = prep.n, layout.coords.shape[0]
     if n > MAX_GAUSSIANS or n > MAX_PER_VOXEL * max(m, 1):
         raise InputError(f"{n:,} Gaussians in {m:,} voxels: too many share a position (at most "
@@ -197,13 +197,14 @@ def encode(fitted: DirectFitted, *, lam: float, header_extra: dict | None = None
         "mode": MODE, "codec": CODEC, "lambda": float(lam), "gaussians": int(n), "voxels": int(m),
         "sh_degree": int(fitted.sh_degree), **prep.frame.to_header(), "direct": cfg.to_dict(),
         "scene_agnostic": fitted.sa_id if cfg.scene_agnostic else None,
-        "skips": bool(rdoq),  # importance 0 = skipped (files without the key were made before skipping)
+        "skips": bool(rdoq),
+        "networks": NETWORKS_LAYOUT,  # files without the key hold float16 safetensors  # importance 0 = skipped (files without the key were made before skipping)
         **(header_extra or {}),
     }
     sections = {
         "locations": loc,
         "counts": encode_counts(layout.counts),
-        "networks": pack_weights(model.networks()),
+        "networks": pack_quantized(model.networks()),
         "grid": encode_bits(model.grid.binary_tables().numpy()),
     }
     values = _skip_values(fitted.values, float(lam)) if rdoq and n else fitted.values
@@ -264,7 +265,13 @@ def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=N
         raise FormatError(f"a voxel lies outside the header's {frame.bits}-bit grid")
     counts = decode_counts(sections["counts"], n, m) if n else np.zeros(0, np.int64)
     model = DirectEntropyModel(cfg, math.log(frame.rho))
-    unpack_weights(sections["networks"], model.networks())
+    layout = header.get("networks", "float16")
+    if layout == NETWORKS_LAYOUT:
+        unpack_quantized(sections["networks"], model.networks())
+    elif layout == "float16":
+        unpack_weights(sections["networks"], model.networks())
+    else:
+        raise FormatError(f"the file's networks are in an unknown layout {str(layout)[:40]!r}")
     model.grid.load_binary_tables(torch.as_tensor(decode_bits(sections["grid"], model.grid.num_bits())))
     prep = prepare(frame, layout_from_counts(coords, counts), cfg, sa)
     skips = header.get("skips", False)
