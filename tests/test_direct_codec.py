@@ -251,3 +251,24 @@ def test_gaussians_the_encoder_skips_decode_transparent_and_exactly(fitted):
     assert same(enc2.scene, decode(h2, s2).scene)
     with pytest.raises(FormatError, match="skips"):
         decode({**header, "skips": "yes"}, sections)
+
+
+def test_view_weights_balance_the_views_expected_errors(scene):
+    from hemgs.cameras import sample_views
+    from hemgs.direct.attributes import view_weights, visibility
+
+    views = sample_views(scene, n=6, width=48, height=48)
+    captured = []
+    for cam in views:  # per-view V, one view at a time (visibility of a single view is that view's V)
+        captured.append(visibility(scene, [cam]))
+    pv = np.stack(captured, 1)
+    assert np.allclose(view_weights(pv, iters=0), 1.0)
+    w = view_weights(pv, iters=30)
+    assert w.mean() == pytest.approx(1.0) and w.min() > 0
+    v = pv @ w / w.sum()
+    load = (pv / np.maximum(v, 1e-300)[:, None]).sum(0)
+    assert np.allclose(w * load, (w * load).mean(), rtol=1e-6)  # the fixed point: weight ∝ 1/load
+    # a view that sees only half the Gaussians carries half the load: it counts about twice as much
+    half = np.stack([pv[:, 0], np.where(np.arange(len(pv)) % 2 == 0, pv[:, 0], 0.0)], 1)
+    w2 = view_weights(half, iters=30)
+    assert w2[1] > 1.5 * w2[0]
