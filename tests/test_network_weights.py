@@ -61,3 +61,15 @@ def test_damaged_sections_are_refused():
         unpack_quantized(bytes(nan), dst)
     with pytest.raises(FormatError):  # the model of another SH degree has other shapes
         unpack_quantized(data, _model(2, degree=1).networks())
+
+
+def test_huge_weights_are_clipped_not_turned_into_nan():
+    src = _model(1)
+    with torch.no_grad():
+        src.stages["sh"].fuse[0].weight[0, 0] = 1e9
+    quantize_weights(src.networks())
+    w = src.stages["sh"].fuse[0].weight
+    assert torch.isfinite(w).all() and w[0, 0] == 31 * 65504.0
+    dst = _model(2)
+    unpack_quantized(pack_quantized(src.networks()), dst.networks())
+    assert torch.equal(dst.stages["sh"].fuse[0].weight, w)

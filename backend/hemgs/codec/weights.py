@@ -81,7 +81,8 @@ def _tensors(modules: dict[str, torch.nn.Module]) -> list[tuple[str, torch.Tenso
 def _row_steps(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Each row's step as float16 values (in w's dtype): the row's largest |weight| is the top integer."""
     top = float((1 << (bits - 1)) - 1)
-    step = (w.abs().amax(dim=1, keepdim=True) / top).to(torch.float16).to(w.dtype)
+    # at most float16's largest finite value (a row beyond it is clipped to ±top steps)
+    step = (w.abs().amax(dim=1, keepdim=True) / top).clamp_max(65504.0).to(torch.float16).to(w.dtype)
     return torch.where(step > 0, step, torch.ones_like(step))
 
 
@@ -93,8 +94,8 @@ def quantize_weights(modules: dict[str, torch.nn.Module], bits: int | None = Non
     with torch.no_grad():
         for _, t in _tensors(modules):
             if t.ndim == 2:
-                step = _row_steps(t, bits)
-                t.copy_(torch.round(t / step) * step)
+                step, top = _row_steps(t, bits), (1 << (bits - 1)) - 1
+                t.copy_(torch.round(t / step).clamp(-top, top) * step)
             else:
                 t.copy_(t.to(torch.float16).to(t.dtype))
 
@@ -122,6 +123,8 @@ def pack_quantized(modules: dict[str, torch.nn.Module], bits: int | None = None)
             symbols.append(k)
             stds.append(np.full(k.size, float(std)))
     flat = np.concatenate(halves).astype(np.float16) if halves else np.zeros(0, np.float16)
+    if not np.isfinite(flat).all():
+        raise ValueError("pack_quantized: a network value is beyond float16's range")
     sym = np.concatenate(symbols) if symbols else np.zeros(0, np.int64)
     sd = np.concatenate(stds) if stds else np.zeros(0)
     coded = encode_symbols(sym, np.zeros(sym.size), sd, max_abs=(1 << (bits - 1)) - 1, family="laplace")
