@@ -72,17 +72,21 @@ def unpack_weights(data: bytes, modules: dict[str, torch.nn.Module]) -> None:
         raise FormatError(f"network weights section has unexpected tensors {extra[:3]}")
 
 
-def _tensors(modules: dict[str, torch.nn.Module]) -> list[tuple[str, torch.Tensor]]:
+def _tensors(modules: dict[str, torch.nn.Module]) -> list[torch.Tensor]:
     """Every floating tensor (parameters and buffers) in state order: the layout of the section."""
-    return [(f"{prefix}.{name}", t) for prefix, module in modules.items()
-            for name, t in module.state_dict(keep_vars=True).items() if t.is_floating_point()]
+    return [t for module in modules.values() for t in module.state_dict(keep_vars=True).values()
+            if t.is_floating_point()]
+
+
+def _top(bits: int) -> int:
+    """The largest integer of a `bits`-bit row: symbols lie in [-top, top]."""
+    return (1 << (bits - 1)) - 1
 
 
 def _row_steps(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Each row's step as float16 values (in w's dtype): the row's largest |weight| is the top integer."""
-    top = float((1 << (bits - 1)) - 1)
     # at most float16's largest finite value (a row beyond it is clipped to ±top steps)
-    step = (w.abs().amax(dim=1, keepdim=True) / top).clamp_max(65504.0).to(torch.float16).to(w.dtype)
+    step = (w.abs().amax(dim=1, keepdim=True) / _top(bits)).clamp_max(65504.0).to(torch.float16).to(w.dtype)
     return torch.where(step > 0, step, torch.ones_like(step))
 
 
@@ -92,10 +96,10 @@ def quantize_weights(modules: dict[str, torch.nn.Module], bits: int | None = Non
     is exact in float32, so the decoder's weights are these, bit for bit."""
     bits = bits or QUANT_BITS
     with torch.no_grad():
-        for _, t in _tensors(modules):
+        for t in _tensors(modules):
             if t.ndim == 2:
-                step, top = _row_steps(t, bits), (1 << (bits - 1)) - 1
-                t.copy_(torch.round(t / step).clamp(-top, top) * step)
+                step = _row_steps(t, bits)
+                t.copy_(torch.round(t / step).clamp(-_top(bits), _top(bits)) * step)
             else:
                 t.copy_(t.to(torch.float16).to(t.dtype))
 
@@ -105,13 +109,10 @@ def pack_quantized(modules: dict[str, torch.nn.Module], bits: int | None = None)
     values (vectors, then each matrix's row steps and its symbols' Laplacian std), then the
     matrices' integers under those Laplacians (gaussian_coder)."""
     bits = bits or QUANT_BITS
-    halves, symbols, stds = [], [], []
-    for _, t in _tensors(modules):
-        t = t.detach().cpu().float()
-        if t.ndim != 2:
-            halves.append(t.reshape(-1).numpy())
-    for _, t in _tensors(modules):
-        t = t.detach().cpu().float()
+    tensors = [t.detach().cpu().float() for t in _tensors(modules)]
+    halves = [t.reshape(-1).numpy() for t in tensors if t.ndim != 2]
+    symbols, stds = [], []
+    for t in tensors:
         if t.ndim == 2:
             step = _row_steps(t, bits)
             k = torch.round(t / step)
@@ -127,7 +128,7 @@ def pack_quantized(modules: dict[str, torch.nn.Module], bits: int | None = None)
         raise ValueError("pack_quantized: a network value is beyond float16's range")
     sym = np.concatenate(symbols) if symbols else np.zeros(0, np.int64)
     sd = np.concatenate(stds) if stds else np.zeros(0)
-    coded = encode_symbols(sym, np.zeros(sym.size), sd, max_abs=(1 << (bits - 1)) - 1, family="laplace")
+    coded = encode_symbols(sym, np.zeros(sym.size), sd, max_abs=_top(bits), family="laplace")
     return bytes([bits]) + flat.astype("<f2").tobytes() + coded
 
 
@@ -138,16 +139,15 @@ def unpack_quantized(data: bytes, modules: dict[str, torch.nn.Module]) -> None:
     tensors = _tensors(modules)
     if not data or not 2 <= data[0] <= 8:
         raise FormatError("network weights section: missing or impossible bit count")
-    bits, top = data[0], (1 << (data[0] - 1)) - 1
-    vec_size = sum(t.numel() for _, t in tensors if t.ndim != 2)
-    n_halves = vec_size + sum(t.shape[0] + 1 for _, t in tensors if t.ndim == 2)
+    vec_size = sum(t.numel() for t in tensors if t.ndim != 2)
+    n_halves = vec_size + sum(t.shape[0] + 1 for t in tensors if t.ndim == 2)
     if len(data) < 1 + 2 * n_halves:
         raise FormatError("network weights section is truncated")
     flat = np.frombuffer(data, dtype="<f2", count=n_halves, offset=1).astype(np.float32)
     if not np.isfinite(flat).all():
         raise FormatError("network weights section holds NaN/Inf")
     at, mats, stds = vec_size, [], []
-    for _, t in tensors:
+    for t in tensors:
         if t.ndim == 2:
             rows = t.shape[0]
             step, std = flat[at:at + rows], flat[at + rows]
@@ -157,10 +157,10 @@ def unpack_quantized(data: bytes, modules: dict[str, torch.nn.Module]) -> None:
             mats.append(step)
             stds.append(np.full(t.numel(), float(np.float16(std))))
     sd = np.concatenate(stds) if stds else np.zeros(0)
-    sym = decode_symbols(data[1 + 2 * n_halves:], np.zeros(sd.size), sd, max_abs=top, family="laplace")
+    sym = decode_symbols(data[1 + 2 * n_halves:], np.zeros(sd.size), sd, max_abs=_top(data[0]), family="laplace")
     with torch.no_grad():
         at, sat, m = 0, 0, 0
-        for _, t in tensors:
+        for t in tensors:
             if t.ndim == 2:
                 k = torch.from_numpy(sym[sat:sat + t.numel()].astype(np.float32)).reshape(t.shape)
                 t.copy_((k * torch.from_numpy(mats[m])[:, None]).to(t.dtype))

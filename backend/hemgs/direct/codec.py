@@ -197,8 +197,8 @@ def encode(fitted: DirectFitted, *, lam: float, header_extra: dict | None = None
         "mode": MODE, "codec": CODEC, "lambda": float(lam), "gaussians": int(n), "voxels": int(m),
         "sh_degree": int(fitted.sh_degree), **prep.frame.to_header(), "direct": cfg.to_dict(),
         "scene_agnostic": fitted.sa_id if cfg.scene_agnostic else None,
-        "skips": bool(rdoq),
-        "networks": NETWORKS_LAYOUT,  # files without the key hold float16 safetensors  # importance 0 = skipped (files without the key were made before skipping)
+        "skips": bool(rdoq),  # importance 0 = skipped (files without the key were made before skipping)
+        "networks": NETWORKS_LAYOUT,  # files without the key hold float16 safetensors
         **(header_extra or {}),
     }
     sections = {
