@@ -117,14 +117,16 @@ def _train(model, prep, values, cfg, fcfg, progress, history) -> None:
             earlier = {t: true[t] for t, _ in st.earlier}
             gap = true_logw[s] - step_log_weights(s, earlier, n, st.dim, log_rho, cfg.scale_ranks).float()
             st.step_bias.copy_(-0.5 * gap.mean(0))
-    opt = torch.optim.Adam(model.parameters(), lr=fcfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=fcfg.lr, foreach=True)
     lams = [float(v) for v in cfg.lambdas]
     losses = []
     for it in range(fcfg.iters):
         lam = lams[it % len(lams)]
         rows_np = np.sort(rng.choice(n, size=min(n, fcfg.rows), replace=False))
         rows = torch.as_tensor(rows_np)
-        prior = model.prior(model.hyper(model.grid.encode(lookup), sa))[voxel_of[rows]]
+        # the prior of the sampled rows' voxels only (a few thousand of up to ~10^5)
+        vox, inv = torch.unique(voxel_of[rows], return_inverse=True)
+        prior = model.prior(model.hyper(model.grid.encode_rows(lookup, vox), sa[vox] if sa is not None else None))[inv]
         if any(st.use_ctx for st in model.stages.values()):
             crow, off, ok = prep.context_rows(rows_np)
             crow, off, ok = torch.as_tensor(crow), torch.as_tensor(off, dtype=torch.float32), torch.as_tensor(ok)
