@@ -253,6 +253,52 @@ def test_gaussians_the_encoder_skips_decode_transparent_and_exactly(fitted):
         decode({**header, "skips": "yes"}, sections)
 
 
+def _shared_pairs(sh_src: np.ndarray, sh_dec: np.ndarray) -> tuple[int, int]:
+    """(pairs of Gaussians with the same source SH rows, how many of them decode to the same rows)."""
+    src = sh_src[:, 1:].reshape(len(sh_src), -1)
+    dec = sh_dec[:, 1:].reshape(len(sh_dec), -1)
+    _, group = np.unique(src, axis=0, return_inverse=True)
+    pairs = same_pairs = 0
+    for g in np.flatnonzero(np.bincount(group.reshape(-1)) > 1):
+        members = np.flatnonzero(group.reshape(-1) == g)
+        first = members[0]
+        pairs += members.size - 1
+        same_pairs += sum(np.array_equal(dec[first], dec[m]) for m in members[1:])
+    return pairs, same_pairs
+
+
+def test_repeated_sh_rows_are_coded_as_repeats_and_decode_exactly(scene):
+    # The demo scene was decoded from SOG, whose SH is a k-means palette: rows repeat.
+    fits = {on: fit_direct(scene, DirectConfig(sh_repeats=on), FAST) for on in (True, False)}
+    src = scene.sh[fits[True].prep.layout.order]
+    sizes = {}
+    for on, f in fits.items():
+        header, sections, enc = encode(f, lam=1 / 16)
+        assert header["direct"]["sh_repeats"] is on and ("sh_repeats" in sections) is on
+        assert same(enc.scene, decode(header, sections, chunk=97).scene)
+        pairs, same_pairs = _shared_pairs(src, enc.scene.sh)
+        assert pairs > 100
+        # with repeats most Gaussians that share their source's row share the decoded row too;
+        # coded one by one (steps and means of their own) hardly any do
+        assert same_pairs > pairs / 2 if on else same_pairs < pairs / 20, (on, pairs, same_pairs)
+        sizes[on] = sum(map(len, sections.values()))
+    assert sizes[True] < 0.97 * sizes[False], sizes
+    header, sections, _ = encode(fits[True], lam=1 / 16)
+    data = sections["sh_repeats"]
+    for bad, what in ((data[:-3], "truncated"), (data + b"\0", "after its last group"),
+                      (None, "lacks its 'sh_repeats'")):
+        broken = {**sections, "sh_repeats": bad} if bad is not None else {
+            k: v for k, v in sections.items() if k != "sh_repeats"}
+        with pytest.raises(FormatError, match=what):
+            decode(header, broken)
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 0x10
+    with pytest.raises(HemgsError):
+        decode(header, {**sections, "sh_repeats": bytes(flipped)})
+    with pytest.raises(FormatError, match="sh_repeats"):
+        decode({**header, "direct": {**header["direct"], "sh_repeats": "yes"}}, sections)
+
+
 def test_view_weights_balance_the_views_expected_errors(scene):
     from hemgs.cameras import sample_views
     from hemgs.direct.attributes import view_weights, visibility

@@ -42,6 +42,9 @@ GOLDENS_DIRECT = {
     "tiny_direct_ranks.hgs": (8000, 300, 3, 1.0),
     # networks in the quantized layout (header "networks": "quantized", codec/weights.py)
     "tiny_direct_qnet.hgs": (8000, 300, 3, 1.0),
+    # SH rows that repeat an earlier Gaussian's (config "sh_repeats", section "sh_repeats"): this
+    # slice of the demo holds 42 repeated rows; a low λ so that repeating pays
+    "tiny_direct_rep.hgs": (8000, 300, 3, 1 / 16),
 }
 
 

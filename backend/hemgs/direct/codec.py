@@ -7,8 +7,9 @@ stages (codec/hemgs_codec.py's part layout: the stage's step guard, then one str
 Every distribution parameter and step goes through the exact path (float64 fixed chunks, snapped,
 guarded, CRC'd), so any machine decodes the same bits.
 
-Sections: locations, counts, networks (float16 prior and stage networks), grid (hash-grid bits),
-and one per stage. The scene-agnostic network is named by id in the header, as in anchor mode.
+Sections: locations, counts, networks (the quantized prior and stage networks), grid (hash-grid
+bits), one per stage, and sh_repeats (which Gaussians repeat an earlier SH row, direct/repeats.py).
+The scene-agnostic network is named by id in the header, as in anchor mode.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .fit import DirectFitted
 from .geometry import Frame, decode_counts, encode_counts, layout_from_counts
 from .model import LAMBDA_UNIT, DirectConfig, DirectEntropyModel
 from .prepare import Prepared, prepare
+from . import repeats
 
 MODE = "direct"
 CODEC = "hemgs"
@@ -88,6 +90,16 @@ def _rd_round(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
     j_lo = estimate_bits(lo, m - shift, sd, family) + k * (t - lo) ** 2
     j_hi = estimate_bits(lo + 1, m - shift, sd, family) + k * (lo + 1 - t) ** 2
     return (np.where(j_lo <= j_hi, lo, lo + 1) + shift) * q
+
+
+def _rd_cost(x: np.ndarray, x_hat: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
+             log_w: np.ndarray, lam: float, family: str, shifted: bool) -> np.ndarray:
+    """Per element: bits of coding x as x_hat under the element's model + w·error²/(λ·u), the
+    trade-off `_rd_round` makes (x_hat on the element's grid)."""
+    m, sd = mean / q, scale / q
+    shift = m if shifted else 0.0
+    bits = estimate_bits(np.rint(x_hat / q - shift), m - shift, sd, family).reshape(x.shape)
+    return bits + np.exp(log_w) * (x_hat - x) ** 2 / (lam * LAMBDA_UNIT)
 
 
 def skip_decisions(importance: np.ndarray, lam: float) -> np.ndarray:
@@ -143,6 +155,8 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
         cur = np.zeros((n, a))
         if not st.fixed_step:
             cur[~live] = SKIP_LOGIT if s == "opacity" else st.norm_mean.numpy()
+        palette = repeats.Palette(n, a) if s == repeats.STAGE and e64.cfg.sh_repeats else None
+        rep_records, rep_pos = [], 0
         for g in range(prep.n_groups):
             rows = np.flatnonzero(prep.groups == g)
             if not st.fixed_step:
@@ -153,21 +167,52 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
                 neigh = cur[crow] * ok[..., None]
                 x.append(pack_context(torch.from_numpy(neigh), torch.from_numpy(off), torch.from_numpy(ok)))
             res = _run(st.head_rows, torch.cat(x, dim=1), chunk).numpy() if rows.size else np.zeros((0, 2 * a))
-            mean, scale, qg = res[:, :a].reshape(-1), res[:, a:].reshape(-1), q[rows].reshape(-1)
+            mean, scale, qg = res[:, :a], res[:, a:], q[rows]
+            what = f"{s} (group {g})"
             if values is not None:
-                x = values[s][rows].reshape(-1)
+                true = values[s][rows]
+                x = true
                 if s in log_w:
-                    x = _rd_round(x, mean, scale, qg, log_w[s][rows].reshape(-1), lam, st.family, st.shifted)
-                data, v = streams.encode_values(x, mean, scale, qg, b"", st.family, st.shifted)
+                    lw = log_w[s][rows]
+                    x = _rd_round(true.reshape(-1), mean.reshape(-1), scale.reshape(-1), qg.reshape(-1),
+                                  lw.reshape(-1), lam, st.family, st.shifted).reshape(rows.size, a)
+            rep = np.zeros(rows.size, dtype=bool)
+            wsum = np.exp(lw).sum(1) if values is not None and s in log_w else np.zeros(rows.size)
+            if palette is not None and values is not None and s in log_w and rows.size:
+                # repeat where the index and the referenced row's error cost less than coding the
+                # row; the reference is an earlier group's row or this group's weightiest of its kind
+                ref, has = palette.references(true, x, wsum)
+                d_rep = (np.exp(lw) * (ref - true) ** 2).sum(1) / (lam * LAMBDA_UNIT)
+                keep = _rd_cost(true, x, mean, scale, qg, lw, lam, st.family, st.shifted).sum(1)
+                rep = has & (math.log2(palette.size + rows.size) + d_rep < keep)
+            elif palette is not None and values is None:
+                rep, index, rep_pos = repeats.decode_group(sections[repeats.SECTION], rep_pos, rows.size,
+                                                           palette.size, f"section {repeats.SECTION}, {what}")
+            new = ~rep
+            m_, s_, q_ = mean[new].reshape(-1), scale[new].reshape(-1), qg[new].reshape(-1)
+            if values is not None:
+                data, v = streams.encode_values(x[new].reshape(-1), m_, s_, q_, b"", st.family, st.shifted)
                 group_streams.append(data)
             else:
-                v = streams.decode_values(readers[g], mean, scale, qg, f"{s} (group {g})", st.family, st.shifted)
-            cur[rows] = v.reshape(rows.size, a)
+                v = streams.decode_values(readers[g], m_, s_, q_, what, st.family, st.shifted)
+            cur[rows[new]] = v.reshape(-1, a)
+            if palette is not None and values is None:
+                palette.add(cur[rows[new]])
+                cur[rows[rep]] = palette.entries[index]
+            elif palette is not None:
+                palette.add_owners(cur[rows[new]], true[new], wsum[new])
+                index = palette.lookup(true[rep])
+                rep_records.append(repeats.encode_group(rep, index, palette.size))
+                cur[rows[rep]] = palette.entries[index]
         dec[s] = cur
         if s == "importance" and skips:
             live = cur[:, 0] >= 0.5
         if values is not None:
             out[s] = _write_part(guard, group_streams)
+            if palette is not None:
+                out[repeats.SECTION] = b"".join(rep_records)
+        elif palette is not None and rep_pos != len(sections[repeats.SECTION]):
+            raise FormatError(f"section {repeats.SECTION}: {len(sections[repeats.SECTION]) - rep_pos} bytes after its last group")
     return dec, out
 
 
@@ -249,7 +294,8 @@ def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=N
     if header.get("mode") != MODE or header.get("codec") != CODEC:
         raise FormatError(f"not an anchor-free HEMGS file (mode {header.get('mode')!r}, codec {header.get('codec')!r})"[:200])
     cfg, frame, lam, n, m, deg = _header(header)
-    for name in ("locations", "counts", "networks", "grid", *cfg.dims):
+    needed = (repeats.SECTION,) if cfg.sh_repeats and repeats.STAGE in cfg.dims else ()
+    for name in ("locations", "counts", "networks", "grid", *cfg.dims, *needed):
         if name not in sections:
             raise FormatError(f"the file lacks its '{name}' section")
     if n > MAX_GAUSSIANS or n > MAX_PER_VOXEL * max(m, 1) or m > n:

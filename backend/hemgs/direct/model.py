@@ -83,6 +83,8 @@ class DirectConfig:
     shifted: bool = True
     # scales in ascending order, each rank with its own weight and step cap (attributes.SCALE_RANK_LOG)
     scale_ranks: bool = True
+    # a Gaussian's SH may repeat an earlier Gaussian's decoded SH (direct/repeats.py)
+    sh_repeats: bool = True
     grid: dict = field(default_factory=lambda: DIRECT_GRID.to_dict())
 
     def to_dict(self) -> dict:
@@ -96,14 +98,15 @@ class DirectConfig:
         known = {f.name for f in fields(DirectConfig)}
         if set(d) - known:
             raise ValueError(f"unknown direct-mode config fields {sorted(set(d) - known)}")
-        # files without these fields: every stage under Gaussians, on the grid of multiples of q
-        cfg = DirectConfig(**{"laplace": [], "shifted": False, "scale_ranks": False, **d})
+        # files without these fields: every stage under Gaussians, on the grid of multiples of q,
+        # scales unordered, no SH repeats
+        cfg = DirectConfig(**{"laplace": [], "shifted": False, "scale_ranks": False, "sh_repeats": False, **d})
         for name, lo, hi in (("sh_degree", 0, 3), ("prior_dim", 1, 256), ("hidden", 1, 256), ("ctx_dim", 1, 256),
                              ("sa_dim", 0, 512), ("n_context", 1, 256)):
             v = getattr(cfg, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise ValueError(f"direct-mode config {name} must be an integer in [{lo}, {hi}], got {v!r}"[:120])
-        for name in ("scene_agnostic", "ar", "acs", "variable_rate", "shifted", "scale_ranks"):
+        for name in ("scene_agnostic", "ar", "acs", "variable_rate", "shifted", "scale_ranks", "sh_repeats"):
             if not isinstance(getattr(cfg, name), bool):
                 raise ValueError(f"direct-mode config {name} must be true or false")
         if not isinstance(cfg.lambdas, list) or not cfg.lambdas or not all(

@@ -1,0 +1,125 @@
+"""Repeated SH rows: a Gaussian whose higher SH bands equal an earlier Gaussian's in the source
+may take that Gaussian's decoded bands (an index) instead of coding its own (the encoder's
+rate-distortion choice; decoding stays exact).
+
+Why: files decoded from palettized formats repeat whole SH rows. SOG stores SH as k-means
+palette entries: playbot_lod2 holds 65,529 distinct rows for 125,000 Gaussians, playbot_lod3
+16,384 for 31,000. A repeat costs log2(entries) bits for the index plus its flag, against ~25
+bits of SH a Gaussian at SPZ's fidelity on playbot_lod2 and ~60 at SOG's.
+
+The palette is every SH row coded in full so far, in decoding order, so the decoder builds it
+from what it decodes and the file stores no entries of its own. An index may point only to rows
+of earlier coding groups: a group's rows are decoded as one batch.
+
+Section layout, one record per coding group: u32 length + flags (`encode_bits`, one per Gaussian
+the group codes), u32 length + indices (ANS words, uniform over the palette's size at the group),
+u32 CRC-32 of the flags and indices.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+
+import constriction
+import numpy as np
+
+from ..coding.bits import _bytes_to_words, _words_to_bytes, ans_decoder, decode_bits, encode_bits
+from ..errors import FormatError, IntegrityError
+
+STAGE = "sh"  # the stage whose rows may repeat
+SECTION = "sh_repeats"
+
+
+class Palette:
+    """The rows coded in full so far (both sides), and on the encoder's side which source row
+    each entry holds."""
+
+    def __init__(self, n_max: int, dim: int):
+        self.entries = np.zeros((n_max, dim))
+        self.size = 0
+        self.of_key: dict[bytes, int] = {}
+
+    def add(self, decoded: np.ndarray) -> None:
+        k = decoded.shape[0]
+        self.entries[self.size:self.size + k] = decoded
+        self.size += k
+
+    def lookup(self, true: np.ndarray) -> np.ndarray:
+        """Entry index of each source row, −1 where no earlier row was the same."""
+        return np.array([self.of_key.get(row.tobytes(), -1) for row in true], dtype=np.int64)
+
+    def references(self, true: np.ndarray, coded: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What each of a group's rows would repeat, and whether it can: the entry of an earlier
+        row with the same source values, else the row of this group with those values and the
+        largest `weight`, which is itself coded in full (`coded`: the values it will be coded
+        as), so the rows that inherit its error are those for which errors matter less."""
+        ref = np.zeros_like(coded)
+        has = np.zeros(true.shape[0], dtype=bool)
+        owner: dict[bytes, int] = {}
+        for i in np.argsort(-weight, kind="stable"):
+            key = true[i].tobytes()
+            e = self.of_key.get(key, -1)
+            if e >= 0:
+                ref[i], has[i] = self.entries[e], True
+            elif owner.setdefault(key, i) != i:
+                ref[i], has[i] = coded[owner[key]], True
+        return ref, has
+
+    def add_owners(self, decoded: np.ndarray, true: np.ndarray, weight: np.ndarray) -> None:
+        """`add` on the encoder's side, with the same owner per key as `references`."""
+        start = self.size
+        self.add(decoded)
+        for i in np.argsort(-weight, kind="stable"):
+            self.of_key.setdefault(true[i].tobytes(), start + int(i))
+
+
+def encode_group(flags: np.ndarray, index: np.ndarray, palette_size: int) -> bytes:
+    """One group's record; `palette_size` after the group's rows coded in full were added."""
+    flags = np.asarray(flags, dtype=bool)
+    index = np.asarray(index, dtype=np.int32)
+    if index.size and (palette_size < 1 or index.min() < 0 or index.max() >= palette_size):
+        raise ValueError("repeat index outside the palette")
+    fb = encode_bits(flags.astype(np.uint8))
+    ib = b""
+    if index.size:
+        coder = constriction.stream.stack.AnsCoder()
+        coder.encode_reverse(index, constriction.stream.model.Uniform(), np.full(index.size, palette_size, np.int32))
+        ib = _words_to_bytes(coder.get_compressed())
+    crc = zlib.crc32(flags.astype(np.uint8).tobytes() + index.astype("<i4").tobytes())
+    return struct.pack("<I", len(fb)) + fb + struct.pack("<I", len(ib)) + ib + struct.pack("<I", crc)
+
+
+def decode_group(data: bytes, pos: int, n_rows: int, palette_before: int, what: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """(flags, indices, position after the record) of one group's record starting at `pos`.
+    Indices range over the palette as it stands after the group's own rows coded in full."""
+    def take(n: int, part: str) -> bytes:
+        nonlocal pos
+        if pos + n > len(data):
+            raise FormatError(f"{what}: truncated in its {part}")
+        out = bytes(data[pos:pos + n])
+        pos += n
+        return out
+
+    fb = take(struct.unpack("<I", take(4, "flags length"))[0], "flags")
+    flags = decode_bits(fb, n_rows).astype(bool)
+    ib = take(struct.unpack("<I", take(4, "indices length"))[0], "indices")
+    k = int(flags.sum())
+    palette_size = palette_before + n_rows - k
+    if k and palette_size < 1:
+        raise FormatError(f"{what}: repeats before any row was coded")
+    if k * math.log2(max(palette_size, 1)) > 8 * len(ib) + 64:
+        raise FormatError(f"{what}: {k} indices cannot fit in {len(ib)} bytes")
+    index = np.zeros(0, dtype=np.int32)
+    if k:
+        coder = ans_decoder(_bytes_to_words(ib, what), what)
+        try:
+            index = np.asarray(coder.decode(constriction.stream.model.Uniform(), np.full(k, palette_size, np.int32)),
+                               dtype=np.int32)
+        except Exception as exc:  # constriction's own errors on malformed streams
+            raise FormatError(f"{what}: corrupt indices ({exc})") from None
+    (crc,) = struct.unpack("<I", take(4, "checksum"))
+    if zlib.crc32(flags.astype(np.uint8).tobytes() + index.astype("<i4").tobytes()) != crc:
+        raise IntegrityError(f"{what}: decoded repeats differ from what the encoder coded")
+    return flags, index, pos
