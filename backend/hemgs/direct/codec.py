@@ -181,7 +181,14 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
             if palette is not None and values is not None and s in log_w and rows.size:
                 # repeat where the index and the referenced row's error cost less than coding the
                 # row; the reference is an earlier group's row or this group's weightiest of its kind
-                ref, has = palette.references(true, x, wsum)
+                ref, has, total = palette.references(true, x, wsum)
+                lead = total > wsum
+                if lead.any():  # rows others may repeat: their error counts for those too
+                    lw2 = lw[lead] + np.log(total[lead] / wsum[lead])[:, None]
+                    x[lead] = _rd_round(true[lead].reshape(-1), mean[lead].reshape(-1), scale[lead].reshape(-1),
+                                        qg[lead].reshape(-1), lw2.reshape(-1), lam, st.family,
+                                        st.shifted).reshape(-1, a)
+                    ref, has, _ = palette.references(true, x, wsum)
                 d_rep = (np.exp(lw) * (ref - true) ** 2).sum(1) / (lam * LAMBDA_UNIT)
                 keep = _rd_cost(true, x, mean, scale, qg, lw, lam, st.family, st.shifted).sum(1)
                 rep = has & (math.log2(palette.size + rows.size) + d_rep < keep)

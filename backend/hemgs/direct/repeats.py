@@ -51,12 +51,14 @@ class Palette:
         return np.array([self.of_key.get(row.tobytes(), -1) for row in true], dtype=np.int64)
 
     def references(self, true: np.ndarray, coded: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """What each of a group's rows would repeat, and whether it can: the entry of an earlier
-        row with the same source values, else the row of this group with those values and the
-        largest `weight`, which is itself coded in full (`coded`: the values it will be coded
-        as), so the rows that inherit its error are those for which errors matter less."""
+        """What each of a group's rows would repeat, whether it can, and each row's weight with
+        that of the rows that may repeat it. A row repeats the entry of an earlier row with the
+        same source values, else the row of this group with those values and the largest
+        `weight`, which is itself coded in full (`coded`: the values it will be coded as), so the
+        rows that inherit its error are those for which errors matter less."""
         ref = np.zeros_like(coded)
         has = np.zeros(true.shape[0], dtype=bool)
+        total = np.array(weight, dtype=np.float64)
         owner: dict[bytes, int] = {}
         for i in np.argsort(-weight, kind="stable"):
             key = true[i].tobytes()
@@ -65,7 +67,8 @@ class Palette:
                 ref[i], has[i] = self.entries[e], True
             elif owner.setdefault(key, i) != i:
                 ref[i], has[i] = coded[owner[key]], True
-        return ref, has
+                total[owner[key]] += weight[i]
+        return ref, has, total
 
     def add_owners(self, decoded: np.ndarray, true: np.ndarray, weight: np.ndarray) -> None:
         """`add` on the encoder's side, with the same owner per key as `references`."""
