@@ -299,6 +299,36 @@ def test_repeated_sh_rows_are_coded_as_repeats_and_decode_exactly(scene):
         decode({**header, "direct": {**header["direct"], "sh_repeats": "yes"}}, sections)
 
 
+def test_positions_on_a_source_lattice_stay_on_it(scene, monkeypatch):
+    from hemgs.direct import geometry
+    from hemgs.direct.geometry import position_lattice
+
+    assert position_lattice(scene.means) is None  # the demo's SOG-decoded positions lie on no 2^-k grid
+    on = scene.subset(np.arange(len(scene)))
+    on.means = np.round(scene.means.astype(np.float64) * 256) / 256  # fixed point, as SPZ stores them (at 2^-12)
+    assert position_lattice(on.means) == 8 and position_lattice(on.means + 2.0**-13) == 13
+    f = fit_direct(on, DirectConfig(), FAST)
+    src = on.means[f.prep.layout.order]
+    for lam in (1 / 64, 4.0):
+        header, sections, enc = encode(f, lam=lam)
+        assert header["position_lattice"] == 8
+        dec = decode(header, sections, chunk=97).scene
+        assert same(enc.scene, dec)
+        assert np.array_equal(dec.means * 256, np.round(dec.means * 256))  # on the lattice
+        # this compact patch's steps reach the coarse lattice's spacing: positions come back exactly
+        assert (dec.means == src).all(1).mean() > 0.95
+    small = sum(map(len, encode(f, lam=1 / 64)[1].values()))
+    monkeypatch.setattr(geometry, "MAX_LATTICE_BITS", -1)  # the same scene with no lattice found
+    f = fit_direct(on, DirectConfig(), FAST)
+    header, sections, enc = encode(f, lam=1 / 64)
+    assert "position_lattice" not in header
+    assert (enc.scene.means == src).all(1).mean() < 0.5  # near, not on, the source's positions
+    assert sum(map(len, sections.values())) > small  # and steps finer than the lattice cost bytes
+    for bad in (-1, 21, 2.5, True):
+        with pytest.raises(FormatError, match="position_lattice"):
+            decode({**header, "position_lattice": bad}, sections)
+
+
 def test_view_weights_balance_the_views_expected_errors(scene):
     from hemgs.cameras import sample_views
     from hemgs.direct.attributes import view_weights, visibility

@@ -36,7 +36,7 @@ from ..errors import FormatError, HemgsError, InputError
 from ..scene import GaussianScene
 from .attributes import GEOM_WEIGHT, IMPORTANCE_OFFSET, render_log_weights, scene_from_vectors
 from .fit import DirectFitted
-from .geometry import Frame, decode_counts, encode_counts, layout_from_counts
+from .geometry import MAX_LATTICE_BITS, Frame, decode_counts, encode_counts, layout_from_counts
 from .model import LAMBDA_UNIT, DirectConfig, DirectEntropyModel
 from .prepare import Prepared, prepare
 from . import repeats
@@ -54,6 +54,9 @@ SKIP_LOGIT = -12.0  # α ≈ 6e-6: below every renderer's cut-off (1/255)
 # Bits a Gaussian's later stages cost, for the skip decision (calibrated on playbot_lod3 and
 # biker: docs/direct-mode.md); the distortion of skipping is the opacity weight of losing all α.
 SKIP_BITS = 6.0
+# The smallest position step on a source's lattice, in lattice spacings: below 1 so that a step
+# snapped to the step grid (2^(1/16) apart) still keeps errors within half a spacing.
+LATTICE_STEP = 0.95
 
 
 @dataclass
@@ -145,6 +148,9 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
         earlier = (np.concatenate([dec[t] for t, _ in st.earlier], axis=1) if st.earlier else np.zeros((n, 0)))
         base_in = torch.cat([prior, torch.from_numpy(earlier)], dim=1)
         q_raw = _run(st.step_rows(lam), base_in, chunk).numpy().reshape(-1) if n else np.zeros(0)
+        if s == "position" and prep.frame.lattice is not None:
+            # no finer than the source's lattice: within half its spacing the snap is exact
+            q_raw = np.maximum(q_raw, LATTICE_STEP * np.ldexp(1.0, -prep.frame.lattice) / prep.frame.rho)
         if values is not None:
             idx, guard = snap_steps(q_raw, STEP_BASE)
             group_streams = []
@@ -272,6 +278,7 @@ def _assemble(dec: dict, prep: Prepared, sh_degree: int, header: dict) -> Decode
                               np.zeros((0, (sh_degree + 1) ** 2, 3)))
     else:
         scene = scene_from_vectors(dec, prep.centres, prep.frame.rho, sh_degree)
+        scene.means = prep.frame.snap(scene.means)
     scene.meta.update({"format": "hgs", "mode": MODE})
     counts = prep.selection.count[prep.layout.voxel_of] if prep.selection is not None else None
     return DecodedDirect(scene, header, counts)
@@ -293,7 +300,11 @@ def _header(header: dict) -> tuple[DirectConfig, Frame, float, int, int, int]:
             raise ValueError("voxel_bits must be 0..16 and sh_degree must match the config")
     except (KeyError, TypeError, ValueError, HemgsError) as exc:
         raise FormatError(f"the file's header is incomplete or malformed: {' '.join(str(exc).split())}"[:300]) from None
-    return cfg, Frame(np.asarray(origin, dtype=np.float64), span, bits), lam, n, m, deg
+    lattice = header.get("position_lattice")
+    if lattice is not None and (isinstance(lattice, bool) or not isinstance(lattice, int)
+                                or not 0 <= lattice <= MAX_LATTICE_BITS):
+        raise FormatError(f"the file's header is malformed: position_lattice must be an integer in [0, {MAX_LATTICE_BITS}]")
+    return cfg, Frame(np.asarray(origin, dtype=np.float64), span, bits, lattice), lam, n, m, deg
 
 
 def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=None) -> DecodedDirect:

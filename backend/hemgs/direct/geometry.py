@@ -25,6 +25,11 @@ from .attributes import RHO_PER_SPAN
 
 VOXEL_FILL = 1.5
 MIN_BITS = 2
+# Sources whose positions are all multiples of 2^-k (SPZ stores fixed point: biker's are multiples
+# of 2^-12) keep that lattice: decoded positions are snapped to it and the position steps never go
+# below it (a finer step would code digits the source does not have). Finer lattices than 2^-20
+# are not looked for: no step of this mode gets that fine.
+MAX_LATTICE_BITS = 20
 
 
 @dataclass
@@ -35,6 +40,7 @@ class Frame:
     origin: np.ndarray
     span: float
     bits: int
+    lattice: int | None = None  # positions are multiples of 2^-lattice (see MAX_LATTICE_BITS)
 
     @property
     def voxel(self) -> float:
@@ -48,7 +54,28 @@ class Frame:
         return self.origin + (coords.astype(np.float64) + 0.5) * self.voxel
 
     def to_header(self) -> dict:
-        return {"origin": [float(v) for v in self.origin], "span": float(self.span), "voxel_bits": int(self.bits)}
+        out = {"origin": [float(v) for v in self.origin], "span": float(self.span), "voxel_bits": int(self.bits)}
+        if self.lattice is not None:
+            out["position_lattice"] = int(self.lattice)
+        return out
+
+    def snap(self, means: np.ndarray) -> np.ndarray:
+        """Positions on the source's lattice (exact: scaling by a power of two, then rounding)."""
+        if self.lattice is None:
+            return means
+        return np.ldexp(np.round(np.ldexp(means, self.lattice)), -self.lattice)
+
+
+def position_lattice(means: np.ndarray) -> int | None:
+    """The smallest k ≤ MAX_LATTICE_BITS for which every coordinate is a multiple of 2^-k, if any."""
+    m = np.asarray(means, dtype=np.float64)
+    if m.size == 0 or not np.isfinite(m).all():
+        return None
+    for k in range(MAX_LATTICE_BITS + 1):
+        s = np.ldexp(m, k)
+        if np.array_equal(s, np.round(s)):
+            return k
+    return None
 
 
 def frame_for(means: np.ndarray) -> Frame:
@@ -64,7 +91,7 @@ def frame_for(means: np.ndarray) -> Frame:
         if n / np.unique(morton(_cells(m, lo, span, b))).size <= VOXEL_FILL:
             bits = b
             break
-    return Frame(lo, span, bits)
+    return Frame(lo, span, bits, position_lattice(m))
 
 
 def _cells(m: np.ndarray, origin: np.ndarray, span: float, bits: int) -> np.ndarray:
