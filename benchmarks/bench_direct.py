@@ -134,14 +134,15 @@ def report(records: list[dict]) -> None:
                          f"({full['iters']} iterations, {full['threads']} threads).")
             lines.append("")
         lines += ["| run | λ | bytes | positions | importance | opacity | scale | rotation | residual | dc | sh "
-                  "| networks+grid | PSNR | SSIM | encode s | decode s | context mean/max |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| sh repeats | networks+grid | PSNR | SSIM | encode s | decode s | context mean/max |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in runs:
             for p in r["points"]:
                 s = p["sections"]
                 lines.append(f"| {r['run']} | {p['lambda']:.3g} | {p['bytes']:,} | {s['locations'] + s['counts']:,} "
                              f"| {s['importance']:,} | {s['opacity']:,} | {s['scale']:,} | {s['rotation']:,} | {s['position']:,} "
-                             f"| {s['dc']:,} | {s.get('sh', 0):,} | {s['networks'] + s['grid']:,} | {p['psnr']:.2f} "
+                             f"| {s['dc']:,} | {s.get('sh', 0):,} | {s.get('sh_repeats', 0):,} "
+                             f"| {s['networks'] + s['grid']:,} | {p['psnr']:.2f} "
                              f"| {p['ssim']:.4f} | {p['encode_s']:.2f} | {p['decode_s']:.2f} "
                              f"| {p['context_mean']:.1f}/{p['context_max']} |")
         ablations = [r for r in runs if r["run"] != "default"]
