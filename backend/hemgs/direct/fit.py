@@ -22,7 +22,7 @@ from ..entropy.rate import quantize, symbol_bits
 from ..errors import InputError
 from ..scene import GaussianScene
 from .attributes import render_log_weights, scene_vectors, step_log_weights, visibility
-from .geometry import Frame, Layout, frame_for, layout_for
+from .geometry import frame_for, layout_for
 from .model import LAMBDA_UNIT, DirectConfig, DirectEntropyModel, set_norms
 from .prepare import Prepared, prepare
 
