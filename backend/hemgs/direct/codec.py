@@ -183,22 +183,24 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
                     x = _rd_round(true.reshape(-1), mean.reshape(-1), scale.reshape(-1), qg.reshape(-1),
                                   lw.reshape(-1), lam, st.family, st.shifted).reshape(rows.size, a)
             rep = np.zeros(rows.size, dtype=bool)
-            wsum = np.exp(lw).sum(1) if values is not None and s in log_w else np.zeros(rows.size)
-            if palette is not None and values is not None and s in log_w and rows.size:
-                # repeat where the index and the referenced row's error cost less than coding the
-                # row; the reference is an earlier group's row or this group's weightiest of its kind
-                ref, has, total = palette.references(true, x, wsum)
-                lead = total > wsum
-                if lead.any():  # rows others may repeat: their error counts for those too
-                    lw2 = lw[lead] + np.log(total[lead] / wsum[lead])[:, None]
-                    x[lead] = _rd_round(true[lead].reshape(-1), mean[lead].reshape(-1), scale[lead].reshape(-1),
-                                        qg[lead].reshape(-1), lw2.reshape(-1), lam, st.family,
-                                        st.shifted).reshape(-1, a)
-                    ref, has, _ = palette.references(true, x, wsum)
-                d_rep = (np.exp(lw) * (ref - true) ** 2).sum(1) / (lam * LAMBDA_UNIT)
-                keep = _rd_cost(true, x, mean, scale, qg, lw, lam, st.family, st.shifted).sum(1)
-                rep = has & (math.log2(palette.size + rows.size) + d_rep < keep)
-            elif palette is not None and values is None:
+            if palette is not None and values is not None:
+                wsum = np.exp(lw).sum(1) if s in log_w else np.zeros(rows.size)
+                entry, owner, total = palette.references(true, wsum)
+                if s in log_w and rows.size:
+                    # repeat where the index and the referenced row's error cost less than coding
+                    # the row; the reference is an earlier group's row or this group's weightiest
+                    # of its kind
+                    lead = total > wsum
+                    if lead.any():  # rows others may repeat: their error counts for those too
+                        lw2 = lw[lead] + np.log(total[lead] / wsum[lead])[:, None]
+                        x[lead] = _rd_round(true[lead].reshape(-1), mean[lead].reshape(-1), scale[lead].reshape(-1),
+                                            qg[lead].reshape(-1), lw2.reshape(-1), lam, st.family,
+                                            st.shifted).reshape(-1, a)
+                    ref = np.where((entry >= 0)[:, None], palette.entries[np.maximum(entry, 0)], x[np.maximum(owner, 0)])
+                    d_rep = (np.exp(lw) * (ref - true) ** 2).sum(1) / (lam * LAMBDA_UNIT)
+                    keep = _rd_cost(true, x, mean, scale, qg, lw, lam, st.family, st.shifted).sum(1)
+                    rep = ((entry >= 0) | (owner >= 0)) & (math.log2(palette.size + rows.size) + d_rep < keep)
+            elif palette is not None:
                 rep, index, rep_pos = repeats.decode_group(sections[repeats.SECTION], rep_pos, rows.size,
                                                            palette.size, f"section {repeats.SECTION}, {what}")
             new = ~rep
@@ -213,8 +215,10 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
                 palette.add(cur[rows[new]])
                 cur[rows[rep]] = palette.entries[index]
             elif palette is not None:
+                start = palette.size
                 palette.add_owners(cur[rows[new]], true[new], wsum[new])
-                index = palette.lookup(true[rep])
+                in_full = start + np.cumsum(new) - 1  # the entry of each of the group's rows coded in full
+                index = np.where(entry >= 0, entry, in_full[np.maximum(owner, 0)])[rep]
                 rep_records.append(repeats.encode_group(rep, index, palette.size))
                 cur[rows[rep]] = palette.entries[index]
         dec[s] = cur
@@ -298,12 +302,12 @@ def _header(header: dict) -> tuple[DirectConfig, Frame, float, int, int, int]:
             raise ValueError("origin, span and λ must be finite (span, λ > 0)")
         if not 0 <= bits <= 16 or deg != cfg.sh_degree:
             raise ValueError("voxel_bits must be 0..16 and sh_degree must match the config")
+        lattice = header.get("position_lattice")
+        if lattice is not None and (isinstance(lattice, bool) or not isinstance(lattice, int)
+                                    or not 0 <= lattice <= MAX_LATTICE_BITS):
+            raise ValueError(f"position_lattice must be an integer in [0, {MAX_LATTICE_BITS}]")
     except (KeyError, TypeError, ValueError, HemgsError) as exc:
         raise FormatError(f"the file's header is incomplete or malformed: {' '.join(str(exc).split())}"[:300]) from None
-    lattice = header.get("position_lattice")
-    if lattice is not None and (isinstance(lattice, bool) or not isinstance(lattice, int)
-                                or not 0 <= lattice <= MAX_LATTICE_BITS):
-        raise FormatError(f"the file's header is malformed: position_lattice must be an integer in [0, {MAX_LATTICE_BITS}]")
     return cfg, Frame(np.asarray(origin, dtype=np.float64), span, bits, lattice), lam, n, m, deg
 
 

@@ -8,12 +8,13 @@ palette entries: playbot_lod2 holds 65,529 distinct rows for 125,000 Gaussians, 
 bits of SH a Gaussian at SPZ's fidelity on playbot_lod2 and ~60 at SOG's.
 
 The palette is every SH row coded in full so far, in decoding order, so the decoder builds it
-from what it decodes and the file stores no entries of its own. An index may point only to rows
-of earlier coding groups: a group's rows are decoded as one batch.
+from what it decodes and the file stores no entries of its own. A group's rows are decoded as one
+batch: its rows coded in full join the palette first, then its repeats are filled in, so an index
+may point to an earlier group's row or to one of this group's rows coded in full.
 
 Section layout, one record per coding group: u32 length + flags (`encode_bits`, one per Gaussian
-the group codes), u32 length + indices (ANS words, uniform over the palette's size at the group),
-u32 CRC-32 of the flags and indices.
+the group codes), u32 length + indices (ANS words, uniform over the palette's size after the
+group's rows coded in full joined it), u32 CRC-32 of the flags and indices.
 """
 
 from __future__ import annotations
@@ -46,29 +47,25 @@ class Palette:
         self.entries[self.size:self.size + k] = decoded
         self.size += k
 
-    def lookup(self, true: np.ndarray) -> np.ndarray:
-        """Entry index of each source row, −1 where no earlier row was the same."""
-        return np.array([self.of_key.get(row.tobytes(), -1) for row in true], dtype=np.int64)
-
-    def references(self, true: np.ndarray, coded: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """What each of a group's rows would repeat, whether it can, and each row's weight with
-        that of the rows that may repeat it. A row repeats the entry of an earlier row with the
-        same source values, else the row of this group with those values and the largest
-        `weight`, which is itself coded in full (`coded`: the values it will be coded as), so the
-        rows that inherit its error are those for which errors matter less."""
-        ref = np.zeros_like(coded)
-        has = np.zeros(true.shape[0], dtype=bool)
+    def references(self, true: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What each of a group's rows could repeat: (entry, owner, total). `entry`: the palette
+        entry of an earlier row with the same source values, else −1. `owner`: for a row with no
+        such entry, the row of this group with the same values and the largest `weight` (coded in
+        full, so the rows that inherit its error are those for which errors matter less), −1 for
+        that row itself. `total`: each row's weight plus that of the rows it owns."""
+        entry = np.full(true.shape[0], -1, dtype=np.int64)
+        owner = np.full(true.shape[0], -1, dtype=np.int64)
         total = np.array(weight, dtype=np.float64)
-        owner: dict[bytes, int] = {}
+        first: dict[bytes, int] = {}
         for i in np.argsort(-weight, kind="stable"):
             key = true[i].tobytes()
             e = self.of_key.get(key, -1)
             if e >= 0:
-                ref[i], has[i] = self.entries[e], True
-            elif owner.setdefault(key, i) != i:
-                ref[i], has[i] = coded[owner[key]], True
-                total[owner[key]] += weight[i]
-        return ref, has, total
+                entry[i] = e
+            elif first.setdefault(key, i) != i:
+                owner[i] = first[key]
+                total[owner[i]] += weight[i]
+        return entry, owner, total
 
     def add_owners(self, decoded: np.ndarray, true: np.ndarray, weight: np.ndarray) -> None:
         """`add` on the encoder's side, with the same owner per key as `references`."""
