@@ -8,7 +8,8 @@ import pytest
 
 from conftest import DEMO_PLY
 from hemgs.direct import DirectConfig, DirectFitConfig, decode, encode, fit_direct
-from hemgs.direct.attributes import CUBE_GROUP, CUBE_PERMS, canonical_orientation, quat_to_rotvec, rotvec_to_quat
+from hemgs.direct.attributes import (CUBE_GROUP, CUBE_PERMS, canonical_orientation, quat_to_rotvec, rotvec_to_quat,
+                                     swing_twist_to_quat)
 from hemgs.errors import FormatError, HemgsError
 from hemgs.io import load_scene
 from hemgs.scene import GaussianScene, sanitize
@@ -91,18 +92,55 @@ def test_quaternion_sign_and_length_do_not_matter():
     assert np.allclose(quat_to_rotvec(np.array([[1.0, 0, 0, 0]])), 0.0)
 
 
+def test_swing_twist_round_trip_and_its_errors_fall_on_the_gaussians_own_axes():
+    from scipy.spatial.transform import Rotation
+
+    from hemgs.direct.attributes import quat_to_swing_twist, swing_target
+
+    rng = np.random.default_rng(3)
+    q, s = canonical_orientation(rng.normal(size=(3000, 4)), rng.normal(size=(3000, 3)))
+    v = quat_to_swing_twist(q)
+    # the covariances come back; the twist lies in (-π/2, π/2], the swing within π/2
+    assert np.allclose(_covariances(swing_twist_to_quat(v), s), _covariances(q, s), rtol=1e-9, atol=1e-12)
+    assert (np.abs(v[:, 0]) <= np.pi / 2 + 1e-12).all() and (np.linalg.norm(v[:, 1:], axis=1) <= np.pi / 2 + 1e-12).all()
+    assert (swing_twist_to_quat(v)[:, 0] >= 0).all()
+    assert quat_to_swing_twist(np.zeros((0, 4))).shape == (0, 3) and swing_twist_to_quat(np.zeros((0, 3))).shape == (0, 4)
+    # a twist rounded by up to 0.2 rad, with the swing coded against it: the error is about z only
+    ref = Rotation.from_quat(swing_twist_to_quat(v)[:, [1, 2, 3, 0]])  # q or one of its equivalents
+    theta_hat = v[:, 0] + rng.uniform(-0.2, 0.2, len(v))
+    t = swing_target(v, theta_hat)
+    t[:, 0] = theta_hat
+    body = (ref.inv() * Rotation.from_quat(swing_twist_to_quat(t)[:, [1, 2, 3, 0]])).as_rotvec()
+    assert np.abs(body[:, :2]).max() < 1e-9 and np.allclose(np.abs(body[:, 2]), np.abs(theta_hat - v[:, 0]))
+    # a small error in u0 (u1) is mostly an error about the Gaussian's x (y) axis
+    for c in (1, 2):
+        d = v.copy()
+        d[:, c] += 1e-5
+        body = (ref.inv() * Rotation.from_quat(swing_twist_to_quat(d)[:, [1, 2, 3, 0]])).as_rotvec()
+        assert np.median(np.abs(body[:, c - 1])) > 0.9e-5 and np.median(np.abs(body[:, 2 - c])) < 0.1e-5
+
+
 def test_flipped_and_scaled_quaternions_decode_to_the_same_scene(scene):
     small = scene.subset(slice(0, 400))
     flipped = GaussianScene(small.means, -3.0 * small.quats, small.log_scales, small.opacity_logits, small.sh)
     fa, fb = fit_direct(small, DirectConfig(), FAST), fit_direct(flipped, DirectConfig(), FAST)
-    assert np.abs(fa.values["rotation"] - fb.values["rotation"]).max() < 1e-6  # the same coded rotations
+    # the same coded rotations, but where float32 noise takes a twist across ±π/2 (the same
+    # rotation then: the two ends are one Gaussian)
+    same_rows = np.abs(fa.values["rotation"] - fb.values["rotation"]).max(1) < 1e-6
+    assert same_rows.mean() > 0.98
+    assert np.allclose(np.abs(fa.values["rotation"][~same_rows, 0]), np.pi / 2, atol=1e-6)
     # one model codes both: the same file, but where float noise in the renders that weigh the
     # values moved a rare one across a rounding boundary
     from dataclasses import replace
 
-    (ha, sa, ea), (hb, sb, eb) = encode(fa, lam=1.0), encode(replace(fa, values=fb.values), lam=1.0)
+    # (without the stage balance: its renders of the two would differ by float noise too)
+    (ha, sa, ea), (hb, sb, eb) = (encode(fa, lam=1.0, balance=False),
+                                  encode(replace(fa, values=fb.values), lam=1.0, balance=False))
     diff = np.abs(ea.scene.quats - eb.scene.quats).max(axis=1)
-    assert (diff == 0).mean() > 0.98 and diff.max() < 0.05
+    assert (diff == 0).mean() > 0.98
+    cov_a, cov_b = (_covariances(e.scene.quats, e.scene.log_scales) for e in (ea, eb))
+    size = np.abs(cov_a).max(axis=(1, 2))
+    assert (np.abs(cov_a - cov_b).max(axis=(1, 2)) < 0.1 * size).all()
     assert sa["rotation"] == sb["rotation"] or (diff == 0).mean() < 1
 
 
@@ -155,8 +193,8 @@ def test_equivalent_orientations_code_alike_and_decode_to_the_same_covariances(s
     same_rows = (np.abs(fa.values["rotation"] - fb.values["rotation"]).max(1) < 1e-5) & (
         np.abs(fa.values["scale"] - fb.values["scale"]).max(1) < 1e-5)
     assert same_rows.mean() > 0.98, same_rows.mean()
-    cov_a = _covariances(rotvec_to_quat(fa.values["rotation"]), fa.values["scale"])
-    cov_b = _covariances(rotvec_to_quat(fb.values["rotation"]), fb.values["scale"])
+    cov_a = _covariances(swing_twist_to_quat(fa.values["rotation"]), fa.values["scale"])
+    cov_b = _covariances(swing_twist_to_quat(fb.values["rotation"]), fb.values["scale"])
     size = np.abs(cov_a).max(axis=(1, 2))
     assert (np.abs(cov_a - cov_b).max(axis=(1, 2)) <= 1e-5 * size).all()  # float32 input noise
     dec = encode(fa, lam=1 / 16)[2].scene

@@ -46,7 +46,7 @@ IMPORTANCE_MAX = 40.0
 # rotation angle, position in sizes), and for SH bands relative to C0². Calibrated on
 # playbot_lod3 so that every stage adds the same render MSE per coded value at a given λ (the
 # rate-distortion optimum when weights are right): see docs/direct-mode.md.
-GEOM_WEIGHT = {"opacity": 0.25, "scale": 0.075, "rotation": 0.22, "position": 0.3}
+GEOM_WEIGHT = {"opacity": 0.25, "scale": 0.075, "rotation": 0.22, "position": 0.3, "rotation_axes": 0.64}
 SH_WEIGHT = 0.67
 # With scales in ascending order (DirectConfig.scale_ranks), log of each rank's weight relative to
 # the stage's: a log-scale error on the shortest axis of a flat Gaussian barely shows, on the
@@ -90,6 +90,66 @@ def rotvec_to_quat(rv: np.ndarray) -> np.ndarray:
     # sin(half)/angle -> 1/2 as the angle -> 0
     k = np.where(angle > 1e-12, np.sin(half) / np.maximum(angle, 1e-300), 0.5)
     return np.concatenate([np.cos(half)[:, None], rv * k[:, None]], axis=1)
+
+
+def _rotz(theta: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(N,2) vectors rotated by angles theta (N,) in their plane."""
+    c, s = np.cos(theta), np.sin(theta)
+    return np.stack([c * v[:, 0] - s * v[:, 1], s * v[:, 0] + c * v[:, 1]], axis=1)
+
+
+def quat_to_swing_twist(quats: np.ndarray) -> np.ndarray:
+    """(N,4) w,x,y,z -> (N,3) (θ, u0, u1): the rotation as R = S·Rz(θ), a twist θ about the local
+    z axis followed by a swing S that tilts z onto R·z (rotation vector (s_x, s_y, 0), angle ≤ π/2),
+    with u = Rz(-θ)·s the swing in coordinates that follow the Gaussian's own x and y axes.
+
+    Why: a rotation error about each of a Gaussian's own axes moves its renders by how much the
+    other two axes differ ((σ_i² - σ_j²)/σ_max², `render_log_weights`), and with the scales in
+    ascending order that is smallest about z by far (measured on playbot_lod3: a 0.05 rad error
+    about z, x, y gives 0.08 : 0.8 : 1 of the render MSE). A twist error is exactly an error about
+    z, and the swing's u errors are (to first order) errors about x and y, so each of the three
+    gets its own step. R, R·Rx(π), R·Rz(π) describe the same Gaussian: of them the one with
+    (R·z)_z ≥ 0 and θ in (-π/2, π/2] is taken."""
+    from scipy.spatial.transform import Rotation
+
+    q = np.asarray(quats, dtype=np.float64).reshape(-1, 4)
+    if q.shape[0] == 0:
+        return np.zeros((0, 3))
+    rot = Rotation.from_quat(q[:, [1, 2, 3, 0]]).as_matrix()  # normalises
+    flip = rot[:, 2, 2] < 0  # R·Rx(π): y and z change sign
+    rot[flip, :, 1:] *= -1.0
+    n = rot[:, :, 2]  # where the local z axis points, n_z >= 0
+    rho = np.hypot(n[:, 0], n[:, 1])
+    beta = np.arctan2(rho, n[:, 2])  # swing angle in [0, π/2]
+    k = np.where(rho > 1e-12, beta / np.maximum(rho, 1e-300), 1.0)  # β/ρ -> 1 as ρ -> 0
+    swing = np.stack([-n[:, 1] * k, n[:, 0] * k], axis=1)  # (e_z × n)/ρ · β
+    sw = Rotation.from_rotvec(np.concatenate([swing, np.zeros((len(q), 1))], axis=1)).as_matrix()
+    t = np.einsum("nji,njk->nik", sw, rot)  # Sᵀ·R: a rotation about z
+    theta = np.arctan2(t[:, 1, 0], t[:, 0, 0])
+    theta = np.where(theta > 0.5 * np.pi, theta - np.pi, np.where(theta <= -0.5 * np.pi, theta + np.pi, theta))
+    return np.concatenate([theta[:, None], _rotz(-theta, swing)], axis=1)
+
+
+def swing_twist_to_quat(v: np.ndarray) -> np.ndarray:
+    """Inverse of `quat_to_swing_twist`: (N,3) -> unit quaternions (N,4) w,x,y,z."""
+    from scipy.spatial.transform import Rotation
+
+    v = np.asarray(v, dtype=np.float64).reshape(-1, 3)
+    if v.shape[0] == 0:
+        return np.zeros((0, 4))
+    swing = _rotz(v[:, 0], v[:, 1:])
+    sw = Rotation.from_rotvec(np.concatenate([swing, np.zeros((len(v), 1))], axis=1))
+    tw = Rotation.from_rotvec(np.stack([np.zeros(len(v)), np.zeros(len(v)), v[:, 0]], axis=1))
+    xyzw = (sw * tw).as_quat()
+    wxyz = xyzw[:, [3, 0, 1, 2]]
+    return np.where(wxyz[:, :1] < 0, -wxyz, wxyz)
+
+
+def swing_target(true: np.ndarray, theta_hat: np.ndarray) -> np.ndarray:
+    """The (θ, u) to code once θ is decoded as `theta_hat`: u expressed against θ̂ keeps the swing
+    (and so the tilt of the z axis) the source's, whatever the twist's rounding error."""
+    true = np.asarray(true, dtype=np.float64)
+    return np.concatenate([true[:, :1], _rotz(true[:, 0] - theta_hat, true[:, 1:])], axis=1)
 
 
 def _cube_group() -> tuple[np.ndarray, np.ndarray]:
@@ -139,10 +199,11 @@ def canonical_orientation(quats: np.ndarray, log_scales: np.ndarray,
 
 
 def scene_vectors(scene: GaussianScene, position_residual: np.ndarray, importance: np.ndarray,
-                  sort_scales: bool = True) -> dict[str, np.ndarray]:
+                  sort_scales: bool = True, swing_twist: bool = False) -> dict[str, np.ndarray]:
     """The coded value of every stage, (N, dim) float64, in the scene's row order.
     `position_residual` (N,3) is each Gaussian's offset from its voxel centre in RHO units;
-    `importance` (N,) its V (see `visibility`); `sort_scales` as in `canonical_orientation`."""
+    `importance` (N,) its V (see `visibility`); `sort_scales` as in `canonical_orientation`;
+    `swing_twist`: rotations as `quat_to_swing_twist`, else as rotation vectors."""
     n = len(scene)
     quats, log_scales = canonical_orientation(scene.quats, scene.log_scales, sort_scales)
     imp = np.log2(np.maximum(np.asarray(importance, dtype=np.float64), 2.0**-IMPORTANCE_OFFSET)) + IMPORTANCE_OFFSET
@@ -150,7 +211,7 @@ def scene_vectors(scene: GaussianScene, position_residual: np.ndarray, importanc
         "importance": np.clip(imp, 0.0, IMPORTANCE_MAX).reshape(n, 1),
         "opacity": scene.opacity_logits.astype(np.float64).reshape(n, 1),
         "scale": log_scales,
-        "rotation": quat_to_rotvec(quats),
+        "rotation": quat_to_swing_twist(quats) if swing_twist else quat_to_rotvec(quats),
         "position": np.asarray(position_residual, dtype=np.float64).reshape(n, 3),
         "dc": scene.sh[:, 0, :].astype(np.float64) @ COLOR_BASIS.T,
         "sh": (scene.sh[:, 1:, :].astype(np.float64) @ COLOR_BASIS.T).reshape(n, 3 * (scene.sh.shape[1] - 1)),
@@ -158,7 +219,8 @@ def scene_vectors(scene: GaussianScene, position_residual: np.ndarray, importanc
     return {s: out[s] for s in stage_dims(scene.sh_degree)}
 
 
-def scene_from_vectors(vec: dict[str, np.ndarray], centres: np.ndarray, rho: float, sh_degree: int) -> GaussianScene:
+def scene_from_vectors(vec: dict[str, np.ndarray], centres: np.ndarray, rho: float, sh_degree: int,
+                       swing_twist: bool = False) -> GaussianScene:
     """The decoded scene from decoded stage values and each Gaussian's voxel centre."""
     n = centres.shape[0]
     k = sh_coeffs(sh_degree)
@@ -168,7 +230,7 @@ def scene_from_vectors(vec: dict[str, np.ndarray], centres: np.ndarray, rho: flo
         sh[:, 1:, :] = vec["sh"].reshape(n, k - 1, 3) @ COLOR_BASIS
     return GaussianScene(
         means=centres + vec["position"] * rho,
-        quats=rotvec_to_quat(vec["rotation"]),
+        quats=swing_twist_to_quat(vec["rotation"]) if swing_twist else rotvec_to_quat(vec["rotation"]),
         log_scales=vec["scale"],
         opacity_logits=vec["opacity"].reshape(n),
         sh=sh,
@@ -226,7 +288,7 @@ def view_weights(per_view: np.ndarray, iters: int | None = None) -> np.ndarray:
 
 
 def render_log_weights(stage: str, vals: dict[str, torch.Tensor], log_rho: float,
-                       scale_ranks: bool = False) -> torch.Tensor:
+                       scale_ranks: bool = False, swing_twist: bool = False) -> torch.Tensor:
     """log of the distortion weight of each coded value of `stage`, (N, dim), from the importance,
     opacity and scale stages' values (true ones when fitting, decoded ones when coding).
     `scale_ranks`: the scales are in ascending order, each rank weighted by SCALE_RANK_LOG."""
@@ -241,6 +303,12 @@ def render_log_weights(stage: str, vals: dict[str, torch.Tensor], log_rho: float
         w = (log_v + np.log(GEOM_WEIGHT["scale"])).expand(n, 3)
         if scale_ranks:
             w = w + torch.as_tensor(SCALE_RANK_LOG, dtype=w.dtype)
+    elif stage == "rotation" and swing_twist:
+        # (θ, u0, u1) err about the Gaussian's own z, x, y axes: each by how much the other two
+        # axes' variances differ, relative to the largest (measured: quat_to_swing_twist)
+        r = torch.exp(2.0 * (vals["scale"] - vals["scale"].max(dim=1, keepdim=True).values))
+        d = torch.stack([r[:, 0] - r[:, 1], r[:, 1] - r[:, 2], r[:, 0] - r[:, 2]], dim=1).abs()
+        w = log_v + 2.0 * torch.log(d.clamp_min(1e-3)) + np.log(GEOM_WEIGHT["rotation_axes"])
     elif stage == "rotation":
         s = vals["scale"].sort(dim=1).values
         aniso = (1.0 - torch.exp(s[:, :1] - s[:, 2:])).clamp_min(1e-3)
@@ -258,7 +326,7 @@ def render_log_weights(stage: str, vals: dict[str, torch.Tensor], log_rho: float
 
 
 def step_log_weights(stage: str, decoded: dict[str, torch.Tensor], n: int, dim: int, log_rho: float,
-                     scale_ranks: bool = False) -> torch.Tensor:
+                     scale_ranks: bool = False, swing_twist: bool = False) -> torch.Tensor:
     """The weights the decoder knows before decoding `stage`: the render weights where their
     inputs are decoded already. Importance has none (its step is fixed); opacity knows its
     importance only; scale the importance and, with `scale_ranks`, the rank of each channel
@@ -273,4 +341,4 @@ def step_log_weights(stage: str, decoded: dict[str, torch.Tensor], n: int, dim: 
     vals = dict(decoded)
     if stage not in vals:
         vals[stage] = torch.zeros((n, dim), dtype=log_v.dtype)
-    return render_log_weights(stage, vals, log_rho)
+    return render_log_weights(stage, vals, log_rho, swing_twist=swing_twist)

@@ -34,12 +34,12 @@ from ..entropy.ar import pack_context
 from ..entropy.context import num_groups
 from ..errors import FormatError, HemgsError, InputError
 from ..scene import GaussianScene
-from .attributes import GEOM_WEIGHT, IMPORTANCE_OFFSET, render_log_weights, scene_from_vectors
+from .attributes import GEOM_WEIGHT, IMPORTANCE_OFFSET, render_log_weights, scene_from_vectors, swing_target
 from .fit import DirectFitted
 from .geometry import MAX_LATTICE_BITS, Frame, decode_counts, encode_counts, layout_from_counts
 from .model import LAMBDA_UNIT, DirectConfig, DirectEntropyModel
 from .prepare import Prepared, prepare
-from . import repeats
+from . import balance, repeats
 
 MODE = "direct"
 CODEC = "hemgs"
@@ -64,6 +64,7 @@ class DecodedDirect:
     scene: GaussianScene
     header: dict
     context_counts: np.ndarray | None = None  # context voxels per coded voxel (paper Table 4)
+    values: dict | None = None  # the decoded stage values, coding order
 
 
 def _run(fn, x: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -128,7 +129,7 @@ def _skip_values(values: dict, lam: float) -> dict:
 
 def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int, *,
                  values: dict | None = None, sections: dict | None = None, rdoq: bool = True,
-                 skips: bool = True) -> tuple[dict, dict]:
+                 skips: bool = True, factors: dict[str, float] | None = None) -> tuple[dict, dict]:
     """Encode (values given) or decode (sections given) every stage, group by group. With `skips`
     a Gaussian whose importance decodes to 0 is coded no further: its later stages hold
     SKIP_LOGIT (opacity) or the stage's `norm_mean`, the same on both sides."""
@@ -138,8 +139,8 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
     if values is not None and rdoq and n:
         true = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in values.items()}
         log_rho = math.log(prep.frame.rho)
-        log_w = {s: render_log_weights(s, true, log_rho, e64.cfg.scale_ranks).numpy() for s in e64.stages
-                 if not e64.stages[s].fixed_step}
+        log_w = {s: render_log_weights(s, true, log_rho, e64.cfg.scale_ranks, e64.cfg.swing_twist).numpy()
+                 + math.log((factors or {}).get(s, 1.0)) for s in e64.stages if not e64.stages[s].fixed_step}
     prior = _prior(e64, prep, chunk)
     dec: dict[str, np.ndarray] = {}
     out: dict[str, bytes] = {}
@@ -182,6 +183,15 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
                     lw = log_w[s][rows]
                     x = _rd_round(true.reshape(-1), mean.reshape(-1), scale.reshape(-1), qg.reshape(-1),
                                   lw.reshape(-1), lam, st.family, st.shifted).reshape(rows.size, a)
+                if s == "rotation" and e64.cfg.swing_twist:
+                    # the swing is coded against the twist as it decodes (attributes.swing_target)
+                    shift = mean[:, 0] / qg[:, 0] if st.shifted else 0.0
+                    x = x.copy()
+                    x[:, 0] = (np.rint(x[:, 0] / qg[:, 0] - shift) + shift) * qg[:, 0]
+                    true = swing_target(true, x[:, 0])
+                    x[:, 1:] = true[:, 1:] if s not in log_w else _rd_round(
+                        true[:, 1:].reshape(-1), mean[:, 1:].reshape(-1), scale[:, 1:].reshape(-1),
+                        qg[:, 1:].reshape(-1), lw[:, 1:].reshape(-1), lam, st.family, st.shifted).reshape(-1, a - 1)
             rep = np.zeros(rows.size, dtype=bool)
             if palette is not None and values is not None:
                 wsum = np.exp(lw).sum(1) if s in log_w else np.zeros(rows.size)
@@ -238,15 +248,51 @@ def _double(model: DirectEntropyModel) -> DirectEntropyModel:
 
 
 def encode(fitted: DirectFitted, *, lam: float, header_extra: dict | None = None,
-           chunk: int = CHUNK, rdoq: bool = True) -> tuple[dict, dict[str, bytes], DecodedDirect]:
+           chunk: int = CHUNK, rdoq: bool = True, balance: bool = True) -> tuple[dict, dict[str, bytes], DecodedDirect]:
     """Code the fitted scene at rate `lam`. Returns (header, sections, what the file decodes to).
     `rdoq` False turns the encoder's rate-distortion decisions off: every value is rounded to its
-    nearest step (instead of choosing by rate and distortion) and no Gaussian is skipped."""
+    nearest step (instead of choosing by rate and distortion) and no Gaussian is skipped.
+    `balance`: measure how much each stage's coded values move the renders and code again with
+    the stages' weights evened out (direct/balance.py; with `rdoq` only)."""
     if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
         raise InputError(f"λ must be a positive number, got {lam}")
+    factors = None
+    if balance and rdoq and fitted.prep.n:
+        first = _encode(fitted, float(lam), header_extra, chunk, rdoq, None)[2]
+        factors = _balance(fitted, first, float(lam))
+    return _encode(fitted, float(lam), header_extra, chunk, rdoq, factors)
+
+
+def _balance(fitted: DirectFitted, decoded: DecodedDirect, lam: float) -> dict[str, float]:
+    """Weight factors per stage from renders of the source with each stage decoded (balance.py)."""
+    prep, cfg = fitted.prep, fitted.model.cfg
+    true = fitted.values
+    source = scene_from_vectors(true, prep.centres, prep.frame.rho, fitted.sh_degree, cfg.swing_twist)
+    live = ~skip_decisions(true["importance"], lam)
+    dec = dict(decoded.values)
+    # positions as decoded, after the snap to the source's lattice
+    dec["position"] = (decoded.scene.means - prep.centres) / prep.frame.rho
+    if cfg.swing_twist:  # the swing was coded against the decoded twist
+        true = {**true, "rotation": swing_target(true["rotation"], dec["rotation"][:, 0])}
+    t = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in true.items()}
+    modelled = {}
+    for s in cfg.dims:
+        if s == "importance":
+            continue
+        w = np.exp(render_log_weights(s, t, math.log(prep.frame.rho), cfg.scale_ranks, cfg.swing_twist).numpy())
+        modelled[s] = float((w[live] * (dec[s][live] - true[s][live]) ** 2).sum())
+    return balance.balance_factors(balance.stage_errors(source, decoded.scene, live), modelled)
+
+
+def _encode(fitted: DirectFitted, lam: float, header_extra: dict | None, chunk: int, rdoq: bool,
+            factors: dict[str, float] | None) -> tuple[dict, dict[str, bytes], DecodedDirect]:
     prep, cfg = fitted.prep, fitted.model.cfg
     layout = prep.layout
     model = copy.deepcopy(fitted.model).cpu()
+    if factors:
+        with torch.no_grad():  # a stage weighted k times more takes steps 1/√k as large
+            for s, k in factors.items():
+                model.stages[s].step_bias -= 0.5 * math.log(k)
     quantize_weights(model.networks())
     n, m = prep.n, layout.coords.shape[0]
     if n > MAX_GAUSSIANS or n > MAX_PER_VOXEL * max(m, 1):
@@ -271,21 +317,22 @@ def encode(fitted: DirectFitted, *, lam: float, header_extra: dict | None = None
     }
     values = _skip_values(fitted.values, float(lam)) if rdoq and n else fitted.values
     dec, stage_sections = _code_stages(_double(model), prep, float(lam), chunk, values=values, rdoq=rdoq,
-                                       skips=bool(rdoq))
+                                       skips=bool(rdoq), factors=factors)
     sections.update(stage_sections)
-    return header, sections, _assemble(dec, prep, fitted.sh_degree, header)
+    return header, sections, _assemble(dec, prep, cfg, header)
 
 
-def _assemble(dec: dict, prep: Prepared, sh_degree: int, header: dict) -> DecodedDirect:
+def _assemble(dec: dict, prep: Prepared, cfg: DirectConfig, header: dict) -> DecodedDirect:
+    sh_degree = cfg.sh_degree
     if prep.n == 0:
         scene = GaussianScene(np.zeros((0, 3)), np.zeros((0, 4)), np.zeros((0, 3)), np.zeros(0),
                               np.zeros((0, (sh_degree + 1) ** 2, 3)))
     else:
-        scene = scene_from_vectors(dec, prep.centres, prep.frame.rho, sh_degree)
+        scene = scene_from_vectors(dec, prep.centres, prep.frame.rho, sh_degree, cfg.swing_twist)
         scene.means = prep.frame.snap(scene.means)
     scene.meta.update({"format": "hgs", "mode": MODE})
     counts = prep.selection.count[prep.layout.voxel_of] if prep.selection is not None else None
-    return DecodedDirect(scene, header, counts)
+    return DecodedDirect(scene, header, counts, dec)
 
 
 def _header(header: dict) -> tuple[DirectConfig, Frame, float, int, int, int]:
@@ -346,4 +393,4 @@ def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=N
     if not isinstance(skips, bool):
         raise FormatError("the file's header is malformed: 'skips' must be true or false")
     dec, _ = _code_stages(_double(model), prep, lam, chunk, sections=sections, skips=skips)
-    return _assemble(dec, prep, deg, header)
+    return _assemble(dec, prep, cfg, header)

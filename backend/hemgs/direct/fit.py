@@ -63,7 +63,8 @@ def _stage_values(prep: Prepared, scene: GaussianScene, cfg: DirectConfig) -> di
     ordered = scene.subset(prep.layout.order)
     residual = (ordered.means.astype(np.float64) - prep.centres) / prep.frame.rho
     views = sample_views(ordered, n=IMPORTANCE_VIEWS, width=IMPORTANCE_SIZE, height=IMPORTANCE_SIZE) if len(ordered) else []
-    return scene_vectors(ordered, residual, visibility(ordered, views), sort_scales=cfg.scale_ranks)
+    return scene_vectors(ordered, residual, visibility(ordered, views), sort_scales=cfg.scale_ranks,
+                         swing_twist=cfg.swing_twist)
 
 
 def fit_direct(scene: GaussianScene, cfg: DirectConfig | None = None, fcfg: DirectFitConfig | None = None,
@@ -105,7 +106,7 @@ def _train(model, prep, values, cfg, fcfg, progress, history) -> None:
     n = prep.n
     log_rho = math.log(prep.frame.rho)
     true = {s: torch.as_tensor(v, dtype=torch.float32) for s, v in values.items()}
-    true_logw = {s: render_log_weights(s, true, log_rho, cfg.scale_ranks).detach() for s in model.stages}
+    true_logw = {s: render_log_weights(s, true, log_rho, cfg.scale_ranks, cfg.swing_twist).detach() for s in model.stages}
     voxel_of = torch.as_tensor(prep.layout.voxel_of)
     lookup = model.grid.lookup(prep.xyz01.float())
     sa = prep.sa_feat.float() if prep.sa_feat is not None else None
@@ -115,7 +116,7 @@ def _train(model, prep, values, cfg, fcfg, progress, history) -> None:
             if st.fixed_step:
                 continue
             earlier = {t: true[t] for t, _ in st.earlier}
-            gap = true_logw[s] - step_log_weights(s, earlier, n, st.dim, log_rho, cfg.scale_ranks).float()
+            gap = true_logw[s] - step_log_weights(s, earlier, n, st.dim, log_rho, cfg.scale_ranks, cfg.swing_twist).float()
             st.step_bias.copy_(-0.5 * gap.mean(0))
     opt = torch.optim.Adam(model.parameters(), lr=fcfg.lr, foreach=True)
     lams = [float(v) for v in cfg.lambdas]

@@ -48,8 +48,11 @@ MAX_STEP = {"opacity": 0.5, "scale": 0.2, "rotation": 0.3}
 # With scales by rank (DirectConfig.scale_ranks): the shortest axis may be off by much more before
 # it shows (a flat Gaussian stays flat); the longest keeps the stage's cap.
 SCALE_RANK_MAX_STEP = (2.0, 0.5, 0.2)
+# With rotations as (twist, swing u0, u1) (DirectConfig.rotation "swing_twist"): caps per value.
+SWING_TWIST_MAX_STEP = (0.3, 0.3, 0.3)
 # Stages coded under Laplacians: heavy-tailed values (docs/direct-mode.md, "Symbol distributions").
 LAPLACE_STAGES = ("sh",)
+ROTATIONS = ("rotvec", "swing_twist")
 NO_AR_STAGES = ("position",)  # residuals inside a voxel do not follow their neighbours'
 # A small grid: its tables are bits of every file, and per-Gaussian attributes need less of it.
 DIRECT_GRID = HashGridConfig(levels_3d=8, res_3d=(16, 256), log2_table_3d=11, levels_2d=2, res_2d=(64, 512),
@@ -85,6 +88,9 @@ class DirectConfig:
     scale_ranks: bool = True
     # a Gaussian's SH may repeat an earlier Gaussian's decoded SH (direct/repeats.py)
     sh_repeats: bool = True
+    # how rotations are coded: "swing_twist" (attributes.quat_to_swing_twist: a step per own axis)
+    # or "rotvec" (rotation vectors, one step for all three)
+    rotation: str = "swing_twist"
     grid: dict = field(default_factory=lambda: DIRECT_GRID.to_dict())
 
     def to_dict(self) -> dict:
@@ -100,7 +106,8 @@ class DirectConfig:
             raise ValueError(f"unknown direct-mode config fields {sorted(set(d) - known)}")
         # files without these fields: every stage under Gaussians, on the grid of multiples of q,
         # scales unordered, no SH repeats
-        cfg = DirectConfig(**{"laplace": [], "shifted": False, "scale_ranks": False, "sh_repeats": False, **d})
+        cfg = DirectConfig(**{"laplace": [], "shifted": False, "scale_ranks": False, "sh_repeats": False,
+                              "rotation": "rotvec", **d})
         for name, lo, hi in (("sh_degree", 0, 3), ("prior_dim", 1, 256), ("hidden", 1, 256), ("ctx_dim", 1, 256),
                              ("sa_dim", 0, 512), ("n_context", 1, 256)):
             v = getattr(cfg, name)
@@ -115,10 +122,16 @@ class DirectConfig:
             raise ValueError("direct-mode config lambdas must be a list of positive numbers")
         if not isinstance(cfg.laplace, list) or not all(isinstance(v, str) and v in STAGES for v in cfg.laplace):
             raise ValueError("direct-mode config laplace must be a list of stage names")
+        if cfg.rotation not in ROTATIONS:
+            raise ValueError(f"direct-mode config rotation must be one of {', '.join(ROTATIONS)}")
         if not isinstance(cfg.groups, str):
             raise ValueError("direct-mode config groups must be a scheme name")
         HashGridConfig.check_untrusted(cfg.grid, "direct-mode grid", max_levels=16, max_features=4, max_log2=16)
         return cfg
+
+    @property
+    def swing_twist(self) -> bool:
+        return self.rotation == "swing_twist"
 
     @property
     def dims(self) -> dict[str, int]:
@@ -202,7 +215,7 @@ class DirectStage(nn.Module):
         if self.fixed_step:
             return prior.new_zeros((n, self.dim))
         logw = step_log_weights(self.stage, self._split_earlier(earlier_raw), n, self.dim, self.log_rho,
-                                self.cfg.scale_ranks).to(prior.dtype)
+                                self.cfg.scale_ranks, self.cfg.swing_twist).to(prior.dtype)
         x = [prior, (earlier_raw - self.in_mean) / self.in_std]
         if self.cfg.variable_rate:
             x.append(torch.full((n, 1), lambda_feature(lam), dtype=prior.dtype))
@@ -210,6 +223,9 @@ class DirectStage(nn.Module):
         log_q = (fixed + self.step_bias + self.vr(torch.cat(x, dim=1))).clamp(*LOG_STEP_RANGE)
         if self.stage == "scale" and self.cfg.scale_ranks:
             caps = torch.tensor([math.log(c) for c in SCALE_RANK_MAX_STEP], dtype=log_q.dtype)
+            return torch.minimum(log_q, caps)
+        if self.stage == "rotation" and self.cfg.swing_twist:
+            caps = torch.tensor([math.log(c) for c in SWING_TWIST_MAX_STEP], dtype=log_q.dtype)
             return torch.minimum(log_q, caps)
         return log_q.clamp_max(math.log(MAX_STEP[self.stage])) if self.stage in MAX_STEP else log_q
 
