@@ -6,9 +6,10 @@ Stages, in coding order (each conditioned on the ones before it, DESIGN "progres
                  fixed step of 1 (an octave) as side information: every later stage's step uses it
     opacity   1  pre-sigmoid logit
     scale     3  natural-log standard deviations (ascending with DirectConfig.scale_ranks)
-    rotation  3  rotation vector θ·axis of the unit quaternion with w >= 0 (3 numbers, no sign
-                 ambiguity, quantization error roughly uniform in angle); scale and rotation are
-                 first rewritten in the canonical orientation (`canonical_orientation`)
+    rotation  3  twist about the Gaussian's own z axis, then the swing of that axis in
+                 coordinates that follow its x and y (`quat_to_swing_twist`; files before that:
+                 the rotation vector θ·axis with w >= 0); scale and rotation are first rewritten
+                 in the canonical orientation (`canonical_orientation`)
     position  3  the offset from the centre of the Gaussian's voxel, in units of RHO (the scene
                  span / 1000: about a pixel of a whole-scene view)
     dc        3  SH DC term, in an orthonormal luma/chroma basis (COLOR_BASIS)
