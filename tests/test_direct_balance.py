@@ -39,7 +39,12 @@ def test_a_stage_weighted_too_high_is_found_and_coded_coarser(monkeypatch):
     def measured():
         f = fit_direct(scene, DirectConfig(), FIT)
         first = direct_codec._encode(f, 0.25, None, direct_codec.CHUNK, True, None)
-        k = direct_codec._balance(f, first[2], 0.25)
+        # what the balance measures on: nearly the file's values
+        approx = direct_codec._approximate_values(f, 0.25)
+        for stage in ("opacity", "scale", "rotation", "position", "dc", "sh"):
+            real = ((f.values[stage] - first[2].values[stage]) ** 2).mean()
+            assert 0.7 * real < ((f.values[stage] - approx[stage]) ** 2).mean() < 1.4 * real, stage
+        k = direct_codec._balance(f, approx, 0.25)
         return f, first, k["position"] / k["dc"]
 
     _, _, as_shipped = measured()

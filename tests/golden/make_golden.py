@@ -45,6 +45,9 @@ GOLDENS_DIRECT = {
     # SH rows that repeat an earlier Gaussian's (config "sh_repeats", section "sh_repeats"): this
     # slice of the demo holds 42 repeated rows; a low λ so that repeating pays
     "tiny_direct_rep.hgs": (8000, 300, 3, 1 / 16),
+    # rotations as twist and swing (config "rotation": "swing_twist"), coded after the encoder's
+    # stage balance (step biases moved in the networks)
+    "tiny_direct_twist.hgs": (8000, 300, 3, 1.0),
 }
 
 

@@ -25,7 +25,7 @@ from ..scene import GaussianScene
 # Views of the measurement: the resolution decides how much geometry errors show (sharper edges at
 # more pixels), and 256² is where the weights' constants were calibrated and what the benchmarks
 # judge. Few views: the ratios between stages, not the errors themselves, are what is used.
-BALANCE_VIEWS = 4
+BALANCE_VIEWS = 3
 BALANCE_SIZE = 256
 BALANCE_SEED = 1  # not the importance views (seed 0): another set of azimuths
 # A stage's weight moves by at most this factor either way (a stage whose errors do not show in

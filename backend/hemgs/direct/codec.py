@@ -258,20 +258,65 @@ def encode(fitted: DirectFitted, *, lam: float, header_extra: dict | None = None
         raise InputError(f"λ must be a positive number, got {lam}")
     factors = None
     if balance and rdoq and fitted.prep.n:
-        first = _encode(fitted, float(lam), header_extra, chunk, rdoq, None)[2]
-        factors = _balance(fitted, first, float(lam))
+        dec = _approximate_values(fitted, float(lam))
+        if dec is None:  # (with the AR context: a full coding pass)
+            dec = _encode(fitted, float(lam), header_extra, chunk, rdoq, None)[2].values
+        factors = _balance(fitted, dec, float(lam))
     return _encode(fitted, float(lam), header_extra, chunk, rdoq, factors)
 
 
-def _balance(fitted: DirectFitted, decoded: DecodedDirect, lam: float) -> dict[str, float]:
+def _approximate_values(fitted: DirectFitted, lam: float) -> dict[str, np.ndarray] | None:
+    """Nearly what a file at `lam` decodes to, for the stage balance: the encoder's rounding from
+    one float32 pass of the model (no exact path, no SH repeats, no entropy coding: a third of a
+    coding pass's time). None with the AR context (that needs the decoded neighbours, group by
+    group)."""
+    prep, model = fitted.prep, fitted.model
+    if any(st.use_ctx for st in model.stages.values()):
+        return None
+    cfg = model.cfg
+    true = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in fitted.values.items()}
+    log_w = {s: render_log_weights(s, true, math.log(prep.frame.rho), cfg.scale_ranks, cfg.swing_twist).numpy()
+             for s, st in model.stages.items() if not st.fixed_step}
+
+    def rounded(s, st, x, mean, scale, q, cols=slice(None)):
+        if s not in log_w:
+            return np.rint(x)
+        return _rd_round(x.reshape(-1), mean[:, cols].reshape(-1), scale[:, cols].reshape(-1), q[:, cols].reshape(-1),
+                         log_w[s][:, cols].reshape(-1), lam, st.family, st.shifted).reshape(x.shape)
+
+    with torch.no_grad():
+        sa = prep.sa_feat.float() if prep.sa_feat is not None else None
+        prior = model.prior(model.hyper(model.grid(prep.xyz01.float()), sa))[torch.as_tensor(prep.layout.voxel_of)]
+        dec: dict[str, torch.Tensor] = {}
+        for s, st in model.stages.items():
+            earlier = torch.cat([dec[t] for t, _ in st.earlier], 1) if st.earlier else prior.new_zeros((prep.n, 0))
+            q = torch.exp(st.log_steps(prior, earlier, lam))
+            if s == "position" and prep.frame.lattice is not None:
+                q = q.clamp_min(LATTICE_STEP * math.ldexp(1.0, -prep.frame.lattice) / prep.frame.rho)
+            mean, scale = (v.double().numpy() for v in st.params(prior, earlier, None))
+            q = q.double().numpy()
+            x = np.asarray(fitted.values[s], dtype=np.float64)
+            if s == "rotation" and cfg.swing_twist:  # the swing against the rounded twist
+                theta = rounded(s, st, x[:, :1], mean, scale, q, slice(0, 1))
+                x = np.concatenate([theta, rounded(s, st, swing_target(x, theta[:, 0])[:, 1:], mean, scale, q,
+                                                   slice(1, None))], axis=1)
+            else:
+                x = rounded(s, st, x, mean, scale, q)
+            dec[s] = torch.as_tensor(x, dtype=torch.float32)
+    return {s: v.double().numpy() for s, v in dec.items()}
+
+
+def _balance(fitted: DirectFitted, dec: dict[str, np.ndarray], lam: float) -> dict[str, float]:
     """Weight factors per stage from renders of the source with each stage decoded (balance.py)."""
     prep, cfg = fitted.prep, fitted.model.cfg
     true = fitted.values
     source = scene_from_vectors(true, prep.centres, prep.frame.rho, fitted.sh_degree, cfg.swing_twist)
     live = ~skip_decisions(true["importance"], lam)
-    dec = dict(decoded.values)
+    decoded = scene_from_vectors(dec, prep.centres, prep.frame.rho, fitted.sh_degree, cfg.swing_twist)
+    decoded.means = prep.frame.snap(decoded.means)
+    dec = dict(dec)
     # positions as decoded, after the snap to the source's lattice
-    dec["position"] = (decoded.scene.means - prep.centres) / prep.frame.rho
+    dec["position"] = (decoded.means - prep.centres) / prep.frame.rho
     if cfg.swing_twist:  # the swing was coded against the decoded twist
         true = {**true, "rotation": swing_target(true["rotation"], dec["rotation"][:, 0])}
     t = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in true.items()}
@@ -281,7 +326,7 @@ def _balance(fitted: DirectFitted, decoded: DecodedDirect, lam: float) -> dict[s
             continue
         w = np.exp(render_log_weights(s, t, math.log(prep.frame.rho), cfg.scale_ranks, cfg.swing_twist).numpy())
         modelled[s] = float((w[live] * (dec[s][live] - true[s][live]) ** 2).sum())
-    return balance.balance_factors(balance.stage_errors(source, decoded.scene, live), modelled)
+    return balance.balance_factors(balance.stage_errors(source, decoded, live), modelled)
 
 
 def _encode(fitted: DirectFitted, lam: float, header_extra: dict | None, chunk: int, rdoq: bool,
