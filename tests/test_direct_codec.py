@@ -367,6 +367,37 @@ def test_positions_on_a_source_lattice_stay_on_it(scene, monkeypatch):
             decode({**header, "position_lattice": bad}, sections)
 
 
+def test_positions_on_sogs_log_grid_stay_on_it(scene):
+    from hemgs.direct.geometry import Frame, LOG_LATTICE_STEPS, frame_for, log_lattice
+
+    m = scene.means.astype(np.float64)
+    assert log_lattice(m) is None  # a patch of the demo: its own range is not SOG's
+    y = np.sign(m) * np.log1p(np.abs(m))
+    ranges = np.stack([y.min(0), y.max(0)], 1)
+    on = scene.subset(np.arange(len(scene)))
+    on.means = Frame(np.zeros(3), 1.0, 2, log_lattice=ranges).snap(m)  # as SOG's decoder writes them
+    found = log_lattice(on.means.astype(np.float32))  # (float32, as files hold them)
+    assert found is not None and np.allclose(found, ranges, atol=1e-6)
+    assert log_lattice(on.means + 1e-4) is None
+    f = fit_direct(on, DirectConfig(), FAST)
+    src = on.means[f.prep.layout.order]
+    for lam in (1 / 64, 4.0):
+        header, sections, enc = encode(f, lam=lam)
+        assert "position_log_lattice" in header and "position_lattice" not in header
+        dec = decode(header, sections, chunk=97).scene
+        assert same(enc.scene, dec)
+        frame = frame_for(on.means)
+        assert np.allclose(frame.snap(dec.means), dec.means, rtol=0, atol=1e-12)  # on the grid
+        exact = (np.abs(dec.means - src) < 1e-6).all(1).mean()  # (grid steps are ~1e-5)
+        # where the steps reach the grid's spacing (a fine one: 2^16 points over the scene) the
+        # source's own positions come back; off the grid, none would
+        assert exact > (0.3 if lam < 1 else 0.0), exact
+    assert LOG_LATTICE_STEPS == 65535
+    for bad in ([[0, 1], [0, 1]], [[1, 0], [0, 1], [0, 1]], [[0, "1"], [0, 1], [0, 1]], 3, [[0, float("inf")]] * 3):
+        with pytest.raises(FormatError, match="position_log_lattice"):
+            decode({**header, "position_log_lattice": bad}, sections)
+
+
 def test_view_weights_balance_the_views_expected_errors(scene):
     from hemgs.cameras import sample_views
     from hemgs.direct.attributes import view_weights, visibility

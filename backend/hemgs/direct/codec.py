@@ -149,9 +149,10 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
         earlier = (np.concatenate([dec[t] for t, _ in st.earlier], axis=1) if st.earlier else np.zeros((n, 0)))
         base_in = torch.cat([prior, torch.from_numpy(earlier)], dim=1)
         q_raw = _run(st.step_rows(lam), base_in, chunk).numpy().reshape(-1) if n else np.zeros(0)
-        if s == "position" and prep.frame.lattice is not None:
+        spacing = prep.frame.spacing(prep.centres) if s == "position" else None
+        if spacing is not None:
             # no finer than the source's lattice: within half its spacing the snap is exact
-            q_raw = np.maximum(q_raw, LATTICE_STEP * np.ldexp(1.0, -prep.frame.lattice) / prep.frame.rho)
+            q_raw = np.maximum(q_raw.reshape(n, a), LATTICE_STEP * spacing / prep.frame.rho).reshape(-1)
         if values is not None:
             idx, guard = snap_steps(q_raw, STEP_BASE)
             group_streams = []
@@ -291,8 +292,9 @@ def _approximate_values(fitted: DirectFitted, lam: float) -> dict[str, np.ndarra
         for s, st in model.stages.items():
             earlier = torch.cat([dec[t] for t, _ in st.earlier], 1) if st.earlier else prior.new_zeros((prep.n, 0))
             q = torch.exp(st.log_steps(prior, earlier, lam))
-            if s == "position" and prep.frame.lattice is not None:
-                q = q.clamp_min(LATTICE_STEP * math.ldexp(1.0, -prep.frame.lattice) / prep.frame.rho)
+            spacing = prep.frame.spacing(prep.centres) if s == "position" else None
+            if spacing is not None:
+                q = torch.maximum(q, torch.as_tensor(LATTICE_STEP * spacing / prep.frame.rho, dtype=q.dtype))
             mean, scale = (v.double().numpy() for v in st.params(prior, earlier, None))
             q = q.double().numpy()
             x = np.asarray(fitted.values[s], dtype=np.float64)
@@ -398,9 +400,18 @@ def _header(header: dict) -> tuple[DirectConfig, Frame, float, int, int, int]:
         if lattice is not None and (isinstance(lattice, bool) or not isinstance(lattice, int)
                                     or not 0 <= lattice <= MAX_LATTICE_BITS):
             raise ValueError(f"position_lattice must be an integer in [0, {MAX_LATTICE_BITS}]")
+        log_lat = header.get("position_log_lattice")
+        if log_lat is not None:
+            if not isinstance(log_lat, list) or len(log_lat) != 3 or not all(
+                    isinstance(r, list) and len(r) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                                  for v in r) for r in log_lat):
+                raise ValueError("position_log_lattice must be 3 pairs of numbers")
+            log_lat = np.asarray(log_lat, dtype=np.float64)
+            if not np.isfinite(log_lat).all() or not (log_lat[:, 1] > log_lat[:, 0]).all() or lattice is not None:
+                raise ValueError("position_log_lattice must hold finite ranges (low < high), without position_lattice")
     except (KeyError, TypeError, ValueError, HemgsError) as exc:
         raise FormatError(f"the file's header is incomplete or malformed: {' '.join(str(exc).split())}"[:300]) from None
-    return cfg, Frame(np.asarray(origin, dtype=np.float64), span, bits, lattice), lam, n, m, deg
+    return cfg, Frame(np.asarray(origin, dtype=np.float64), span, bits, lattice, log_lat), lam, n, m, deg
 
 
 def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=None) -> DecodedDirect:

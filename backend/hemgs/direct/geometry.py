@@ -30,6 +30,12 @@ MIN_BITS = 2
 # below it (a finer step would code digits the source does not have). Finer lattices than 2^-20
 # are not looked for: no step of this mode gets that fine.
 MAX_LATTICE_BITS = 20
+# Sources decoded from SOG hold positions on its grid: per axis, y = sign(x)·ln(1 + |x|) takes
+# 2^16 evenly spaced values between the axis' least and largest y (playbot's files: every
+# coordinate within 0.003 of a grid point, float32 noise). Such a grid is kept like the fixed-point
+# one: decoded positions snapped to it, position steps not finer than its spacing.
+LOG_LATTICE_STEPS = 65535
+_LOG_LATTICE_TOL = 0.02  # of a grid step: what float32 rounding of the source's positions leaves
 
 
 @dataclass
@@ -41,6 +47,7 @@ class Frame:
     span: float
     bits: int
     lattice: int | None = None  # positions are multiples of 2^-lattice (see MAX_LATTICE_BITS)
+    log_lattice: np.ndarray | None = None  # (3, 2) per axis the y range of SOG's grid (LOG_LATTICE_STEPS)
 
     @property
     def voxel(self) -> float:
@@ -57,13 +64,32 @@ class Frame:
         out = {"origin": [float(v) for v in self.origin], "span": float(self.span), "voxel_bits": int(self.bits)}
         if self.lattice is not None:
             out["position_lattice"] = int(self.lattice)
+        if self.log_lattice is not None:
+            out["position_log_lattice"] = [[float(v) for v in row] for row in self.log_lattice]
         return out
 
     def snap(self, means: np.ndarray) -> np.ndarray:
-        """Positions on the source's lattice (exact: scaling by a power of two, then rounding)."""
-        if self.lattice is None:
-            return means
-        return np.ldexp(np.round(np.ldexp(means, self.lattice)), -self.lattice)
+        """Positions on the source's lattice (the fixed-point one exactly: scaling by a power of
+        two, then rounding)."""
+        if self.lattice is not None:
+            return np.ldexp(np.round(np.ldexp(means, self.lattice)), -self.lattice)
+        if self.log_lattice is not None:
+            lo, hi = self.log_lattice[:, 0], self.log_lattice[:, 1]
+            y = np.sign(means) * np.log1p(np.abs(means))
+            k = np.clip(np.round((y - lo) / (hi - lo) * LOG_LATTICE_STEPS), 0, LOG_LATTICE_STEPS)
+            y = lo + k * ((hi - lo) / LOG_LATTICE_STEPS)
+            return np.sign(y) * np.expm1(np.abs(y))
+        return means
+
+    def spacing(self, centres: np.ndarray) -> np.ndarray | float | None:
+        """The source lattice's least spacing per axis within each Gaussian's voxel ((N,3), or
+        one number for the fixed-point lattice), or None."""
+        if self.lattice is not None:
+            return float(np.ldexp(1.0, -self.lattice))
+        if self.log_lattice is not None:
+            dy = (self.log_lattice[:, 1] - self.log_lattice[:, 0]) / LOG_LATTICE_STEPS
+            return dy * (1.0 + np.maximum(np.abs(centres) - 0.5 * self.voxel, 0.0))  # dx/dy = 1 + |x|
+        return None
 
 
 def position_lattice(means: np.ndarray) -> int | None:
@@ -76,6 +102,21 @@ def position_lattice(means: np.ndarray) -> int | None:
         if np.array_equal(s, np.round(s)):
             return k
     return None
+
+
+def log_lattice(means: np.ndarray) -> np.ndarray | None:
+    """The (3, 2) y ranges of SOG's grid (LOG_LATTICE_STEPS) if every coordinate lies on it."""
+    m = np.asarray(means, dtype=np.float64)
+    if m.shape[0] < 2 or not np.isfinite(m).all():
+        return None
+    y = np.sign(m) * np.log1p(np.abs(m))
+    lo, hi = y.min(axis=0), y.max(axis=0)
+    if not (hi > lo).all():
+        return None
+    k = (y - lo) / (hi - lo) * LOG_LATTICE_STEPS
+    if np.abs(k - np.round(k)).max() > _LOG_LATTICE_TOL:
+        return None
+    return np.stack([lo, hi], axis=1)
 
 
 def frame_for(means: np.ndarray) -> Frame:
@@ -91,7 +132,8 @@ def frame_for(means: np.ndarray) -> Frame:
         if n / np.unique(morton(_cells(m, lo, span, b))).size <= VOXEL_FILL:
             bits = b
             break
-    return Frame(lo, span, bits, position_lattice(m))
+    lattice = position_lattice(m)
+    return Frame(lo, span, bits, lattice, log_lattice(m) if lattice is None else None)
 
 
 def _cells(m: np.ndarray, origin: np.ndarray, span: float, bits: int) -> np.ndarray:
