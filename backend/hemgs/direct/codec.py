@@ -106,6 +106,26 @@ def _rd_cost(x: np.ndarray, x_hat: np.ndarray, mean: np.ndarray, scale: np.ndarr
     return bits + np.exp(log_w) * (x_hat - x) ** 2 / (lam * LAMBDA_UNIT)
 
 
+def _round_stage(stage: str, st, true: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
+                 log_w: np.ndarray | None, lam: float, swing_twist: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The encoder's choice of values for one stage's rows (N, dim): rate-distortion rounding where
+    `log_w` is given, else the values as they are (the coder takes the nearest step). Returns
+    (values, the true values they stand for): with rotations as twist and swing, the twist is
+    rounded first and the swing re-expressed against it (attributes.swing_target)."""
+    def rd(x, cols):
+        if log_w is None:
+            return x
+        return _rd_round(x.reshape(-1), mean[:, cols].reshape(-1), scale[:, cols].reshape(-1), q[:, cols].reshape(-1),
+                         log_w[:, cols].reshape(-1), lam, st.family, st.shifted).reshape(x.shape)
+
+    if not (stage == "rotation" and swing_twist):
+        return rd(true, slice(None)), true
+    shift = mean[:, 0] / q[:, 0] if st.shifted else 0.0
+    theta = (np.rint(rd(true[:, :1], slice(0, 1))[:, 0] / q[:, 0] - shift) + shift) * q[:, 0]  # as it decodes
+    target = swing_target(true, theta)
+    return np.concatenate([theta[:, None], rd(target[:, 1:], slice(1, None))], axis=1), target
+
+
 def skip_decisions(importance: np.ndarray, lam: float) -> np.ndarray:
     """Which Gaussians the encoder leaves out (True = skipped): those whose loss of all opacity
     (distortion GEOM_WEIGHT["opacity"]·V, the opacity stage's weight for Δα = α) costs less than
@@ -178,21 +198,8 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
             mean, scale, qg = res[:, :a], res[:, a:], q[rows]
             what = f"{s} (group {g})"
             if values is not None:
-                true = values[s][rows]
-                x = true
-                if s in log_w:
-                    lw = log_w[s][rows]
-                    x = _rd_round(true.reshape(-1), mean.reshape(-1), scale.reshape(-1), qg.reshape(-1),
-                                  lw.reshape(-1), lam, st.family, st.shifted).reshape(rows.size, a)
-                if s == "rotation" and e64.cfg.swing_twist:
-                    # the swing is coded against the twist as it decodes (attributes.swing_target)
-                    shift = mean[:, 0] / qg[:, 0] if st.shifted else 0.0
-                    x = x.copy()
-                    x[:, 0] = (np.rint(x[:, 0] / qg[:, 0] - shift) + shift) * qg[:, 0]
-                    true = swing_target(true, x[:, 0])
-                    x[:, 1:] = true[:, 1:] if s not in log_w else _rd_round(
-                        true[:, 1:].reshape(-1), mean[:, 1:].reshape(-1), scale[:, 1:].reshape(-1),
-                        qg[:, 1:].reshape(-1), lw[:, 1:].reshape(-1), lam, st.family, st.shifted).reshape(-1, a - 1)
+                lw = log_w[s][rows] if s in log_w else None
+                x, true = _round_stage(s, st, values[s][rows], mean, scale, qg, lw, lam, e64.cfg.swing_twist)
             rep = np.zeros(rows.size, dtype=bool)
             if palette is not None and values is not None:
                 wsum = np.exp(lw).sum(1) if s in log_w else np.zeros(rows.size)
@@ -278,13 +285,6 @@ def _approximate_values(fitted: DirectFitted, lam: float) -> dict[str, np.ndarra
     true = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in fitted.values.items()}
     log_w = {s: render_log_weights(s, true, math.log(prep.frame.rho), cfg.scale_ranks, cfg.swing_twist).numpy()
              for s, st in model.stages.items() if not st.fixed_step}
-
-    def rounded(s, st, x, mean, scale, q, cols=slice(None)):
-        if s not in log_w:
-            return np.rint(x)
-        return _rd_round(x.reshape(-1), mean[:, cols].reshape(-1), scale[:, cols].reshape(-1), q[:, cols].reshape(-1),
-                         log_w[s][:, cols].reshape(-1), lam, st.family, st.shifted).reshape(x.shape)
-
     with torch.no_grad():
         sa = prep.sa_feat.float() if prep.sa_feat is not None else None
         prior = model.prior(model.hyper(model.grid(prep.xyz01.float()), sa))[torch.as_tensor(prep.layout.voxel_of)]
@@ -298,12 +298,7 @@ def _approximate_values(fitted: DirectFitted, lam: float) -> dict[str, np.ndarra
             mean, scale = (v.double().numpy() for v in st.params(prior, earlier, None))
             q = q.double().numpy()
             x = np.asarray(fitted.values[s], dtype=np.float64)
-            if s == "rotation" and cfg.swing_twist:  # the swing against the rounded twist
-                theta = rounded(s, st, x[:, :1], mean, scale, q, slice(0, 1))
-                x = np.concatenate([theta, rounded(s, st, swing_target(x, theta[:, 0])[:, 1:], mean, scale, q,
-                                                   slice(1, None))], axis=1)
-            else:
-                x = rounded(s, st, x, mean, scale, q)
+            x = _round_stage(s, st, x, mean, scale, q, log_w.get(s), lam, cfg.swing_twist)[0] if s in log_w else np.rint(x)
             dec[s] = torch.as_tensor(x, dtype=torch.float32)
     return {s: v.double().numpy() for s, v in dec.items()}
 
