@@ -38,6 +38,7 @@ import itertools
 import numpy as np
 import torch
 
+from ..coding import exact_math
 from ..scene import SH_C0, GaussianScene, sh_coeffs
 
 STAGES = ("importance", "opacity", "scale", "rotation", "position", "dc", "sh")
@@ -86,16 +87,16 @@ def quat_to_rotvec(quats: np.ndarray) -> np.ndarray:
 def rotvec_to_quat(rv: np.ndarray) -> np.ndarray:
     """Inverse of `quat_to_rotvec`: (N,3) -> unit quaternions (N,4) w,x,y,z."""
     rv = np.asarray(rv, dtype=np.float64)
-    angle = np.linalg.norm(rv, axis=1)
-    half = 0.5 * angle
+    angle = exact_math.norm3(rv)  # decoder side: exact_math, the same bits on every machine
+    sin_h, cos_h = exact_math.sincos(0.5 * angle)
     # sin(half)/angle -> 1/2 as the angle -> 0
-    k = np.where(angle > 1e-12, np.sin(half) / np.maximum(angle, 1e-300), 0.5)
-    return np.concatenate([np.cos(half)[:, None], rv * k[:, None]], axis=1)
+    k = np.where(angle > 1e-12, sin_h / np.maximum(angle, 1e-300), 0.5)
+    return np.concatenate([cos_h[:, None], rv * k[:, None]], axis=1)
 
 
 def _rotz(theta: np.ndarray, v: np.ndarray) -> np.ndarray:
     """(N,2) vectors rotated by angles theta (N,) in their plane."""
-    c, s = np.cos(theta), np.sin(theta)
+    s, c = exact_math.sincos(theta)
     return np.stack([c * v[:, 0] - s * v[:, 1], s * v[:, 0] + c * v[:, 1]], axis=1)
 
 
@@ -132,17 +133,19 @@ def quat_to_swing_twist(quats: np.ndarray) -> np.ndarray:
 
 
 def swing_twist_to_quat(v: np.ndarray) -> np.ndarray:
-    """Inverse of `quat_to_swing_twist`: (N,3) -> unit quaternions (N,4) w,x,y,z."""
-    from scipy.spatial.transform import Rotation
-
+    """Inverse of `quat_to_swing_twist`: (N,3) -> unit quaternions (N,4) w,x,y,z. Decoder side:
+    built from exact_math, so every machine gets the same bits."""
     v = np.asarray(v, dtype=np.float64).reshape(-1, 3)
     if v.shape[0] == 0:
         return np.zeros((0, 4))
     swing = _rotz(v[:, 0], v[:, 1:])
-    sw = Rotation.from_rotvec(np.concatenate([swing, np.zeros((len(v), 1))], axis=1))
-    tw = Rotation.from_rotvec(np.stack([np.zeros(len(v)), np.zeros(len(v)), v[:, 0]], axis=1))
-    xyzw = (sw * tw).as_quat()
-    wxyz = xyzw[:, [3, 0, 1, 2]]
+    beta = np.sqrt(swing[:, 0] * swing[:, 0] + swing[:, 1] * swing[:, 1])
+    sin_b, a = exact_math.sincos(0.5 * beta)
+    k = np.where(beta > 1e-12, sin_b / np.maximum(beta, 1e-300), 0.5)  # sin(β/2)/β -> 1/2
+    bx, by = swing[:, 0] * k, swing[:, 1] * k  # swing quaternion (a, bx, by, 0)
+    d, c = exact_math.sincos(0.5 * v[:, 0])  # twist quaternion (c, 0, 0, d)
+    # Hamilton product swing ⊗ twist: R = S·Rz(θ)
+    wxyz = np.stack([a * c, bx * c + by * d, by * c - bx * d, a * d], axis=1)
     return np.where(wxyz[:, :1] < 0, -wxyz, wxyz)
 
 
@@ -226,9 +229,9 @@ def scene_from_vectors(vec: dict[str, np.ndarray], centres: np.ndarray, rho: flo
     n = centres.shape[0]
     k = sh_coeffs(sh_degree)
     sh = np.zeros((n, k, 3), np.float64)
-    sh[:, 0, :] = vec["dc"] @ COLOR_BASIS
+    sh[:, 0, :] = exact_math.rows_times(vec["dc"], COLOR_BASIS)
     if k > 1:
-        sh[:, 1:, :] = vec["sh"].reshape(n, k - 1, 3) @ COLOR_BASIS
+        sh[:, 1:, :] = exact_math.rows_times(vec["sh"].reshape(n, k - 1, 3), COLOR_BASIS)
     return GaussianScene(
         means=centres + vec["position"] * rho,
         quats=swing_twist_to_quat(vec["rotation"]) if swing_twist else rotvec_to_quat(vec["rotation"]),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..coding import exact_math
 from ..coding.bits import decode_bits, encode_bits
 from ..coding.locations import MAX_BITS, morton
 from ..errors import FormatError
@@ -75,10 +76,12 @@ class Frame:
             return np.ldexp(np.round(np.ldexp(means, self.lattice)), -self.lattice)
         if self.log_lattice is not None:
             lo, hi = self.log_lattice[:, 0], self.log_lattice[:, 1]
-            y = np.sign(means) * np.log1p(np.abs(means))
+            # exact_math, not numpy's log1p/expm1: an ulp of difference between machines moved
+            # points that lie near a rounding boundary to the neighbouring grid point
+            y = np.sign(means) * exact_math.log1p(np.abs(means))
             k = np.clip(np.round((y - lo) / (hi - lo) * LOG_LATTICE_STEPS), 0, LOG_LATTICE_STEPS)
             y = lo + k * ((hi - lo) / LOG_LATTICE_STEPS)
-            return np.sign(y) * np.expm1(np.abs(y))
+            return np.sign(y) * exact_math.expm1(np.abs(y))
         return means
 
     def spacing(self, centres: np.ndarray) -> np.ndarray | float | None:
@@ -109,7 +112,7 @@ def log_lattice(means: np.ndarray) -> np.ndarray | None:
     m = np.asarray(means, dtype=np.float64)
     if m.shape[0] < 2 or not np.isfinite(m).all():
         return None
-    y = np.sign(m) * np.log1p(np.abs(m))
+    y = np.sign(m) * exact_math.log1p(np.abs(m))  # the function the decoder snaps with
     lo, hi = y.min(axis=0), y.max(axis=0)
     if not (hi > lo).all():
         return None

@@ -48,6 +48,10 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     if backend == "auto":
         backend = "gsplat" if means.is_cuda else "tiles"
     if backend == "gsplat":
+        if means.shape[0] == 0:  # gsplat 1.5.3 dies of a floating point exception on zero Gaussians
+            alpha = torch.zeros(height, width, 1, device=dev, dtype=dt)
+            img = torch.zeros(height, width, 3, device=dev, dtype=dt)
+            return (img if background is None else img + background), alpha
         return _rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height,
                                  sh_degree, background)
 
@@ -89,11 +93,15 @@ def _rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width
         from gsplat import rasterization
     except ImportError as exc:
         raise InputError(f"render backend 'gsplat' is unavailable: {exc}") from None
+    # The background is composited here, as the tile rasterizer does (img + T·bg): gsplat 1.5.3's
+    # default packed mode rejects a `backgrounds` tensor of the shape its own docs ask for.
     img, alpha, _ = rasterization(
-        means, quats, scales, opacities, colors, viewmat[None], K[None], width, height,
-        sh_degree=sh_degree, backgrounds=None if background is None else background[None],
+        means, quats, scales, opacities, colors, viewmat[None], K[None], width, height, sh_degree=sh_degree,
     )
-    return img[0], alpha[0]
+    img, alpha = img[0], alpha[0]
+    if background is not None:
+        img = img + (1.0 - alpha) * background
+    return img, alpha
 
 
 def render(scene, camera, *, device: str = "auto", background=(0.0, 0.0, 0.0),
