@@ -247,7 +247,9 @@ def test_corrupt_and_lying_files_are_refused(fitted):
     with pytest.raises(FormatError, match="network weights"):
         decode(header, {**sections, "networks": sections["networks"][:50]})
     for bad_cfg, what in (({"laplace": ["bogus"]}, "laplace"), ({"laplace": "sh"}, "laplace"),
-                          ({"shifted": "yes"}, "shifted"), ({"scale_ranks": 1}, "scale_ranks")):
+                          ({"shifted": "yes"}, "shifted"), ({"scale_ranks": 1}, "scale_ranks"),
+                          ({"uniform": ["sh"]}, "uniform"), ({"uniform": "position"}, "uniform"),
+                          ({"uniform": ["position"], "laplace": ["position"]}, "uniform")):
         with pytest.raises(FormatError, match=what):
             decode({**header, "direct": {**header["direct"], **bad_cfg}}, sections)
 
@@ -255,14 +257,40 @@ def test_corrupt_and_lying_files_are_refused(fitted):
 def test_symbol_distribution_and_grid_are_named_in_the_file_and_a_decoder_follows_them(fitted):
     header, sections, enc = encode(fitted, lam=1.0)
     assert header["direct"]["laplace"] == ["sh"] and header["direct"]["shifted"] is True
+    assert header["direct"]["uniform"] == ["position"]
     # (the coded scales are in ascending order; coarse steps may reorder decoded ones, harmlessly)
     assert header["direct"]["scale_ranks"] is True and (np.diff(fitted.values["scale"], axis=1) >= 0).all()
     # decoding with the other choices (as a file without these fields says) does not give this scene
-    for other in ({"laplace": []}, {"shifted": False}, {"scale_ranks": False}):
+    for other in ({"laplace": []}, {"shifted": False}, {"scale_ranks": False}, {"uniform": []}):
         try:
             assert not same(decode({**header, "direct": {**header["direct"], **other}}, sections).scene, enc.scene)
         except HemgsError:
             pass
+
+
+def test_position_residuals_are_coded_uniformly_inside_their_voxel(fitted, monkeypatch):
+    """Every position residual decodes inside its voxel (to within half a step) and costs log2 of
+    the steps there, whatever its value."""
+    from hemgs.codec import streams
+
+    seen = []
+    real = streams.encode_values
+
+    def spy(values, mean, scale, q, guard, family="gaussian", shifted=False, half_range=None):
+        data, dec = real(values, mean, scale, q, guard, family, shifted, half_range)
+        seen.append((family, half_range, q, dec))
+        return data, dec
+
+    monkeypatch.setattr(streams, "encode_values", spy)
+    _, sections, enc = encode(fitted, lam=1.0, balance=False)  # one coding pass
+    coded = [r for r in seen if r[0] == "uniform"]
+    h = fitted.prep.frame.residual_half
+    assert coded and all(r[1] == h for r in coded)
+    assert sum(r[3].size for r in coded) == 3 * int((enc.values["importance"][:, 0] >= 0.5).sum())
+    for _, _, q, dec in coded:
+        assert (np.abs(dec) <= h + 0.5 * q * (1 + 1e-12)).all()
+    ideal = sum(np.log2(2 * h / q + 1).sum() for _, _, q, _ in coded) / 8
+    assert 0.95 * ideal < len(sections["position"]) < 1.02 * ideal + 100 * len(coded)
 
 
 def test_gaussians_the_encoder_skips_decode_transparent_and_exactly(fitted):

@@ -48,6 +48,8 @@ GOLDENS_DIRECT = {
     # rotations as twist and swing (config "rotation": "swing_twist"), coded after the encoder's
     # stage balance (step biases moved in the networks)
     "tiny_direct_twist.hgs": (8000, 300, 3, 1.0),
+    # position residuals coded uniformly inside their voxel (config "uniform", codec/streams.py)
+    "tiny_direct_uniform.hgs": (8000, 300, 3, 1.0),
 }
 
 

@@ -6,13 +6,19 @@ Shared by every codec. A stream's bytes are
     u32 len | parameter guard -- the encoder's snapped means/scales (coding/exact_params.py)
     u32 len | parameter CRCs  -- per chunk: a decoder whose parameters differ fails loudly
     u32     | CRC32 of the symbols, so any other cross-machine mismatch fails loudly too
-    rest    | the symbol stream (coding/gaussian_coder.py)
+    rest    | the symbol stream (coding/gaussian_coder.py; family "uniform": coding/uniform.py)
 
 Means, scales and steps are in the attribute's own units; the stream codes round(value / q), or
 with `shifted` round(value / q - m), m the snapped mean in steps: values then decode to (m + k)·q,
 the grid that passes through the predicted mean (a value predicted within a step costs ~0 bits and
 decodes to its mean, not to the nearest multiple of q). m is bit-identical on both sides, and
 (m + k)·q is two correctly rounded operations, so the decoded values are too.
+
+Family "uniform" is for values the decoder knows to lie in [-h, h] (`half_range` h, e.g. a
+position inside its voxel) and that nothing predicts better than chance there: each symbol is
+coded uniformly over the symbols whose values fall in that range, log2 of their count in bits
+(the mean still places the grid; the scale is unused). The range's ends are computed with
+IEEE basic operations on snapped values, so both sides agree exactly.
 """
 
 from __future__ import annotations
@@ -23,11 +29,26 @@ import zlib
 import numpy as np
 
 from ..coding.exact_params import apply_guard, check_param_checksums, param_checksums, snap_for_encoder
+from ..coding.gaussian_coder import FAMILIES as SYMBOL_FAMILIES
 from ..coding.gaussian_coder import decode_symbols, encode_symbols
-from ..errors import FormatError, IntegrityError
+from ..coding.uniform import decode_uniform, encode_uniform
+from ..errors import FormatError, InputError, IntegrityError
 
 _PARTS = ("step guard", "parameter guard", "parameter checksums")
 _MAX_SYMBOL = 2**31 - 1
+FAMILIES = SYMBOL_FAMILIES + ("uniform",)
+
+
+def uniform_range(half_range, q: np.ndarray, offset, name: str, error=FormatError) -> tuple[np.ndarray, np.ndarray]:
+    """The symbols k whose values (offset + k)·q round from inside [-h, h]: [lo, hi] per element."""
+    h = np.asarray(half_range, dtype=np.float64)
+    if not (np.isfinite(h).all() and (h >= 0).all()):
+        raise InputError(f"{name}: a uniform stream's half range must be finite and non-negative")
+    lo = np.floor(-h / q - offset + 0.5)
+    hi = np.maximum(np.floor(h / q - offset + 0.5), lo)
+    if lo.size and (np.abs(lo).max() > _MAX_SYMBOL or np.abs(hi).max() > _MAX_SYMBOL):
+        raise error(f"{name}: its values' range exceeds the symbol range (steps or means out of range)")
+    return lo.astype(np.int64), hi.astype(np.int64)
 
 
 def pack(parts: list[bytes], symbols_crc: int, stream: bytes) -> bytes:
@@ -57,15 +78,23 @@ def empty() -> bytes:
 
 
 def encode_values(values: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
-                  step_guard: bytes, family: str = "gaussian", shifted: bool = False) -> tuple[bytes, np.ndarray]:
+                  step_guard: bytes, family: str = "gaussian", shifted: bool = False,
+                  half_range=None) -> tuple[bytes, np.ndarray]:
     """Code `values` with per-element steps `q` (already snapped); returns (bytes, decoded values).
-    `family`: the symbols' distribution (gaussian_coder.FAMILIES); `shifted`: quantize on the grid
-    through the mean (module doc). The decoder's must match."""
+    `family`: the symbols' distribution (FAMILIES); `shifted`: quantize on the grid through the
+    mean; `half_range`: the values' bound for family "uniform", which clips to it (module doc).
+    The decoder's must match."""
     snapped, guard = snap_for_encoder(mean / q, scale / q)
     offset = snapped.means if shifted else 0.0
-    symbols = np.clip(np.rint(values / q - offset), -_MAX_SYMBOL, _MAX_SYMBOL).astype(np.int32)
-    model_means = np.zeros_like(snapped.means) if shifted else snapped.means
-    stream = encode_symbols(symbols, model_means, snapped.scales, family=family)
+    symbols = np.clip(np.rint(values / q - offset), -_MAX_SYMBOL, _MAX_SYMBOL).astype(np.int64)
+    if family == "uniform":
+        lo, hi = uniform_range(half_range, q, offset, "uniform stream", InputError)
+        symbols = np.clip(symbols, lo, hi)
+        stream = encode_uniform(symbols - lo, hi - lo + 1, "uniform stream")
+    else:
+        model_means = np.zeros_like(snapped.means) if shifted else snapped.means
+        stream = encode_symbols(symbols, model_means, snapped.scales, family=family)
+    symbols = symbols.astype(np.int32)
     data = pack([step_guard, guard, param_checksums(snapped)], zlib.crc32(symbols.astype("<i4").tobytes()), stream)
     return data, (symbols.astype(np.float64) + offset) * q
 
@@ -77,13 +106,17 @@ def split(data: bytes, name: str) -> tuple[bytes, tuple]:
 
 
 def decode_values(rest: tuple, mean: np.ndarray, scale: np.ndarray, q: np.ndarray, name: str,
-                  family: str = "gaussian", shifted: bool = False) -> np.ndarray:
+                  family: str = "gaussian", shifted: bool = False, half_range=None) -> np.ndarray:
     guard, crcs, sym_crc, stream = rest
     snapped = apply_guard(mean / q, scale / q, guard)
     check_param_checksums(snapped, crcs, name)
     offset = snapped.means if shifted else 0.0
-    model_means = np.zeros_like(snapped.means) if shifted else snapped.means
-    symbols = decode_symbols(stream, model_means, snapped.scales, family=family)
+    if family == "uniform":
+        lo, hi = uniform_range(half_range, q, offset, name)
+        symbols = (decode_uniform(stream, hi - lo + 1, name) + lo).astype(np.int32)
+    else:
+        model_means = np.zeros_like(snapped.means) if shifted else snapped.means
+        symbols = decode_symbols(stream, model_means, snapped.scales, family=family)
     if zlib.crc32(symbols.astype("<i4").tobytes()) != sym_crc:
         raise IntegrityError(f"decoded {name} differ from what the encoder coded (entropy-coder mismatch)")
     return (symbols.astype(np.float64) + offset) * q

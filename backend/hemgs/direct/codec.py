@@ -107,11 +107,18 @@ def _rd_cost(x: np.ndarray, x_hat: np.ndarray, mean: np.ndarray, scale: np.ndarr
 
 
 def _round_stage(stage: str, st, true: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
-                 log_w: np.ndarray | None, lam: float, swing_twist: bool) -> tuple[np.ndarray, np.ndarray]:
+                 log_w: np.ndarray | None, lam: float, swing_twist: bool,
+                 half_range: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The encoder's choice of values for one stage's rows (N, dim): rate-distortion rounding where
     `log_w` is given, else the values as they are (the coder takes the nearest step). Returns
     (values, the true values they stand for): with rotations as twist and swing, the twist is
-    rounded first and the swing re-expressed against it (attributes.swing_target)."""
+    rounded first and the swing re-expressed against it (attributes.swing_target). A stage coded
+    uniformly (`half_range`: its bound) costs the same bits at every step of its range: the nearest."""
+    if st.family == "uniform":
+        shift = mean / q if st.shifted else 0.0
+        lo, hi = streams.uniform_range(half_range, q, shift, stage, InputError)
+        return (np.clip(np.rint(true / q - shift), lo, hi) + shift) * q, true
+
     def rd(x, cols):
         if log_w is None:
             return x
@@ -180,6 +187,7 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
             guard, readers = _read_part(sections[s], s, prep.n_groups)
             idx = steps_from_guard(q_raw, STEP_BASE, guard)
         q = step_values(idx, STEP_BASE).reshape(n, a)
+        half = prep.frame.residual_half if st.family == "uniform" else None
         cur = np.zeros((n, a))
         if not st.fixed_step:
             cur[~live] = SKIP_LOGIT if s == "opacity" else st.norm_mean.numpy()
@@ -199,7 +207,7 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
             what = f"{s} (group {g})"
             if values is not None:
                 lw = log_w[s][rows] if s in log_w else None
-                x, true = _round_stage(s, st, values[s][rows], mean, scale, qg, lw, lam, e64.cfg.swing_twist)
+                x, true = _round_stage(s, st, values[s][rows], mean, scale, qg, lw, lam, e64.cfg.swing_twist, half)
             rep = np.zeros(rows.size, dtype=bool)
             if palette is not None and values is not None:
                 wsum = np.exp(lw).sum(1) if s in log_w else np.zeros(rows.size)
@@ -224,10 +232,10 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
             new = ~rep
             m_, s_, q_ = mean[new].reshape(-1), scale[new].reshape(-1), qg[new].reshape(-1)
             if values is not None:
-                data, v = streams.encode_values(x[new].reshape(-1), m_, s_, q_, b"", st.family, st.shifted)
+                data, v = streams.encode_values(x[new].reshape(-1), m_, s_, q_, b"", st.family, st.shifted, half)
                 group_streams.append(data)
             else:
-                v = streams.decode_values(readers[g], m_, s_, q_, what, st.family, st.shifted)
+                v = streams.decode_values(readers[g], m_, s_, q_, what, st.family, st.shifted, half)
             cur[rows[new]] = v.reshape(-1, a)
             if palette is not None and values is None:
                 palette.add(cur[rows[new]])
@@ -298,7 +306,8 @@ def _approximate_values(fitted: DirectFitted, lam: float) -> dict[str, np.ndarra
             mean, scale = (v.double().numpy() for v in st.params(prior, earlier, None))
             q = q.double().numpy()
             x = np.asarray(fitted.values[s], dtype=np.float64)
-            x = _round_stage(s, st, x, mean, scale, q, log_w.get(s), lam, cfg.swing_twist)[0] if s in log_w else np.rint(x)
+            half = prep.frame.residual_half if st.family == "uniform" else None
+            x = _round_stage(s, st, x, mean, scale, q, log_w.get(s), lam, cfg.swing_twist, half)[0] if s in log_w else np.rint(x)
             dec[s] = torch.as_tensor(x, dtype=torch.float32)
     return {s: v.double().numpy() for s, v in dec.items()}
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..entropy.rate import quantize, symbol_bits
+from ..entropy.rate import quantize, symbol_bits, uniform_bits
 from ..errors import InputError
 from ..scene import GaussianScene
 from .attributes import render_log_weights, scene_vectors, step_log_weights, visibility
@@ -149,7 +149,10 @@ def _train(model, prep, values, cfg, fcfg, progress, history) -> None:
             # the coded values, straight through: on the grid through the mean when the codec puts it there
             dec[s] = mean.detach() + quantize(x - mean.detach(), q, "ste") if st.shifted else quantize(x, q, "ste")
             xn = quantize(x, q, "noise")
-            bits = symbol_bits(st.family)(xn, mean, scale, q).sum(1)
+            if st.family == "uniform":  # the position residual, anywhere in its voxel
+                bits = uniform_bits(prep.frame.residual_half, q).sum(1)
+            else:
+                bits = symbol_bits(st.family)(xn, mean, scale, q).sum(1)
             loss = loss + bits.mean()
             if not st.fixed_step:
                 # distortion: of the actual rounding when shifted (a value predicted within a step

@@ -58,6 +58,12 @@ class Frame:
     def rho(self) -> float:
         return self.span * RHO_PER_SPAN
 
+    @property
+    def residual_half(self) -> float:
+        """The largest |offset| of a Gaussian from its voxel's centre, per axis, in RHO units (the
+        position stage's range; IEEE basic operations on header numbers, the same on both sides)."""
+        return 0.5 * (self.voxel / self.rho)
+
     def centres(self, coords: np.ndarray) -> np.ndarray:
         return self.origin + (coords.astype(np.float64) + 0.5) * self.voxel
 

@@ -52,6 +52,11 @@ SCALE_RANK_MAX_STEP = (2.0, 0.5, 0.2)
 SWING_TWIST_MAX_STEP = (0.3, 0.3, 0.3)
 # Stages coded under Laplacians: heavy-tailed values (docs/direct-mode.md, "Symbol distributions").
 LAPLACE_STAGES = ("sh",)
+# Stages coded uniformly over the range the decoder knows them to lie in (codec/streams.py, family
+# "uniform"): a position residual lies inside its voxel, and nothing predicts where better than
+# chance (its normalised residuals are flat: under the Gaussian they cost 0.13-0.25 bits a value
+# more; measured on playbot_lod2, λ = 1/16: 312 kB uniform against 322 kB).
+UNIFORM_STAGES = ("position",)
 ROTATIONS = ("rotvec", "swing_twist")
 NO_AR_STAGES = ("position",)  # residuals inside a voxel do not follow their neighbours'
 # A small grid: its tables are bits of every file, and per-Gaussian attributes need less of it.
@@ -82,6 +87,8 @@ class DirectConfig:
     lambdas: list = field(default_factory=lambda: list(LAMBDAS))
     # stages whose symbols are coded under Laplacians (the rest under Gaussians): see LAPLACE_STAGES
     laplace: list = field(default_factory=lambda: list(LAPLACE_STAGES))
+    # stages coded uniformly within their known range (only the position residual has one)
+    uniform: list = field(default_factory=lambda: list(UNIFORM_STAGES))
     # quantize every stepped stage on the grid through its predicted mean (codec/streams.py)
     shifted: bool = True
     # scales in ascending order, each rank with its own weight and step cap (attributes.SCALE_RANK_LOG)
@@ -106,8 +113,8 @@ class DirectConfig:
             raise ValueError(f"unknown direct-mode config fields {sorted(set(d) - known)}")
         # files without these fields: every stage under Gaussians, on the grid of multiples of q,
         # scales unordered, no SH repeats
-        cfg = DirectConfig(**{"laplace": [], "shifted": False, "scale_ranks": False, "sh_repeats": False,
-                              "rotation": "rotvec", **d})
+        cfg = DirectConfig(**{"laplace": [], "uniform": [], "shifted": False, "scale_ranks": False,
+                              "sh_repeats": False, "rotation": "rotvec", **d})
         for name, lo, hi in (("sh_degree", 0, 3), ("prior_dim", 1, 256), ("hidden", 1, 256), ("ctx_dim", 1, 256),
                              ("sa_dim", 0, 512), ("n_context", 1, 256)):
             v = getattr(cfg, name)
@@ -122,6 +129,10 @@ class DirectConfig:
             raise ValueError("direct-mode config lambdas must be a list of positive numbers")
         if not isinstance(cfg.laplace, list) or not all(isinstance(v, str) and v in STAGES for v in cfg.laplace):
             raise ValueError("direct-mode config laplace must be a list of stage names")
+        if not isinstance(cfg.uniform, list) or not all(isinstance(v, str) and v in UNIFORM_STAGES for v in cfg.uniform) \
+                or set(cfg.uniform) & set(cfg.laplace):
+            raise ValueError(f"direct-mode config uniform must list stages among {', '.join(UNIFORM_STAGES)} "
+                             "(and not under laplace)")
         if cfg.rotation not in ROTATIONS:
             raise ValueError(f"direct-mode config rotation must be one of {', '.join(ROTATIONS)}")
         if not isinstance(cfg.groups, str):
@@ -187,7 +198,7 @@ class DirectStage(nn.Module):
         self.register_buffer("in_mean", torch.zeros(self.e))
         self.register_buffer("in_std", torch.ones(self.e))
         self.fixed_step = stage == "importance"  # side information, coded with a step of 1
-        self.family = "laplace" if stage in cfg.laplace else "gaussian"
+        self.family = "uniform" if stage in cfg.uniform else "laplace" if stage in cfg.laplace else "gaussian"
         # on the grid through the predicted mean; importance stays on integers (0 = skipped)
         self.shifted = cfg.shifted and not self.fixed_step
         self.vr = None

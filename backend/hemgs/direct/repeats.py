@@ -14,19 +14,18 @@ may point to an earlier group's row or to one of this group's rows coded in full
 
 Section layout, one record per coding group: u32 length + flags (`encode_bits`, one per Gaussian
 the group codes), u32 length + indices (ANS words, uniform over the palette's size after the
-group's rows coded in full joined it), u32 CRC-32 of the flags and indices.
+group's rows coded in full joined it, coding/uniform.py), u32 CRC-32 of the flags and indices.
 """
 
 from __future__ import annotations
 
-import math
 import struct
 import zlib
 
-import constriction
 import numpy as np
 
-from ..coding.bits import _bytes_to_words, _words_to_bytes, ans_decoder, decode_bits, encode_bits
+from ..coding.bits import decode_bits, encode_bits
+from ..coding.uniform import decode_uniform, encode_uniform
 from ..errors import FormatError, IntegrityError
 
 STAGE = "sh"  # the stage whose rows may repeat
@@ -82,11 +81,7 @@ def encode_group(flags: np.ndarray, index: np.ndarray, palette_size: int) -> byt
     if index.size and (palette_size < 1 or index.min() < 0 or index.max() >= palette_size):
         raise ValueError("repeat index outside the palette")
     fb = encode_bits(flags.astype(np.uint8))
-    ib = b""
-    if index.size:
-        coder = constriction.stream.stack.AnsCoder()
-        coder.encode_reverse(index, constriction.stream.model.Uniform(), np.full(index.size, palette_size, np.int32))
-        ib = _words_to_bytes(coder.get_compressed())
+    ib = encode_uniform(index, np.full(index.size, palette_size, np.int64), "repeat indices")
     crc = zlib.crc32(flags.astype(np.uint8).tobytes() + index.astype("<i4").tobytes())
     return struct.pack("<I", len(fb)) + fb + struct.pack("<I", len(ib)) + ib + struct.pack("<I", crc)
 
@@ -109,16 +104,7 @@ def decode_group(data: bytes, pos: int, n_rows: int, palette_before: int, what: 
     palette_size = palette_before + n_rows - k
     if k and palette_size < 1:
         raise FormatError(f"{what}: repeats before any row was coded")
-    if k * math.log2(max(palette_size, 1)) > 8 * len(ib) + 64:
-        raise FormatError(f"{what}: {k} indices cannot fit in {len(ib)} bytes")
-    index = np.zeros(0, dtype=np.int32)
-    if k:
-        coder = ans_decoder(_bytes_to_words(ib, what), what)
-        try:
-            index = np.asarray(coder.decode(constriction.stream.model.Uniform(), np.full(k, palette_size, np.int32)),
-                               dtype=np.int32)
-        except Exception as exc:  # constriction's own errors on malformed streams
-            raise FormatError(f"{what}: corrupt indices ({exc})") from None
+    index = decode_uniform(ib, np.full(k, max(palette_size, 1), np.int64), f"{what}, indices").astype(np.int32)
     (crc,) = struct.unpack("<I", take(4, "checksum"))
     if zlib.crc32(flags.astype(np.uint8).tobytes() + index.astype("<i4").tobytes()) != crc:
         raise IntegrityError(f"{what}: decoded repeats differ from what the encoder coded")

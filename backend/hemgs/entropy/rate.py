@@ -51,6 +51,12 @@ def laplace_bits(x_hat: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, q
     return -torch.log2(p)
 
 
+def uniform_bits(half_range: float, q: torch.Tensor) -> torch.Tensor:
+    """Bits of a value coded uniformly over the ~2h/q + 1 steps of width q that cover [-h, h]
+    (codec/streams.py, family "uniform"): log2 of their count, whatever the value."""
+    return torch.log2(2.0 * half_range / q + 1.0)
+
+
 def symbol_bits(family: str):
     """The training rate function of a symbol distribution (coding/gaussian_coder.FAMILIES)."""
     return laplace_bits if family == "laplace" else gaussian_bits
