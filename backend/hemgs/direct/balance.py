@@ -12,6 +12,12 @@ renders the source, and the source with one stage's values decoded, for each sta
 views, and scales each stage's weight by its error per value over the mean (a stage that adds
 less gets coarser steps). Then it codes the scene again. Encoder only: the steps travel in the
 file's networks (each stage's step bias), the weights of the rounding are the encoder's.
+
+Render errors do not follow the modelled ones in proportion (a scale or rotation error that the
+weights count quadratically shows less once large; the per-view totals move with every stage), so
+the encoder measures twice (BALANCE_PASSES): again on the values coded with the first factors,
+which gives the factors it codes with. And DC and the higher SH bands are measured apart: their
+weights' ratio is a constant (attributes.SH_WEIGHT) that the scenes do not share.
 """
 
 from __future__ import annotations
@@ -31,35 +37,58 @@ BALANCE_SEED = 1  # not the importance views (seed 0): another set of azimuths
 # A stage's weight moves by at most this factor either way (a stage whose errors do not show in
 # the few views must not lose all its bits).
 MAX_FACTOR = 8.0
-# Groups of stages measured together, with the scene attribute each decodes into.
-GROUPS = {"opacity": (("opacity",), "opacity_logits"), "scale": (("scale",), "log_scales"),
-          "rotation": (("rotation",), "quats"), "position": (("position",), "means"),
-          "colour": (("dc", "sh"), "sh")}
+# Measurements per file: the second, on values coded with the first's factors, gives the factors
+# used. Measured at the peers' PSNR (2-3 λ, interpolated), against one pass with colour as one
+# group: playbot_lod2 at SOG's -0.8%, playbot_lod3 at SPZ's -0.4%, biker at SOG's +0.1%
+# (docs/direct-mode.md); a third pass gave -0.6% and -0.7%.
+BALANCE_PASSES = 2
+# Groups of stages measured together: the scene attribute each decodes into, and for SH which
+# coefficients (DC, the higher bands).
+GROUPS = {"opacity": (("opacity",), "opacity_logits", None), "scale": (("scale",), "log_scales", None),
+          "rotation": (("rotation",), "quats", None), "position": (("position",), "means", None),
+          "dc": (("dc",), "sh", slice(0, 1)), "sh": (("sh",), "sh", slice(1, None))}
 
 
-def _with(source: GaussianScene, decoded: GaussianScene, attr: str, rows: np.ndarray) -> GaussianScene:
+def _with(source: GaussianScene, decoded: GaussianScene, attr: str, cols: slice | None, rows: np.ndarray) -> GaussianScene:
     out = source.subset(np.arange(len(source)))
     arr = getattr(out, attr).copy()
-    arr[rows] = getattr(decoded, attr)[rows]
+    if cols is None:
+        arr[rows] = getattr(decoded, attr)[rows]
+    else:
+        arr[rows, cols] = getattr(decoded, attr)[rows, cols]
     setattr(out, attr, arr)
     return out
 
 
-def stage_errors(source: GaussianScene, decoded: GaussianScene, live: np.ndarray) -> dict[str, float]:
+class Views:
+    """The source, the measurement's views and the source's renders from them (made once per file)."""
+
+    def __init__(self, source: GaussianScene):
+        from ..cameras import sample_views
+        from ..render import render
+
+        self.source = source
+        self.cameras = sample_views(source, n=BALANCE_VIEWS, width=BALANCE_SIZE, height=BALANCE_SIZE, seed=BALANCE_SEED)
+        self.refs = [render(source, c) for c in self.cameras]
+
+
+def stage_errors(source: GaussianScene, decoded: GaussianScene, live: np.ndarray,
+                 views: Views | None = None) -> dict[str, float]:
     """Render MSE of the source with one group of stages decoded, per group (mean over the views).
     Both scenes in coding order, scale and rotation in the same canonical form; `live` (N,) marks
     the Gaussians the file codes (a skipped one holds placeholders, and the weights do not model
-    its error): the others keep their source values."""
-    from ..cameras import sample_views
+    its error): the others keep their source values. Groups the scene lacks (SH at degree 0) are
+    left out."""
     from ..render import render
 
-    views = sample_views(source, n=BALANCE_VIEWS, width=BALANCE_SIZE, height=BALANCE_SIZE, seed=BALANCE_SEED)
-    refs = [render(source, c) for c in views]
+    views = views or Views(source)
     coded = np.flatnonzero(live)
     per_view = {}
-    for group, (_, attr) in GROUPS.items():
-        mixed = _with(source, decoded, attr, coded)
-        per_view[group] = np.array([np.mean((render(mixed, c) - r) ** 2) for c, r in zip(views, refs)])
+    for group, (_, attr, cols) in GROUPS.items():
+        if cols is not None and cols.start >= source.sh.shape[1]:
+            continue
+        mixed = _with(source, decoded, attr, cols, coded)
+        per_view[group] = np.array([np.mean((render(mixed, c) - r) ** 2) for c, r in zip(views.cameras, views.refs)])
     # quality is the mean of the views' PSNRs: an error counts against its view's whole error
     # (attributes.view_weights), which the stages' errors add up to
     total = np.maximum(sum(per_view.values()), 1e-30)
@@ -69,8 +98,8 @@ def stage_errors(source: GaussianScene, decoded: GaussianScene, live: np.ndarray
 def balance_factors(errors: dict[str, float], modelled: dict[str, float]) -> dict[str, float]:
     """Weight factor per stage: how much more its group's decoded values moved the renders than its
     weights predicted (`modelled`: Σ w·(x̂ - x)² per stage), relative to all stages together."""
-    present = {g: [s for s in stages if s in modelled] for g, (stages, _) in GROUPS.items()}
-    groups = [g for g in GROUPS if present[g]]
+    present = {g: [s for s in stages if s in modelled] for g, (stages, _, _) in GROUPS.items()}
+    groups = [g for g in GROUPS if present[g] and g in errors]
     model = {g: sum(modelled[s] for s in present[g]) for g in groups}
     ref = sum(errors[g] for g in groups) / max(sum(model.values()), 1e-300)
     out = {}

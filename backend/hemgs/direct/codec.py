@@ -272,27 +272,47 @@ def encode(fitted: DirectFitted, *, lam: float, header_extra: dict | None = None
     the stages' weights evened out (direct/balance.py; with `rdoq` only)."""
     if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
         raise InputError(f"λ must be a positive number, got {lam}")
-    factors = None
-    if balance and rdoq and fitted.prep.n:
-        dec = _approximate_values(fitted, float(lam))
-        if dec is None:  # (with the AR context: a full coding pass)
-            dec = _encode(fitted, float(lam), header_extra, chunk, rdoq, None)[2].values
-        factors = _balance(fitted, dec, float(lam))
+    factors = _balanced_factors(fitted, float(lam), chunk) if balance and rdoq and fitted.prep.n else None
     return _encode(fitted, float(lam), header_extra, chunk, rdoq, factors)
 
 
-def _approximate_values(fitted: DirectFitted, lam: float) -> dict[str, np.ndarray] | None:
-    """Nearly what a file at `lam` decodes to, for the stage balance: the encoder's rounding from
-    one float32 pass of the model (no exact path, no SH repeats, no entropy coding: a third of a
-    coding pass's time). None with the AR context (that needs the decoded neighbours, group by
-    group)."""
-    prep, model = fitted.prep, fitted.model
-    if any(st.use_ctx for st in model.stages.values()):
+def _balanced_factors(fitted: DirectFitted, lam: float, chunk: int) -> dict[str, float]:
+    """The stage balance's weight factors: measured balance.BALANCE_PASSES times, each time on
+    the values coded with the previous factors."""
+    factors, views = None, None
+    for _ in range(balance.BALANCE_PASSES):
+        dec = _approximate_values(fitted, lam, factors)
+        if dec is None:  # (with the AR context: a full coding pass)
+            dec = _encode(fitted, lam, None, chunk, True, factors)[2].values
+        views = views or balance.Views(_source(fitted))
+        factors = _balance(fitted, dec, lam, views)
+    return factors
+
+
+def _with_factors(model: DirectEntropyModel, factors: dict[str, float] | None) -> DirectEntropyModel:
+    """A copy of `model` whose stages' steps follow the balance's weight factors: a stage weighted
+    k times more takes steps 1/√k as large (through its step bias, which the file's networks carry)."""
+    model = copy.deepcopy(model).cpu()
+    with torch.no_grad():
+        for s, k in (factors or {}).items():
+            model.stages[s].step_bias -= 0.5 * math.log(k)
+    return model
+
+
+def _approximate_values(fitted: DirectFitted, lam: float,
+                        factors: dict[str, float] | None = None) -> dict[str, np.ndarray] | None:
+    """Nearly what a file at `lam` (coded with the balance's `factors`) decodes to, for the stage
+    balance: the encoder's rounding from one float32 pass of the model (no exact path, no SH
+    repeats, no entropy coding: a third of a coding pass's time). None with the AR context (that
+    needs the decoded neighbours, group by group)."""
+    prep = fitted.prep
+    if any(st.use_ctx for st in fitted.model.stages.values()):
         return None
+    model = _with_factors(fitted.model, factors) if factors else fitted.model
     cfg = model.cfg
     true = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in fitted.values.items()}
     log_w = {s: render_log_weights(s, true, math.log(prep.frame.rho), cfg.scale_ranks, cfg.swing_twist).numpy()
-             for s, st in model.stages.items() if not st.fixed_step}
+             + math.log((factors or {}).get(s, 1.0)) for s, st in model.stages.items() if not st.fixed_step}
     with torch.no_grad():
         sa = prep.sa_feat.float() if prep.sa_feat is not None else None
         prior = model.prior(model.hyper(model.grid(prep.xyz01.float()), sa))[torch.as_tensor(prep.layout.voxel_of)]
@@ -312,11 +332,19 @@ def _approximate_values(fitted: DirectFitted, lam: float) -> dict[str, np.ndarra
     return {s: v.double().numpy() for s, v in dec.items()}
 
 
-def _balance(fitted: DirectFitted, dec: dict[str, np.ndarray], lam: float) -> dict[str, float]:
+def _source(fitted: DirectFitted) -> GaussianScene:
+    """The source as the encoder holds it: coding order, canonical orientation."""
+    prep, cfg = fitted.prep, fitted.model.cfg
+    return scene_from_vectors(fitted.values, prep.centres, prep.frame.rho, fitted.sh_degree, cfg.swing_twist)
+
+
+def _balance(fitted: DirectFitted, dec: dict[str, np.ndarray], lam: float,
+             views: balance.Views | None = None) -> dict[str, float]:
     """Weight factors per stage from renders of the source with each stage decoded (balance.py)."""
     prep, cfg = fitted.prep, fitted.model.cfg
     true = fitted.values
-    source = scene_from_vectors(true, prep.centres, prep.frame.rho, fitted.sh_degree, cfg.swing_twist)
+    views = views or balance.Views(_source(fitted))
+    source = views.source
     live = ~skip_decisions(true["importance"], lam)
     decoded = scene_from_vectors(dec, prep.centres, prep.frame.rho, fitted.sh_degree, cfg.swing_twist)
     decoded.means = prep.frame.snap(decoded.means)
@@ -332,18 +360,14 @@ def _balance(fitted: DirectFitted, dec: dict[str, np.ndarray], lam: float) -> di
             continue
         w = np.exp(render_log_weights(s, t, math.log(prep.frame.rho), cfg.scale_ranks, cfg.swing_twist).numpy())
         modelled[s] = float((w[live] * (dec[s][live] - true[s][live]) ** 2).sum())
-    return balance.balance_factors(balance.stage_errors(source, decoded, live), modelled)
+    return balance.balance_factors(balance.stage_errors(source, decoded, live, views), modelled)
 
 
 def _encode(fitted: DirectFitted, lam: float, header_extra: dict | None, chunk: int, rdoq: bool,
             factors: dict[str, float] | None) -> tuple[dict, dict[str, bytes], DecodedDirect]:
     prep, cfg = fitted.prep, fitted.model.cfg
     layout = prep.layout
-    model = copy.deepcopy(fitted.model).cpu()
-    if factors:
-        with torch.no_grad():  # a stage weighted k times more takes steps 1/√k as large
-            for s, k in factors.items():
-                model.stages[s].step_bias -= 0.5 * math.log(k)
+    model = _with_factors(fitted.model, factors)
     quantize_weights(model.networks())
     n, m = prep.n, layout.coords.shape[0]
     if n > MAX_GAUSSIANS or n > MAX_PER_VOXEL * max(m, 1):
