@@ -149,11 +149,25 @@ def swing_twist_to_quat(v: np.ndarray) -> np.ndarray:
     return np.where(wxyz[:, :1] < 0, -wxyz, wxyz)
 
 
+def twist_nearest(theta, ref):
+    """Of the twists θ + jπ (all the same Gaussian: a turn by π about its own z axis swaps the signs
+    of its x and y), the one nearest `ref`, and j. Works on numpy arrays and torch tensors.
+
+    Why: the encoder codes the representative nearest the predicted mean, so the twist lives on a
+    circle of period π and a model centred anywhere on it sees its values close by. Measured on
+    playbot_lod2: the twists in (-π/2, π/2] crowd at both ends, five times as dense at ±π/2 as at 0
+    (the two ends are the same twist), which a Gaussian centred at 0 cannot follow."""
+    j = ((theta - ref) / np.pi).round()
+    return theta - j * np.pi, j
+
+
 def swing_target(true: np.ndarray, theta_hat: np.ndarray) -> np.ndarray:
     """The (θ, u) to code once θ is decoded as `theta_hat`: u expressed against θ̂ keeps the swing
-    (and so the tilt of the z axis) the source's, whatever the twist's rounding error."""
+    (and so the tilt of the z axis) the source's, whatever the twist's rounding error, and θ is the
+    representative of the source's twist nearest θ̂ (`twist_nearest`; u does not depend on which)."""
     true = np.asarray(true, dtype=np.float64)
-    return np.concatenate([true[:, :1], _rotz(true[:, 0] - theta_hat, true[:, 1:])], axis=1)
+    theta = twist_nearest(true[:, 0], theta_hat)[0]
+    return np.concatenate([theta[:, None], _rotz(true[:, 0] - theta_hat, true[:, 1:])], axis=1)
 
 
 def _cube_group() -> tuple[np.ndarray, np.ndarray]:

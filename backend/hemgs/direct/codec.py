@@ -34,7 +34,8 @@ from ..entropy.ar import pack_context
 from ..entropy.context import num_groups
 from ..errors import FormatError, HemgsError, InputError
 from ..scene import GaussianScene
-from .attributes import GEOM_WEIGHT, IMPORTANCE_OFFSET, render_log_weights, scene_from_vectors, swing_target
+from .attributes import (GEOM_WEIGHT, IMPORTANCE_OFFSET, render_log_weights, scene_from_vectors, swing_target,
+                         twist_nearest)
 from .fit import DirectFitted
 from .geometry import MAX_LATTICE_BITS, Frame, decode_counts, encode_counts, layout_from_counts
 from .model import LAMBDA_UNIT, DirectConfig, DirectEntropyModel
@@ -128,7 +129,8 @@ def _round_stage(stage: str, st, true: np.ndarray, mean: np.ndarray, scale: np.n
     if not (stage == "rotation" and swing_twist):
         return rd(true, slice(None)), true
     shift = mean[:, 0] / q[:, 0] if st.shifted else 0.0
-    theta = (np.rint(rd(true[:, :1], slice(0, 1))[:, 0] / q[:, 0] - shift) + shift) * q[:, 0]  # as it decodes
+    near = twist_nearest(true[:, :1], mean[:, :1])[0]  # the twist (mod π) nearest the predicted one
+    theta = (np.rint(rd(near, slice(0, 1))[:, 0] / q[:, 0] - shift) + shift) * q[:, 0]  # as it decodes
     target = swing_target(true, theta)
     return np.concatenate([theta[:, None], rd(target[:, 1:], slice(1, None))], axis=1), target
 

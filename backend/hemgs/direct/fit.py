@@ -21,7 +21,7 @@ import torch
 from ..entropy.rate import quantize, symbol_bits, uniform_bits
 from ..errors import InputError
 from ..scene import GaussianScene
-from .attributes import render_log_weights, scene_vectors, step_log_weights, visibility
+from .attributes import render_log_weights, scene_vectors, step_log_weights, twist_nearest, visibility
 from .geometry import frame_for, layout_for
 from .model import LAMBDA_UNIT, DirectConfig, DirectEntropyModel, set_norms
 from .prepare import Prepared, prepare
@@ -100,6 +100,14 @@ def _shifted_error(x: torch.Tensor, mean: torch.Tensor, q: torch.Tensor) -> torc
     return q * (torch.round(t) - t).detach()
 
 
+def _twist_near_mean(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Rotations (θ, u0, u1) with θ the representative nearest the predicted twist (θ + jπ: the same
+    Gaussian, attributes.twist_nearest) and u as the encoder re-expresses it, turned by jπ."""
+    theta, j = twist_nearest(x[:, :1], mean[:, :1])
+    sign = 1.0 - 2.0 * torch.remainder(j, 2.0)
+    return torch.cat([theta, x[:, 1:] * sign], dim=1)
+
+
 def _train(model, prep, values, cfg, fcfg, progress, history) -> None:
     torch.manual_seed(fcfg.seed)
     rng = np.random.default_rng(fcfg.seed)
@@ -146,6 +154,8 @@ def _train(model, prep, values, cfg, fcfg, progress, history) -> None:
                 neigh = torch.where(ok[..., None], true[s][crow], x.new_zeros(()))
                 ctx = st.context(neigh, off, ok)
             mean, scale = st.params(prior, earlier, ctx)
+            if s == "rotation" and cfg.swing_twist:  # as the encoder codes it: the twist (mod π)
+                x = _twist_near_mean(x, mean.detach())  # nearest the predicted one
             # the coded values, straight through: on the grid through the mean when the codec puts it there
             dec[s] = mean.detach() + quantize(x - mean.detach(), q, "ste") if st.shifted else quantize(x, q, "ste")
             xn = quantize(x, q, "noise")
