@@ -152,6 +152,27 @@ def test_the_twist_is_coded_as_its_representative_nearest_the_prediction():
     assert np.allclose(_covariances(swing_twist_to_quat(t), s), _covariances(q, s), rtol=1e-9, atol=1e-12)
 
 
+def test_the_encoders_scale_weights_by_rank_are_its_own(fitted, monkeypatch):
+    """The encoder codes the log-scales with weights corrected by rank (the fit, its rounding and
+    the balance); the decoder's steps do not depend on that correction."""
+    import torch
+
+    from hemgs.direct import attributes
+
+    vals = {k: torch.as_tensor(v) for k, v in fitted.values.items()}
+    args = (vals, 0.0, True, True)
+    diff = attributes.coding_log_weights("scale", *args) - attributes.render_log_weights("scale", *args)
+    assert torch.allclose(diff, torch.as_tensor(attributes.SCALE_RANK_CODING, dtype=diff.dtype).expand_as(diff))
+    for stage in ("opacity", "rotation", "position", "dc", "sh"):
+        assert torch.equal(attributes.coding_log_weights(stage, *args), attributes.render_log_weights(stage, *args))
+    # unsorted scales: no ranks, no correction
+    assert torch.equal(attributes.coding_log_weights("scale", vals, 0.0, False, True),
+                       attributes.render_log_weights("scale", vals, 0.0, False, True))
+    header, sections, enc = encode(fitted, lam=1.0)
+    monkeypatch.setattr(attributes, "SCALE_RANK_CODING", (5.0, -5.0, 0.0))
+    assert same(decode(header, sections).scene, enc.scene)
+
+
 def test_flipped_and_scaled_quaternions_decode_to_the_same_scene(scene):
     small = scene.subset(slice(0, 400))
     flipped = GaussianScene(small.means, -3.0 * small.quats, small.log_scales, small.opacity_logits, small.sh)

@@ -34,7 +34,7 @@ from ..entropy.ar import pack_context
 from ..entropy.context import num_groups
 from ..errors import FormatError, HemgsError, InputError
 from ..scene import GaussianScene
-from .attributes import (GEOM_WEIGHT, IMPORTANCE_OFFSET, render_log_weights, scene_from_vectors, swing_target,
+from .attributes import (GEOM_WEIGHT, IMPORTANCE_OFFSET, coding_log_weights, scene_from_vectors, swing_target,
                          twist_nearest)
 from .fit import DirectFitted
 from .geometry import MAX_LATTICE_BITS, Frame, decode_counts, encode_counts, layout_from_counts
@@ -168,7 +168,7 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
     if values is not None and rdoq and n:
         true = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in values.items()}
         log_rho = math.log(prep.frame.rho)
-        log_w = {s: render_log_weights(s, true, log_rho, e64.cfg.scale_ranks, e64.cfg.swing_twist).numpy()
+        log_w = {s: coding_log_weights(s, true, log_rho, e64.cfg.scale_ranks, e64.cfg.swing_twist).numpy()
                  + math.log((factors or {}).get(s, 1.0)) for s in e64.stages if not e64.stages[s].fixed_step}
     prior = _prior(e64, prep, chunk)
     dec: dict[str, np.ndarray] = {}
@@ -313,7 +313,7 @@ def _approximate_values(fitted: DirectFitted, lam: float,
     model = _with_factors(fitted.model, factors) if factors else fitted.model
     cfg = model.cfg
     true = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in fitted.values.items()}
-    log_w = {s: render_log_weights(s, true, math.log(prep.frame.rho), cfg.scale_ranks, cfg.swing_twist).numpy()
+    log_w = {s: coding_log_weights(s, true, math.log(prep.frame.rho), cfg.scale_ranks, cfg.swing_twist).numpy()
              + math.log((factors or {}).get(s, 1.0)) for s, st in model.stages.items() if not st.fixed_step}
     with torch.no_grad():
         sa = prep.sa_feat.float() if prep.sa_feat is not None else None
@@ -360,7 +360,7 @@ def _balance(fitted: DirectFitted, dec: dict[str, np.ndarray], lam: float,
     for s in cfg.dims:
         if s == "importance":
             continue
-        w = np.exp(render_log_weights(s, t, math.log(prep.frame.rho), cfg.scale_ranks, cfg.swing_twist).numpy())
+        w = np.exp(coding_log_weights(s, t, math.log(prep.frame.rho), cfg.scale_ranks, cfg.swing_twist).numpy())
         modelled[s] = float((w[live] * (dec[s][live] - true[s][live]) ** 2).sum())
     return balance.balance_factors(balance.stage_errors(source, decoded, live, views), modelled)
 
