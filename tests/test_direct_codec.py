@@ -152,6 +152,34 @@ def test_the_twist_is_coded_as_its_representative_nearest_the_prediction():
     assert np.allclose(_covariances(swing_twist_to_quat(t), s), _covariances(q, s), rtol=1e-9, atol=1e-12)
 
 
+def test_colours_are_coded_luma_first_then_chroma_given_it(fitted, monkeypatch):
+    """Chained stages (DC, SH): two streams a group, the chroma's distribution computed from the
+    luma as decoded; a decoder that gets other luma values gets other chroma distributions (and
+    fails loudly on its checksums rather than decoding garbage)."""
+    from hemgs.codec import streams
+    from hemgs.codec.hemgs_codec import _read_part
+    from hemgs.direct.model import chain_parts
+
+    assert chain_parts("dc", 3) == ([0], [1, 2]) and chain_parts("scale", 3) is None
+    first, rest = chain_parts("sh", 24)
+    assert first == [0, 3, 6, 9, 12, 15, 18, 21] and len(rest) == 16
+    header, sections, enc = encode(fitted, lam=0.5)
+    groups = fitted.prep.n_groups
+    for stage in ("dc", "sh"):
+        assert len(_read_part(sections[stage], stage, 2 * groups)[1]) == 2 * groups
+    assert len(_read_part(sections["opacity"], "opacity", groups)[1]) == groups
+    assert same(decode(header, sections).scene, enc.scene)
+    real = streams.decode_values
+
+    def shifted_luma(rest_, mean, scale, q, name, *a):
+        v = real(rest_, mean, scale, q, name, *a)
+        return v + 0.5 * q if name.startswith("dc (first") else v  # the luma decoded off by half a step
+
+    monkeypatch.setattr(streams, "decode_values", shifted_luma)
+    with pytest.raises(HemgsError, match="dc \\(rest part"):
+        decode(header, sections)
+
+
 def test_the_encoders_scale_weights_by_rank_are_its_own(fitted, monkeypatch):
     """The encoder codes the log-scales with weights corrected by rank (the fit, its rounding and
     the balance); the decoder's steps do not depend on that correction."""
@@ -302,7 +330,7 @@ def test_corrupt_and_lying_files_are_refused(fitted):
     for bad_cfg, what in (({"laplace": ["bogus"]}, "laplace"), ({"laplace": "sh"}, "laplace"),
                           ({"shifted": "yes"}, "shifted"), ({"scale_ranks": 1}, "scale_ranks"),
                           ({"uniform": ["sh"]}, "uniform"), ({"uniform": "position"}, "uniform"),
-                          ({"uniform": ["position"], "laplace": ["position"]}, "uniform")):
+                          ({"uniform": ["position"], "laplace": ["position"]}, "uniform"), ({"chain": "yes"}, "chain")):
         with pytest.raises(FormatError, match=what):
             decode({**header, "direct": {**header["direct"], **bad_cfg}}, sections)
 
@@ -310,11 +338,11 @@ def test_corrupt_and_lying_files_are_refused(fitted):
 def test_symbol_distribution_and_grid_are_named_in_the_file_and_a_decoder_follows_them(fitted):
     header, sections, enc = encode(fitted, lam=1.0)
     assert header["direct"]["laplace"] == ["sh"] and header["direct"]["shifted"] is True
-    assert header["direct"]["uniform"] == ["position"]
+    assert header["direct"]["uniform"] == ["position"] and header["direct"]["chain"] is True
     # (the coded scales are in ascending order; coarse steps may reorder decoded ones, harmlessly)
     assert header["direct"]["scale_ranks"] is True and (np.diff(fitted.values["scale"], axis=1) >= 0).all()
     # decoding with the other choices (as a file without these fields says) does not give this scene
-    for other in ({"laplace": []}, {"shifted": False}, {"scale_ranks": False}, {"uniform": []}):
+    for other in ({"laplace": []}, {"shifted": False}, {"scale_ranks": False}, {"uniform": []}, {"chain": False}):
         try:
             assert not same(decode({**header, "direct": {**header["direct"], **other}}, sections).scene, enc.scene)
         except HemgsError:

@@ -50,6 +50,8 @@ GOLDENS_DIRECT = {
     "tiny_direct_twist.hgs": (8000, 300, 3, 1.0),
     # position residuals coded uniformly inside their voxel (config "uniform", codec/streams.py)
     "tiny_direct_uniform.hgs": (8000, 300, 3, 1.0),
+    # DC and SH coded luma first, then chroma given it (config "chain"; two streams a group)
+    "tiny_direct_chain.hgs": (8000, 300, 3, 1 / 16),
 }
 
 

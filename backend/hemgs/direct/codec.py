@@ -135,6 +135,28 @@ def _round_stage(stage: str, st, true: np.ndarray, mean: np.ndarray, scale: np.n
     return np.concatenate([theta[:, None], rd(target[:, 1:], slice(1, None))], axis=1), target
 
 
+def _choose(stage: str, st, true: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
+            log_w: np.ndarray | None, lam: float, swing_twist: bool, half: float | None,
+            rest=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The encoder's values for one stage's rows and the distributions they are coded under:
+    (values, the true values they stand for, mean, scale), every channel. `mean`, `scale` are the
+    head's: of the first part for a chained stage, whose rest's distribution `rest(first values)`
+    gives (mean, scale) once the first part is rounded."""
+    if st.rest is None:
+        return (*_round_stage(stage, st, true, mean, scale, q, log_w, lam, swing_twist, half), mean, scale)
+    p0, p1 = st.first, st.rest
+    cols = (lambda c: log_w[:, c]) if log_w is not None else (lambda c: None)
+    x0 = _round_stage(stage, st, true[:, p0], mean, scale, q[:, p0], cols(p0), lam, swing_twist, half)[0]
+    m1, s1 = rest(x0)
+    x1 = _round_stage(stage, st, true[:, p1], m1, s1, q[:, p1], cols(p1), lam, swing_twist, half)[0]
+    return st.assemble(x0, x1), true, st.assemble(mean, m1), st.assemble(scale, s1)
+
+
+def _split_params(res: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    k = res.shape[1] // 2
+    return res[:, :k], res[:, k:]
+
+
 def skip_decisions(importance: np.ndarray, lam: float) -> np.ndarray:
     """Which Gaussians the encoder leaves out (True = skipped): those whose loss of all opacity
     (distortion GEOM_WEIGHT["opacity"]·V, the opacity stage's weight for Δα = α) costs less than
@@ -186,7 +208,7 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
             idx, guard = snap_steps(q_raw, STEP_BASE)
             group_streams = []
         else:
-            guard, readers = _read_part(sections[s], s, prep.n_groups)
+            guard, readers = _read_part(sections[s], s, prep.n_groups * (1 if st.rest is None else 2))
             idx = steps_from_guard(q_raw, STEP_BASE, guard)
         q = step_values(idx, STEP_BASE).reshape(n, a)
         half = prep.frame.residual_half if st.family == "uniform" else None
@@ -204,12 +226,23 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
                 crow, off, ok = prep.context_rows(rows)
                 neigh = cur[crow] * ok[..., None]
                 x.append(pack_context(torch.from_numpy(neigh), torch.from_numpy(off), torch.from_numpy(ok)))
-            res = _run(st.head_rows, torch.cat(x, dim=1), chunk).numpy() if rows.size else np.zeros((0, 2 * a))
-            mean, scale, qg = res[:, :a], res[:, a:], q[rows]
+            head_in = torch.cat(x, dim=1)
+            n_first = a if st.rest is None else len(st.first)
+            res = _run(st.head_rows, head_in, chunk).numpy() if rows.size else np.zeros((0, 2 * n_first))
+            mean0, scale0 = _split_params(res)  # (the first part's, for a chained stage)
+            qg = q[rows]
             what = f"{s} (group {g})"
+
+            def rest(x0, sel=slice(None)):  # a chained stage's rest, given its first part's values
+                if not x0.shape[0]:
+                    return np.zeros((0, a - n_first)), np.zeros((0, a - n_first))
+                rows_in = torch.cat([head_in[sel], torch.from_numpy(np.ascontiguousarray(x0, dtype=np.float64))], 1)
+                return _split_params(_run(st.rest_rows, rows_in, chunk).numpy())
+
             if values is not None:
                 lw = log_w[s][rows] if s in log_w else None
-                x, true = _round_stage(s, st, values[s][rows], mean, scale, qg, lw, lam, e64.cfg.swing_twist, half)
+                x, true, mean, scale = _choose(s, st, values[s][rows], mean0, scale0, qg, lw, lam, e64.cfg.swing_twist,
+                                               half, rest)
             rep = np.zeros(rows.size, dtype=bool)
             if palette is not None and values is not None:
                 wsum = np.exp(lw).sum(1) if s in log_w else np.zeros(rows.size)
@@ -221,9 +254,10 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
                     lead = total > wsum
                     if lead.any():  # rows others may repeat: their error counts for those too
                         lw2 = lw[lead] + np.log(total[lead] / wsum[lead])[:, None]
-                        x[lead] = _rd_round(true[lead].reshape(-1), mean[lead].reshape(-1), scale[lead].reshape(-1),
-                                            qg[lead].reshape(-1), lw2.reshape(-1), lam, st.family,
-                                            st.shifted).reshape(-1, a)
+                        sel = torch.from_numpy(lead)
+                        x[lead], _, mean[lead], scale[lead] = _choose(
+                            s, st, true[lead], mean0[lead], scale0[lead], qg[lead], lw2, lam, e64.cfg.swing_twist,
+                            half, lambda x0: rest(x0, sel))
                     ref = np.where((entry >= 0)[:, None], palette.entries[np.maximum(entry, 0)], x[np.maximum(owner, 0)])
                     d_rep = (np.exp(lw) * (ref - true) ** 2).sum(1) / (lam * LAMBDA_UNIT)
                     keep = _rd_cost(true, x, mean, scale, qg, lw, lam, st.family, st.shifted).sum(1)
@@ -232,13 +266,24 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
                 rep, index, rep_pos = repeats.decode_group(sections[repeats.SECTION], rep_pos, rows.size,
                                                            palette.size, f"section {repeats.SECTION}, {what}")
             new = ~rep
-            m_, s_, q_ = mean[new].reshape(-1), scale[new].reshape(-1), qg[new].reshape(-1)
-            if values is not None:
-                data, v = streams.encode_values(x[new].reshape(-1), m_, s_, q_, b"", st.family, st.shifted, half)
-                group_streams.append(data)
-            else:
-                v = streams.decode_values(readers[g], m_, s_, q_, what, st.family, st.shifted, half)
-            cur[rows[new]] = v.reshape(-1, a)
+            # the rows coded in full: a chained stage's first part, then its rest under the
+            # distribution its decoded first part gives (the decoder's order)
+            n_parts = 1 if st.rest is None else 2
+            coded = []
+            for j in range(n_parts):
+                if j == 0:
+                    cols, m_, s_ = st.first, mean0[new], scale0[new]
+                else:
+                    cols, (m_, s_) = st.rest, rest(coded[0], torch.from_numpy(new))
+                args = (m_.reshape(-1), s_.reshape(-1), qg[new][:, cols].reshape(-1))
+                if values is not None:
+                    data, v = streams.encode_values(x[new][:, cols].reshape(-1), *args, b"", st.family, st.shifted, half)
+                    group_streams.append(data)
+                else:
+                    label = what if n_parts == 1 else f"{s} ({('first', 'rest')[j]} part, group {g})"
+                    v = streams.decode_values(readers[g * n_parts + j], *args, label, st.family, st.shifted, half)
+                coded.append(v.reshape(-1, m_.shape[1]))
+            cur[rows[new]] = coded[0] if n_parts == 1 else st.assemble(*coded)
             if palette is not None and values is None:
                 palette.add(cur[rows[new]])
                 cur[rows[rep]] = palette.entries[index]
@@ -329,7 +374,11 @@ def _approximate_values(fitted: DirectFitted, lam: float,
             q = q.double().numpy()
             x = np.asarray(fitted.values[s], dtype=np.float64)
             half = prep.frame.residual_half if st.family == "uniform" else None
-            x = _round_stage(s, st, x, mean, scale, q, log_w.get(s), lam, cfg.swing_twist, half)[0] if s in log_w else np.rint(x)
+
+            def rest(x0, st=st, earlier=earlier):
+                return tuple(v.double().numpy() for v in st.params_rest(prior, earlier, None, torch.as_tensor(x0, dtype=torch.float32)))
+
+            x = _choose(s, st, x, mean, scale, q, log_w.get(s), lam, cfg.swing_twist, half, rest)[0] if s in log_w else np.rint(x)
             dec[s] = torch.as_tensor(x, dtype=torch.float32)
     return {s: v.double().numpy() for s, v in dec.items()}
 

@@ -97,6 +97,11 @@ def fit_direct(scene: GaussianScene, cfg: DirectConfig | None = None, fcfg: Dire
     return DirectFitted(model, prep, values, scene.sh_degree, sa.id if cfg.scene_agnostic else None, history)
 
 
+def _coded(x: torch.Tensor, mean: torch.Tensor, q: torch.Tensor, shifted: bool) -> torch.Tensor:
+    """The coded values, straight through: on the grid through the mean when the codec puts them there."""
+    return mean.detach() + quantize(x - mean.detach(), q, "ste") if shifted else quantize(x, q, "ste")
+
+
 def _shifted_error(x: torch.Tensor, mean: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """x̂ - x for x̂ = mean + q·round((x - mean)/q), differentiable in q (the rounding offset held)."""
     t = (x - mean) / q
@@ -159,8 +164,11 @@ def _train(model, prep, values, cfg, fcfg, progress, history) -> None:
             mean, scale = st.params(prior, earlier, ctx)
             if s == "rotation" and cfg.swing_twist:  # as the encoder codes it: the twist (mod π)
                 x = _twist_near_mean(x, mean.detach())  # nearest the predicted one
-            # the coded values, straight through: on the grid through the mean when the codec puts it there
-            dec[s] = mean.detach() + quantize(x - mean.detach(), q, "ste") if st.shifted else quantize(x, q, "ste")
+            if st.rest is not None:  # chained: the rest's distribution from the first part as coded
+                first = _coded(x[:, st.first], mean, q[:, st.first], st.shifted)
+                mean_r, scale_r = st.params_rest(prior, earlier, ctx, first)
+                mean, scale = st.assemble(mean, mean_r), st.assemble(scale, scale_r)
+            dec[s] = _coded(x, mean, q, st.shifted)
             xn = quantize(x, q, "noise")
             if st.family == "uniform":  # the position residual, anywhere in its voxel
                 bits = uniform_bits(prep.frame.residual_half, q).sum(1)
