@@ -186,12 +186,7 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
     SKIP_LOGIT (opacity) or the stage's `norm_mean`, the same on both sides."""
     n = prep.n
     live = np.ones(n, dtype=bool)
-    log_w = {}
-    if values is not None and rdoq and n:
-        true = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in values.items()}
-        log_rho = math.log(prep.frame.rho)
-        log_w = {s: coding_log_weights(s, true, log_rho, e64.cfg.scale_ranks, e64.cfg.swing_twist).numpy()
-                 + math.log((factors or {}).get(s, 1.0)) for s in e64.stages if not e64.stages[s].fixed_step}
+    log_w = _encoder_log_weights(e64, values, prep, factors) if values is not None and rdoq and n else {}
     prior = _prior(e64, prep, chunk)
     dec: dict[str, np.ndarray] = {}
     out: dict[str, bytes] = {}
@@ -326,14 +321,24 @@ def encode(fitted: DirectFitted, *, lam: float, header_extra: dict | None = None
 def _balanced_factors(fitted: DirectFitted, lam: float, chunk: int) -> dict[str, float]:
     """The stage balance's weight factors: measured balance.BALANCE_PASSES times, each time on
     the values coded with the previous factors."""
-    factors, views = None, None
+    factors, views = None, balance.Views(_source(fitted))
     for _ in range(balance.BALANCE_PASSES):
         dec = _approximate_values(fitted, lam, factors)
         if dec is None:  # (with the AR context: a full coding pass)
             dec = _encode(fitted, lam, None, chunk, True, factors)[2].values
-        views = views or balance.Views(_source(fitted))
         factors = _balance(fitted, dec, lam, views)
     return factors
+
+
+def _encoder_log_weights(model: DirectEntropyModel, values: dict, prep: Prepared,
+                         factors: dict[str, float] | None) -> dict[str, np.ndarray]:
+    """The log weights the encoder rounds with, per stepped stage: the coding weights of the true
+    values (attributes.coding_log_weights) times the stage balance's factor."""
+    cfg = model.cfg
+    true = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in values.items()}
+    log_rho = math.log(prep.frame.rho)
+    return {s: coding_log_weights(s, true, log_rho, cfg.scale_ranks, cfg.swing_twist).numpy()
+            + math.log((factors or {}).get(s, 1.0)) for s, st in model.stages.items() if not st.fixed_step}
 
 
 def _with_factors(model: DirectEntropyModel, factors: dict[str, float] | None) -> DirectEntropyModel:
@@ -357,9 +362,7 @@ def _approximate_values(fitted: DirectFitted, lam: float,
         return None
     model = _with_factors(fitted.model, factors) if factors else fitted.model
     cfg = model.cfg
-    true = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in fitted.values.items()}
-    log_w = {s: coding_log_weights(s, true, math.log(prep.frame.rho), cfg.scale_ranks, cfg.swing_twist).numpy()
-             + math.log((factors or {}).get(s, 1.0)) for s, st in model.stages.items() if not st.fixed_step}
+    log_w = _encoder_log_weights(model, fitted.values, prep, factors)
     with torch.no_grad():
         sa = prep.sa_feat.float() if prep.sa_feat is not None else None
         prior = model.prior(model.hyper(model.grid(prep.xyz01.float()), sa))[torch.as_tensor(prep.layout.voxel_of)]

@@ -104,7 +104,7 @@ def decode_group(data: bytes, pos: int, n_rows: int, palette_before: int, what: 
     palette_size = palette_before + n_rows - k
     if k and palette_size < 1:
         raise FormatError(f"{what}: repeats before any row was coded")
-    index = decode_uniform(ib, np.full(k, max(palette_size, 1), np.int64), f"{what}, indices").astype(np.int32)
+    index = decode_uniform(ib, np.full(k, palette_size, np.int64), f"{what}, indices").astype(np.int32)
     (crc,) = struct.unpack("<I", take(4, "checksum"))
     if zlib.crc32(flags.astype(np.uint8).tobytes() + index.astype("<i4").tobytes()) != crc:
         raise IntegrityError(f"{what}: decoded repeats differ from what the encoder coded")
