@@ -53,3 +53,30 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Refuse, before any long work, an output `path` that cannot be written: its folder is
+    missing or is no folder, the path is a folder, or the folder refuses a new file. Raises
+    InputError with one line naming the user's path; returns it as a Path.
+
+    The probe really creates (and removes) a file: permission bits say nothing for root, and a
+    read-only or virtual file system only shows itself on a write."""
+    from ..errors import InputError  # stdlib-only module otherwise; errors is pure Python
+
+    final = Path(path)
+    folder = final.parent if str(final.parent) else Path(".")
+    if final.is_dir():
+        raise InputError(f"cannot write {final}: it is a folder; give a file name")
+    if not folder.exists():
+        raise InputError(f"cannot write {final}: the folder {folder} does not exist")
+    if not folder.is_dir():
+        raise InputError(f"cannot write {final}: {folder} is not a folder")
+    probe = folder / f".{final.name}.{secrets.token_hex(6)}.probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        raise InputError(f"cannot write {final}: {exc.strerror}") from None
+    with contextlib.suppress(OSError):
+        probe.unlink()
+    return final
