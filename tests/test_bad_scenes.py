@@ -18,7 +18,7 @@ import pytest
 from conftest import DEMO_PLY, REPO
 from hemgs.cli import main
 from hemgs.io import load_scene, write_ply
-from hemgs.scene import MAX_ABS_COORD, GaussianScene, sanitize
+from hemgs.scene import MAX_ABS_COORD, ZERO_LOG_SCALE, GaussianScene, sanitize
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,9 @@ REPAIRS = {
     "nan position": (dict(means=((0, 1), np.nan)), 1, "NaN/Inf"),
     "inf colour": (dict(sh=((3, 0, 2), np.inf)), 1, "NaN/Inf"),
     "nan opacity": (dict(opacity_logits=(5, np.nan)), 1, "NaN/Inf"),
-    # In our log-space layout a zero scale is a log-scale of -inf: not finite, so dropped.
-    "zero scale (log -inf)": (dict(log_scales=((7, 0), -np.inf)), 1, "NaN/Inf"),
+    # A zero scale (log-scale -inf) is valid; an infinite one has no finite size to draw.
+    "infinite scale (log +inf)": (dict(log_scales=((7, 0), np.inf)), 1, "NaN/Inf"),
+    "inf rotation": (dict(quats=((8, 1), -np.inf)), 1, "NaN/Inf"),
     "zero quaternion": (dict(quats=(slice(2, 4), 0.0)), 2, "zero quaternion"),
     "coordinate 1e30": (dict(means=((9, 2), 1e30)), 1, "units from the origin"),
 }
@@ -78,7 +79,9 @@ def test_sanitize_keeps_everything_else_bit_for_bit(base):
     out, warnings = sanitize(scene)
     assert len(out) == 59 and len(warnings) == 1
     keep = np.arange(60) != 9
-    np.testing.assert_array_equal(out.log_scales, scene.log_scales[keep])  # huge negatives kept
+    # huge negatives are kept, at the finite stand-in for a zero scale (the same render)
+    np.testing.assert_array_equal(out.log_scales[:5], np.full((5, 3), ZERO_LOG_SCALE, np.float32))
+    np.testing.assert_array_equal(out.log_scales[5:], scene.log_scales[keep][5:])
     np.testing.assert_array_equal(out.means, scene.means[keep])
     # Just inside the bound is kept: the limit is on absurd values, not on large scenes.
     edge = _variant(base, means=((0, 0), MAX_ABS_COORD))

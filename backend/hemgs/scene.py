@@ -24,6 +24,13 @@ MAX_SH_DEGREE = 3
 # Positions beyond this are garbage, not scenery: float32 resolves at best ~1 unit there, and the
 # camera framing and projection of such points overflow (a 1e30 coordinate rendered all black).
 MAX_ABS_COORD = 1e7
+# Saturated values, which other tools write as infinities: a fully opaque Gaussian as opacity
+# logit +inf (compressed-PLY and SOG decoders), an invisible one as -inf, a zero scale as log-scale
+# -inf. `sanitize` brings them, and anything beyond, to these finite stand-ins, which render the
+# same: sigmoid(20) is 1.0 in float32 and sigmoid(-20) ~ 2e-9 is below every rasterizer's 1/255
+# alpha cut; a scale of e^-30 of a unit is ~1e-13 of it, nothing beside the renderers' 0.3 px² blur.
+SATURATED_LOGIT = 20.0
+ZERO_LOG_SCALE = -30.0
 
 
 def sh_coeffs(degree: int) -> int:
@@ -131,21 +138,28 @@ def _f32(arr, name: str) -> np.ndarray:
 
 
 def sanitize(scene: GaussianScene) -> tuple[GaussianScene, list[str]]:
-    """Return a renderable scene and one warning line per repair made.
+    """Return a renderable scene, with finite values only, and one warning line per repair made.
+
+    Valid saturated values are kept, as finite stand-ins that render the same, with no warning:
+    opacity logits beyond ±SATURATED_LOGIT (±inf included: opacity 1 and 0) are set to
+    ±SATURATED_LOGIT, log-scales below ZERO_LOG_SCALE (-inf included: size 0) to ZERO_LOG_SCALE.
+    Count and order are kept for them.
 
     Documented repairs (everything else is kept bit for bit):
-    - Gaussians with any NaN/Inf attribute are dropped;
+    - Gaussians with NaN anywhere, or an infinity in a position, rotation, SH coefficient, or a
+      log-scale of +inf (no finite size to draw), are dropped;
     - Gaussians with a zero-length quaternion are dropped;
     - Gaussians farther than MAX_ABS_COORD from the origin on any axis are dropped (see there);
     - the remaining quaternions are normalised to unit length.
     """
     warnings: list[str] = []
     n = len(scene)
-    finite = (
-        np.isfinite(scene.means).all(1) & np.isfinite(scene.quats).all(1)
-        & np.isfinite(scene.log_scales).all(1) & np.isfinite(scene.opacity_logits)
-        & np.isfinite(scene.sh).all((1, 2))
-    )
+    with np.errstate(invalid="ignore"):
+        finite = (
+            np.isfinite(scene.means).all(1) & np.isfinite(scene.quats).all(1)
+            & ~np.isnan(scene.log_scales).any(1) & ~(scene.log_scales == np.inf).any(1)
+            & ~np.isnan(scene.opacity_logits) & np.isfinite(scene.sh).all((1, 2))
+        )
     if not finite.all():
         warnings.append(f"dropped {int((~finite).sum())} of {n} Gaussians with NaN/Inf attributes")
     with np.errstate(invalid="ignore", over="ignore"):
@@ -165,7 +179,9 @@ def sanitize(scene: GaussianScene) -> tuple[GaussianScene, list[str]]:
         warnings.append("normalised quaternions that were not unit length")
     if len(out):
         out = GaussianScene(
-            out.means, (out.quats / norms[:, None]).astype(np.float32), out.log_scales,
-            out.opacity_logits, out.sh, dict(out.meta),
+            out.means, (out.quats / norms[:, None]).astype(np.float32),
+            np.maximum(out.log_scales, np.float32(ZERO_LOG_SCALE)),
+            np.clip(out.opacity_logits, np.float32(-SATURATED_LOGIT), np.float32(SATURATED_LOGIT)),
+            out.sh, dict(out.meta),
         )
     return out, warnings

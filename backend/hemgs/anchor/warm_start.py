@@ -28,6 +28,7 @@ from .voxelize import DEFAULT_TARGET_RATIO, choose_voxel_size, voxelize
 
 DEFAULT_EPOCHS, MIN_STEPS, MAX_STEPS = 250, 300, 3000
 LOSS_NAMES = ("opacity", "scale", "rotation", "color")
+TINY_LOG_SCALE = math.log(1000.0)  # targets' log-scales floor: log(voxel size) minus this
 # Colour is weighted up: it is what a render shows most, and the hardest to fit (it is view-
 # dependent). On the demo scene, weight 4 cut the colour MSE by a fifth (0.0206 -> 0.0164) for a
 # small rise of the others; weight 10 bought little more colour for larger scale/rotation errors.
@@ -114,10 +115,13 @@ def assign_slots(model: AnchorModel, scene: GaussianScene) -> SlotTargets:
     take = np.where(valid, src, 0)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a[take]))  # noqa: E731
     quats = scene.quats / np.maximum(np.linalg.norm(scene.quats, axis=1, keepdims=True), 1e-12)
+    # Zero-size Gaussians (sanitize's ZERO_LOG_SCALE) would dominate the squared log-scale loss;
+    # a thousandth of a voxel renders the same (sub-pixel, under the 0.3 px blur) from any view.
+    log_scales = np.maximum(scene.log_scales, np.float32(math.log(model.voxel_size) - TINY_LOG_SCALE))
     return SlotTargets(
         valid=torch.from_numpy(valid), source=torch.from_numpy(src),
         means=t(scene.means), opacity=t(scene.opacities.astype(np.float32)),
-        log_scales=t(scene.log_scales), quats=t(quats.astype(np.float32)), sh=t(scene.sh),
+        log_scales=t(log_scales), quats=t(quats.astype(np.float32)), sh=t(scene.sh),
         unplaced=unplaced,
     )
 
