@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DEMO_PLY, shared_file
+from conftest import DEMO_PLY, REPO, shared_file
 from hemgs.cli import main
 
 
@@ -74,3 +74,20 @@ def test_truncated_ply_is_refused_with_exit_2(tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     res = run_cli("info", cut)
     assert res.returncode == 2 and "cut.ply" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("command", [
+    ["train", DEMO_PLY, "-o", "{missing}/m.safetensors"],
+    ["compress", DEMO_PLY, "-o", "{missing}/x.hgs"],  # (anchor mode: would train for a minute and more)
+    ["compress", DEMO_PLY, "-o", "{missing}/x.hgs", "--mode", "direct"],
+    ["decompress", REPO / "tests" / "golden" / "tiny_direct.hgs", "-o", "{missing}/x.ply"],
+    ["convert", DEMO_PLY, "{missing}/x.spz"],
+    ["render", DEMO_PLY, "-o", "{folder}"],  # (render makes a missing folder; a folder as the file it refuses)
+])
+def test_an_unwritable_output_is_refused_before_any_work(tmp_path, capsys, command):
+    args = [str(a).format(missing=tmp_path / "missing", folder=tmp_path) for a in command]
+    assert main(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("hemgs: error: cannot write "), err  # no stage ran
+    assert ("it is a folder" if command[0] == "render" else "does not exist") in err[0], err
+    assert not (tmp_path / "missing").exists()

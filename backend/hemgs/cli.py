@@ -7,6 +7,7 @@ on stderr and exit code 2; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 from . import __version__
 from .errors import HemgsError, InputError
 from .modes import DEFAULT_MODE, DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE, MODES
+from .progress import Reporter
 
 EXIT_USAGE = 2
 DEFAULT_VIEWS = 16  # the sampled view set of render and eval, when a scene brings no cameras
@@ -220,11 +222,14 @@ def _save_png(image, path: str) -> None:
         Image.fromarray(pixels).save(tmp, format="PNG")
 
 
-def _progress(iterable, desc: str, total: int | None = None):
-    from tqdm import tqdm
+def _check_output(path: str, make_folder: bool = False) -> None:
+    """Refuse an output that cannot be written before any long work (one line, exit 2);
+    `make_folder`: create its folder first (render makes the folders of its PNG)."""
+    from .io.atomic import check_output_path
 
-    return tqdm(iterable, desc=desc, total=total, unit="view", file=sys.stderr, leave=False,
-                disable=None)  # None: off when stderr is not a terminal
+    if make_folder and str(Path(path).parent):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    check_output_path(path)
 
 
 def _human_bytes(n: int) -> str:
@@ -303,11 +308,13 @@ def cmd_render(args) -> int:
 
     from .io import detect_format
 
+    _check_output(args.output, make_folder=True)
     device = _setup_torch(args)
     if detect_format(args.file) == "hgs":  # decoded: a direct file's Gaussians, an anchor file's model
         from .pipeline import scene_and_renderer
 
-        scene, draw = scene_and_renderer(args.file, device)
+        with Reporter() as report:
+            scene, draw = scene_and_renderer(args.file, device, progress=report)
     else:
         scene = _load(args.file)
         draw = lambda cam: render(scene, cam, device=device)  # noqa: E731
@@ -326,6 +333,7 @@ def cmd_render(args) -> int:
 def cmd_convert(args) -> int:
     from .io import save_scene
 
+    _check_output(args.dst)
     scene = _load(args.src)
     kwargs = {"spz_version": args.spz_version} if args.spz_version else {}
     save_scene(scene, args.dst, **kwargs)
@@ -334,55 +342,16 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def _stage_progress():
-    """A progress callback for pipeline stages: one tqdm bar per stage, on stderr."""
-    from tqdm import tqdm
-
-    bars: dict = {}
-
-    def report(stage: str, step: int, total: int, info: dict) -> None:
-        bar = bars.get(stage)
-        if bar is None:
-            for other in bars.values():
-                other.close()
-            bar = bars[stage] = tqdm(total=total, desc=STAGE_NAMES.get(stage, stage), file=sys.stderr,
-                                     leave=False, disable=None)
-        bar.n = step
-        shown = {k: f"{v:.4g}" for k, v in info.items() if isinstance(v, float)}
-        if shown:
-            bar.set_postfix(shown, refresh=False)
-        bar.refresh()
-        if step >= total:
-            bar.close()
-
-    return report
-
-
-STAGE_NAMES = {"teacher": "rendering the source", "warm": "warm start", "render": "training (render space)",
-               "fit": "fitting (direct mode)"}
-
-
-def _views_progress(desc: str, total: int):
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="view", file=sys.stderr, leave=False, disable=None)
-
-    def report(step: int, n: int) -> None:
-        bar.n = step
-        bar.refresh()
-        if step >= n:
-            bar.close()
-
-    return report
-
-
-def evaluate(source: str, other: str, cams, device) -> dict:
-    """PSNR/SSIM of OTHER's renders (a scene, or a .hgs decoded) against SOURCE's, same views."""
+def evaluate(source: str, other: str, cams, device, progress=None) -> dict:
+    """PSNR/SSIM of OTHER's renders (a scene, or a .hgs decoded) against SOURCE's, same views.
+    `progress(stage, step, total, info)` hears "eval_source" and "eval_other" per view and
+    "decode" (default: a hemgs.progress.Reporter on stderr)."""
     from .metrics import compare_images
     from .pipeline import render_views
 
-    refs = render_views(source, cams, device, _views_progress("rendering source", len(cams)))
-    tests = render_views(other, cams, device, _views_progress("rendering other", len(cams)))
+    with Reporter() if progress is None else contextlib.nullcontext(progress) as report:
+        refs = render_views(source, cams, device, lambda i, n: report("eval_source", i, n, {}), stages=report)
+        tests = render_views(other, cams, device, lambda i, n: report("eval_other", i, n, {}), stages=report)
     res = compare_images(refs, tests)
     res.update(source=source, other=other, source_bytes=os.path.getsize(source), other_bytes=os.path.getsize(other))
     return res
@@ -428,11 +397,13 @@ def _refuse_direct_switches(args) -> None:
 def cmd_train(args) -> int:
     from .pipeline import train
 
+    _check_output(args.output)
     _refuse_direct_switches(args)
     device = _setup_torch(args)
     cfg = _fit_config(args)
     t0 = time.perf_counter()
-    fitted = train(args.src, args.output, cfg, progress=_stage_progress(), device=device, **_source_args(args))
+    with Reporter() as report:
+        fitted = train(args.src, args.output, cfg, progress=report, device=device, **_source_args(args))
     lo, hi = cfg.lambda_range
     rate = f"λ={lo:g}" if lo == hi else f"λ {lo:g} to {hi:g} (variable rate)"
     print(f"wrote {args.output}: {fitted.model.num_anchors:,} anchors, {cfg.codec.upper()} model, {rate}, "
@@ -503,9 +474,8 @@ def cmd_compress_direct(args) -> int:
                        ar=(on["ar"] or args.ar) and not args.no_ar, acs=on["acs"] and not args.no_acs,
                        variable_rate=on["variable_rate"] and not args.fixed_rate)
     fcfg = DirectFitConfig() if args.iters is None else DirectFitConfig(iters=args.iters)
-    bar = _stage_progress()
-    report = compress_direct(args.src, args.output, lam=lam, cfg=cfg, fcfg=fcfg,
-                             progress=lambda done, total: bar("fit", done, total, {}))
+    with Reporter() as stages:
+        report = compress_direct(args.src, args.output, lam=lam, cfg=cfg, fcfg=fcfg, stages=stages)
     for w in report["warnings"]:
         print(f"hemgs: warning: {args.src}: {w}", file=sys.stderr)
     total, source_bytes = report["bytes"], report["source_bytes"]
@@ -522,6 +492,7 @@ def cmd_compress(args) -> int:
     from .io import detect_format
     from .pipeline import compress, compress_model, train
 
+    _check_output(args.output)
     if args.mode == "direct":
         return cmd_compress_direct(args)
     if args.iters is not None:
@@ -533,18 +504,19 @@ def cmd_compress(args) -> int:
 
         cfg = _fit_config(args)
         sources = _source_args(args)
-        with tempfile.TemporaryDirectory() as tmp:
-            fitted = train(args.src, Path(tmp) / "model.safetensors", cfg, progress=_stage_progress(), device=device,
-                           **sources)
+        with tempfile.TemporaryDirectory() as tmp, Reporter() as stages:
+            fitted = train(args.src, Path(tmp) / "model.safetensors", cfg, progress=stages, device=device, **sources)
+            source_bytes = os.path.getsize(args.src) if args.src is not None else None
+            extra = ({"source": os.path.basename(args.src), "source_bytes": source_bytes} if args.src is not None
+                     else {"source": os.path.basename(str(args.images))})
+            report = compress_model(fitted.model, fitted.entropy, args.output, lam=cfg.lam, header_extra=extra,
+                                    progress=stages)
         _print_heldout(fitted)
-        source_bytes = os.path.getsize(args.src) if args.src is not None else None
-        extra = ({"source": os.path.basename(args.src), "source_bytes": source_bytes} if args.src is not None
-                 else {"source": os.path.basename(str(args.images))})
-        report = compress_model(fitted.model, fitted.entropy, args.output, lam=cfg.lam, header_extra=extra)
     else:
         if args.images is not None or args.mlps is not None:
             raise InputError(f"{args.src} is a trained model already: --images and --mlps apply to training")
-        report = compress(args.src, args.output, lam=args.lam if args.lam_given else None)
+        with Reporter() as stages:
+            report = compress(args.src, args.output, lam=args.lam if args.lam_given else None, progress=stages)
         source_bytes = report.get("source_bytes")
     _print_sizes(report, source_bytes)
     return 0
@@ -553,8 +525,10 @@ def cmd_compress(args) -> int:
 def cmd_decompress(args) -> int:
     from .pipeline import decompress
 
+    _check_output(args.output)
     _setup_torch(args)
-    scene = decompress(args.file, args.output, sh_degree=args.sh_degree)
+    with Reporter() as report:
+        scene = decompress(args.file, args.output, sh_degree=args.sh_degree, progress=report)
     how = "decoded" if scene.meta.get("mode") == "direct" else "baked"
     print(f"wrote {args.output}: {len(scene):,} Gaussians ({how}, SH degree {scene.sh_degree})")
     return 0
@@ -579,10 +553,12 @@ def cmd_demo(args) -> int:
 
     cfg = FitConfig(lam=1e-3, width=128, warm_steps=args.warm_steps, steps=args.steps)
     t0 = time.perf_counter()
-    fitted = train(args.file, out / "model.safetensors", cfg, progress=_stage_progress(), device=device)
+    with Reporter() as stages:
+        fitted = train(args.file, out / "model.safetensors", cfg, progress=stages, device=device)
     print(f"trained {out / 'model.safetensors'} in {time.perf_counter() - t0:.0f} s "
           f"({fitted.model.num_anchors:,} anchors)")
-    report = compress_model(fitted.model, fitted.entropy, out / "demo.hgs", lam=cfg.lam)
+    with Reporter() as stages:
+        report = compress_model(fitted.model, fitted.entropy, out / "demo.hgs", lam=cfg.lam, progress=stages)
     _print_sizes(report, os.path.getsize(args.file))
     cams = scene_views(scene, args.file, n=DEFAULT_VIEWS, width=256, height=256)
     res = evaluate(args.file, str(out / "demo.hgs"), cams, device)

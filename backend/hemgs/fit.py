@@ -2,7 +2,7 @@
 
 Stages, each reported through `progress(stage, step, total, info)`:
 1. "teacher"  render the source from the training views (cameras.json beside the PLY, else
-              sampled views; every 8th view is held out for evaluation);
+              sampled views; every 8th view is held out for evaluation, and rendered here too);
 2. "warm"     voxelize and fit the anchor model to the source Gaussians in attribute space
               (hemgs.anchor.warm_start) — what makes a CPU run practical;
 3. "render"   fine-tune in render space: L1 + SSIM against the teacher's renders (Scaffold-GS's
@@ -176,11 +176,10 @@ def fit(scene: GaussianScene | None, *, source_path=None, cfg: FitConfig | None 
                 return torch.as_tensor(render_views_anchor(teacher, [cam])[0]).to(device)
             return torch.as_tensor(render(scene, cam, device=device)).to(device)
 
-        train_targets = []
-        for i, cam in enumerate(train):
-            train_targets.append(shoot(cam))
-            report("teacher", i + 1, len(train), {})
-        test_targets = [shoot(cam) for cam in test]
+        train_targets, test_targets = [], []
+        for i, cam in enumerate(train + test):  # (the held-out views' renders counted too)
+            (train_targets if i < len(train) else test_targets).append(shoot(cam))
+            report("teacher", i + 1, len(train) + len(test), {})
     history["teacher_seconds"] = time.perf_counter() - t0
     history["targets"] = "images" if targets is not None else ("scene" if scene is not None else "initial model")
 
@@ -309,6 +308,7 @@ def render_finetune(model: AnchorModel, entropy, views: list[Camera], targets: l
         cam, target = views[i], targets[i]
         vis = visible_anchors(model, cam)
         if not bool(vis.any()):
+            report("render", step + 1, cfg.steps, {})  # (a skipped step is still one done)
             continue
         attrs = AnchorAttrs(model.features[vis], model.scaling[vis], model.offsets[vis], model.binary_mask()[vis])
         bpp, lam = None, cfg.lam

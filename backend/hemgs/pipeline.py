@@ -23,6 +23,7 @@ from .fit import FitConfig, Fitted, Progress, fit, render_views_anchor
 from .io import detect_format, load_scene, save_scene
 from .model_store import load_model, save_model
 from .modes import DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE, MODES, check_direct_lambda  # noqa: F401
+from .progress import step_stage
 from .scene import GaussianScene, sanitize
 
 # Baked exports (PLY/SPZ from .hgs): SH degree 1 keeps most of the view dependence for 4x9 floats.
@@ -79,40 +80,46 @@ def check_lambda(trained: float, asked: float | None, lambda_range: tuple[float,
     return float(asked)
 
 
-def compress_model(model, entropy, out_hgs, *, lam: float, header_extra: dict | None = None) -> dict:
+def compress_model(model, entropy, out_hgs, *, lam: float, header_extra: dict | None = None,
+                   progress: Progress | None = None) -> dict:
+    """Code a trained anchor model at `lam` and write `out_hgs`; `progress(stage, step, total, info)`
+    hears the encoding as one step of stage "encode"."""
     from .entropy.hemgs import HemgsEntropyModel
 
     t0 = time.perf_counter()
-    if isinstance(entropy, HemgsEntropyModel):
-        from .codec.hemgs_codec import encode as encode_hemgs
-        from .fit import scene_agnostic_prior
+    with step_stage(progress, "encode"):
+        if isinstance(entropy, HemgsEntropyModel):
+            from .codec.hemgs_codec import encode as encode_hemgs
+            from .fit import scene_agnostic_prior
 
-        sa = scene_agnostic_prior() if entropy.cfg.scene_agnostic else None
-        header, sections, decoded = encode_hemgs(model, entropy, sa, lam=lam, header_extra=header_extra)
-    else:
-        from .codec.anchor import encode
+            sa = scene_agnostic_prior() if entropy.cfg.scene_agnostic else None
+            header, sections, decoded = encode_hemgs(model, entropy, sa, lam=lam, header_extra=header_extra)
+        else:
+            from .codec.anchor import encode
 
-        header, sections, decoded = encode(model, entropy, lam=lam, header_extra=header_extra)
+            header, sections, decoded = encode(model, entropy, lam=lam, header_extra=header_extra)
     write_hgs(out_hgs, header, sections)
     return {"path": str(out_hgs), "bytes": os.path.getsize(out_hgs), "seconds": time.perf_counter() - t0,
             "sections": {k: len(v) for k, v in sections.items()}, "anchors": header["anchors"],
             "decoded": decoded}
 
 
-def compress(model_path, out_hgs, *, lam: float | None = None) -> dict:
+def compress(model_path, out_hgs, *, lam: float | None = None, progress: Progress | None = None) -> dict:
     model, entropy, meta = load_model(model_path)
     lam = check_lambda(float(meta["lambda"]), lam, tuple(meta.get("lambda_range") or ()) or None)
     extra = {k: meta[k] for k in ("source", "source_bytes") if k in meta}
-    report = compress_model(model, entropy, out_hgs, lam=lam, header_extra=extra)
+    report = compress_model(model, entropy, out_hgs, lam=lam, header_extra=extra, progress=progress)
     report["source_bytes"] = meta.get("source_bytes")
     return report
 
 
 def compress_direct(source, out_hgs, *, lam: float = DIRECT_LAMBDA_DEFAULT, cfg=None, fcfg=None,
-                    progress=None, header_extra: dict | None = None) -> dict:
+                    progress=None, header_extra: dict | None = None, stages: Progress | None = None) -> dict:
     """Anchor-free mode in one go: load and sanitize `source` (a 3DGS PLY/SPZ path, or a sanitized
     GaussianScene), fit the direct entropy model (hemgs.direct.fit_direct; progress(done, total) per
     iteration), code it at `lam` (hemgs.modes.DIRECT_LAMBDA_RANGE) and write `out_hgs` atomically.
+    `stages(stage, step, total, info)` hears every stage: the fit's "importance" and "fit", the
+    encoder's "balance" and "code" (hemgs.progress).
 
     Returns compress_model's report keys where they mean something here: path, bytes, seconds
     (encode + write), sections, gaussians, decoded (a hemgs.direct.DecodedDirect: `.scene`),
@@ -138,20 +145,22 @@ def compress_direct(source, out_hgs, *, lam: float = DIRECT_LAMBDA_DEFAULT, cfg=
         source_bytes = os.path.getsize(source)
         extra = {"source": os.path.basename(str(source)), "source_bytes": source_bytes}
     t0 = time.perf_counter()
-    fitted = fit_direct(scene, cfg=cfg or DirectConfig(), fcfg=fcfg, progress=progress)
+    fitted = fit_direct(scene, cfg=cfg or DirectConfig(), fcfg=fcfg, progress=progress, stages=stages)
     fit_seconds = time.perf_counter() - t0
-    report = encode_direct(fitted, out_hgs, lam=lam, header_extra={**extra, **(header_extra or {})})
+    report = encode_direct(fitted, out_hgs, lam=lam, header_extra={**extra, **(header_extra or {})}, progress=stages)
     report.update(source_bytes=source_bytes, fit_seconds=fit_seconds, warnings=warnings, fitted=fitted)
     return report
 
 
-def encode_direct(fitted, out_hgs, *, lam: float, header_extra: dict | None = None) -> dict:
-    """Code an already fitted direct model (hemgs.direct.DirectFitted) at `lam` and write `out_hgs`."""
+def encode_direct(fitted, out_hgs, *, lam: float, header_extra: dict | None = None,
+                  progress: Progress | None = None) -> dict:
+    """Code an already fitted direct model (hemgs.direct.DirectFitted) at `lam` and write `out_hgs`;
+    `progress(stage, step, total, info)` hears the stage balance's renders and the coding."""
     from .direct import encode
 
     lam = check_direct_lambda(lam)
     t0 = time.perf_counter()
-    header, sections, decoded = encode(fitted, lam=lam, header_extra=header_extra)
+    header, sections, decoded = encode(fitted, lam=lam, header_extra=header_extra, progress=progress)
     write_hgs(out_hgs, header, sections)
     return {"path": str(out_hgs), "bytes": os.path.getsize(out_hgs), "seconds": time.perf_counter() - t0,
             "sections": {k: len(v) for k, v in sections.items()}, "mode": "direct", "lambda": lam,
@@ -159,10 +168,11 @@ def encode_direct(fitted, out_hgs, *, lam: float, header_extra: dict | None = No
             "source_bytes": (header_extra or {}).get("source_bytes")}
 
 
-def decode_file(path):
+def decode_file(path, progress: Progress | None = None):
     """Decode a .hgs file by its header's mode: an anchor file gives the codec's decoded anchor
     model (`.model`), a direct file a hemgs.direct.DecodedDirect (`.scene`: plain 3DGS Gaussians).
-    Both have `.header`."""
+    Both have `.header`. `progress(stage, step, total, info)` hears stage "decode" (a direct file
+    per coded stage, an anchor file as one step)."""
     hgs = read_hgs(path)
     mode, codec = hgs.header.get("mode"), hgs.header.get("codec")
     if mode == "direct":
@@ -170,7 +180,7 @@ def decode_file(path):
             raise FormatError(f"{path}: unknown codec {codec!r} for direct mode"[:200])
         from .direct import decode as decode_direct
 
-        return decode_direct(hgs.header, hgs.sections)
+        return decode_direct(hgs.header, hgs.sections, progress=progress)
     if mode != "anchor":
         raise FormatError(f"{path}: unknown coding mode {mode!r}"[:200])
     if codec == "hemgs":
@@ -179,7 +189,8 @@ def decode_file(path):
         from .codec.anchor import decode
     else:
         raise FormatError(f"{path}: unknown codec {codec!r}"[:200])
-    return decode(hgs.header, hgs.sections)
+    with step_stage(progress, "decode"):
+        return decode(hgs.header, hgs.sections)
 
 
 def is_direct(decoded) -> bool:
@@ -201,7 +212,7 @@ def decoded_scene(decoded, sh_degree: int | None = None) -> GaussianScene:
     return bake(decoded.model, mode="sh_fit", sh_degree=BAKE_SH_DEGREE if sh_degree is None else sh_degree)
 
 
-def decompress(hgs_path, out_path, *, sh_degree: int | None = None) -> GaussianScene:
+def decompress(hgs_path, out_path, *, sh_degree: int | None = None, progress: Progress | None = None) -> GaussianScene:
     """Decode `hgs_path` and save its Gaussians to `out_path` (.ply/.spz), as decoded_scene says:
     an anchor file baked (SH degree `sh_degree`, default BAKE_SH_DEGREE), a direct file as coded
     (`sh_degree` only truncates)."""
@@ -209,7 +220,7 @@ def decompress(hgs_path, out_path, *, sh_degree: int | None = None) -> GaussianS
         raise InputError(f"{out_path}: decompress writes .ply or .spz (the extension picks the format)")
     if sh_degree is not None and not (isinstance(sh_degree, int) and 0 <= sh_degree <= 3):
         raise InputError(f"SH degree must be 0..3, got {sh_degree}")
-    scene = decoded_scene(decode_file(hgs_path), sh_degree)
+    scene = decoded_scene(decode_file(hgs_path, progress), sh_degree)
     save_scene(scene, out_path)
     return scene
 
@@ -226,34 +237,37 @@ def _draw_decoded(decoded, device):
     return lambda cam: render_views_anchor(model, [cam])[0]
 
 
-def renderer(path, device=None) -> Callable[[Camera], np.ndarray]:
+def renderer(path, device=None, progress: Progress | None = None) -> Callable[[Camera], np.ndarray]:
     """A function camera -> image for any file we read: scenes directly, an anchor .hgs through its
     decoded anchor model (view-dependent, as the codec means it to be seen), a direct .hgs through
-    its decoded Gaussians."""
+    its decoded Gaussians (`progress`: decode_file's)."""
     from .render import render
 
     if detect_format(path) == "hgs":
-        return _draw_decoded(decode_file(path), device)
+        return _draw_decoded(decode_file(path, progress), device)
     scene, _ = load_source(path)
     return lambda cam: render(scene, cam, device=device or "auto")
 
 
-def scene_and_renderer(path, device=None) -> tuple[GaussianScene, Callable[[Camera], np.ndarray]]:
+def scene_and_renderer(path, device=None,
+                       progress: Progress | None = None) -> tuple[GaussianScene, Callable[[Camera], np.ndarray]]:
     """`renderer(path)` with a Gaussian scene standing for the file where views are framed
     (hemgs.cameras.scene_views): the scene itself, a direct .hgs's decoded Gaussians, an anchor
-    .hgs's baked model. A .hgs is decoded once."""
+    .hgs's baked model. A .hgs is decoded once (`progress`: decode_file's)."""
     from .render import render
 
     if detect_format(path) == "hgs":
-        decoded = decode_file(path)
+        decoded = decode_file(path, progress)
         return decoded_scene(decoded), _draw_decoded(decoded, device)
     scene, _ = load_source(path)
     return scene, lambda cam: render(scene, cam, device=device or "auto")
 
 
-def render_views(path, views: list[Camera], device=None, progress=None) -> list[np.ndarray]:
-    """Renders of any file we read (see `renderer`), one per camera of `views`."""
-    draw = renderer(path, device)
+def render_views(path, views: list[Camera], device=None, progress=None,
+                 stages: Progress | None = None) -> list[np.ndarray]:
+    """Renders of any file we read (see `renderer`), one per camera of `views`; progress(done, total)
+    per view, `stages` the decoding of a .hgs (decode_file's `progress`)."""
+    draw = renderer(path, device, stages)
     out = []
     for i, cam in enumerate(views):
         out.append(draw(cam))

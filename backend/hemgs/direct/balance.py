@@ -60,16 +60,33 @@ def _with(source: GaussianScene, decoded: GaussianScene, attr: str, cols: slice 
     return out
 
 
-class Views:
-    """The source, the measurement's views and the source's renders from them (made once per file)."""
+def _groups(source: GaussianScene) -> list[str]:
+    """The groups the scene has (no higher SH bands at degree 0)."""
+    return [g for g, (_, _, cols) in GROUPS.items() if cols is None or cols.start < source.sh.shape[1]]
 
-    def __init__(self, source: GaussianScene):
+
+class Views:
+    """The source, the measurement's views and the source's renders from them (made once per file).
+    `progress(stage, step, total, info)` hears stage "balance" per render: these and those of
+    `passes` measurements (stage_errors)."""
+
+    def __init__(self, source: GaussianScene, progress=None, passes: int = BALANCE_PASSES):
         from ..cameras import sample_views
-        from ..render import render
 
         self.source = source
         self.cameras = sample_views(source, n=BALANCE_VIEWS, width=BALANCE_SIZE, height=BALANCE_SIZE, seed=BALANCE_SEED)
-        self.refs = [render(source, c) for c in self.cameras]
+        self.progress, self.done = progress, 0
+        self.total = len(self.cameras) * (1 + passes * len(_groups(source)))
+        self.refs = [self.render(source, c) for c in self.cameras]
+
+    def render(self, scene: GaussianScene, camera) -> np.ndarray:
+        from ..render import render
+
+        image = render(scene, camera)
+        self.done += 1
+        if self.progress is not None:
+            self.progress("balance", min(self.done, self.total), self.total, {})
+        return image
 
 
 def stage_errors(source: GaussianScene, decoded: GaussianScene, live: np.ndarray,
@@ -79,16 +96,13 @@ def stage_errors(source: GaussianScene, decoded: GaussianScene, live: np.ndarray
     the Gaussians the file codes (a skipped one holds placeholders, and the weights do not model
     its error): the others keep their source values. Groups the scene lacks (SH at degree 0) are
     left out."""
-    from ..render import render
-
     views = views or Views(source)
     coded = np.flatnonzero(live)
     per_view = {}
-    for group, (_, attr, cols) in GROUPS.items():
-        if cols is not None and cols.start >= source.sh.shape[1]:
-            continue
+    for group in _groups(source):
+        _, attr, cols = GROUPS[group]
         mixed = _with(source, decoded, attr, cols, coded)
-        per_view[group] = np.array([np.mean((render(mixed, c) - r) ** 2) for c, r in zip(views.cameras, views.refs)])
+        per_view[group] = np.array([np.mean((views.render(mixed, c) - r) ** 2) for c, r in zip(views.cameras, views.refs)])
     # quality is the mean of the views' PSNRs: an error counts against its view's whole error
     # (attributes.view_weights), which the stages' errors add up to
     total = np.maximum(sum(per_view.values()), 1e-30)

@@ -180,10 +180,11 @@ def _skip_values(values: dict, lam: float) -> dict:
 
 def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int, *,
                  values: dict | None = None, sections: dict | None = None, rdoq: bool = True,
-                 skips: bool = True, factors: dict[str, float] | None = None) -> tuple[dict, dict]:
+                 skips: bool = True, factors: dict[str, float] | None = None, progress=None) -> tuple[dict, dict]:
     """Encode (values given) or decode (sections given) every stage, group by group. With `skips`
     a Gaussian whose importance decodes to 0 is coded no further: its later stages hold
-    SKIP_LOGIT (opacity) or the stage's `norm_mean`, the same on both sides."""
+    SKIP_LOGIT (opacity) or the stage's `norm_mean`, the same on both sides. `progress(stage,
+    step, total, info)` hears "code" or "decode" per stage."""
     n = prep.n
     live = np.ones(n, dtype=bool)
     log_w = _encoder_log_weights(e64, values, prep, factors) if values is not None and rdoq and n else {}
@@ -290,6 +291,8 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
                 rep_records.append(repeats.encode_group(rep, index, palette.size))
                 cur[rows[rep]] = palette.entries[index]
         dec[s] = cur
+        if progress is not None:
+            progress("code" if values is not None else "decode", len(dec), len(e64.stages), {"stage": s})
         if s == "importance" and skips:
             live = cur[:, 0] >= 0.5
         if values is not None:
@@ -306,22 +309,26 @@ def _double(model: DirectEntropyModel) -> DirectEntropyModel:
 
 
 def encode(fitted: DirectFitted, *, lam: float, header_extra: dict | None = None,
-           chunk: int = CHUNK, rdoq: bool = True, balance: bool = True) -> tuple[dict, dict[str, bytes], DecodedDirect]:
+           chunk: int = CHUNK, rdoq: bool = True, balance: bool = True,
+           progress=None) -> tuple[dict, dict[str, bytes], DecodedDirect]:
     """Code the fitted scene at rate `lam`. Returns (header, sections, what the file decodes to).
     `rdoq` False turns the encoder's rate-distortion decisions off: every value is rounded to its
     nearest step (instead of choosing by rate and distortion) and no Gaussian is skipped.
     `balance`: measure how much each stage's coded values move the renders and code again with
-    the stages' weights evened out (direct/balance.py; with `rdoq` only)."""
+    the stages' weights evened out (direct/balance.py; with `rdoq` only). `progress(stage, step,
+    total, info)` hears the balance's renders ("balance") and the coding ("code")."""
     if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
         raise InputError(f"λ must be a positive number, got {lam}")
-    factors = _balanced_factors(fitted, float(lam), chunk) if balance and rdoq and fitted.prep.n else None
-    return _encode(fitted, float(lam), header_extra, chunk, rdoq, factors)
+    factors = _balanced_factors(fitted, float(lam), chunk, progress) if balance and rdoq and fitted.prep.n else None
+    if progress is None:  # (the call as before: tests spy on _encode's arguments)
+        return _encode(fitted, float(lam), header_extra, chunk, rdoq, factors)
+    return _encode(fitted, float(lam), header_extra, chunk, rdoq, factors, progress=progress)
 
 
-def _balanced_factors(fitted: DirectFitted, lam: float, chunk: int) -> dict[str, float]:
+def _balanced_factors(fitted: DirectFitted, lam: float, chunk: int, progress=None) -> dict[str, float]:
     """The stage balance's weight factors: measured balance.BALANCE_PASSES times, each time on
     the values coded with the previous factors."""
-    factors, views = None, balance.Views(_source(fitted))
+    factors, views = None, balance.Views(_source(fitted), progress)
     for _ in range(balance.BALANCE_PASSES):
         dec = _approximate_values(fitted, lam, factors)
         if dec is None:  # (with the AR context: a full coding pass)
@@ -418,7 +425,7 @@ def _balance(fitted: DirectFitted, dec: dict[str, np.ndarray], lam: float,
 
 
 def _encode(fitted: DirectFitted, lam: float, header_extra: dict | None, chunk: int, rdoq: bool,
-            factors: dict[str, float] | None) -> tuple[dict, dict[str, bytes], DecodedDirect]:
+            factors: dict[str, float] | None, progress=None) -> tuple[dict, dict[str, bytes], DecodedDirect]:
     prep, cfg = fitted.prep, fitted.model.cfg
     layout = prep.layout
     model = _with_factors(fitted.model, factors)
@@ -446,7 +453,7 @@ def _encode(fitted: DirectFitted, lam: float, header_extra: dict | None, chunk: 
     }
     values = _skip_values(fitted.values, float(lam)) if rdoq and n else fitted.values
     dec, stage_sections = _code_stages(_double(model), prep, float(lam), chunk, values=values, rdoq=rdoq,
-                                       skips=bool(rdoq), factors=factors)
+                                       skips=bool(rdoq), factors=factors, progress=progress)
     sections.update(stage_sections)
     return header, sections, _assemble(dec, prep, cfg, header)
 
@@ -496,8 +503,9 @@ def _header(header: dict) -> tuple[DirectConfig, Frame, float, int, int, int]:
     return cfg, Frame(np.asarray(origin, dtype=np.float64), span, bits, lattice, log_lat), lam, n, m, deg
 
 
-def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=None) -> DecodedDirect:
-    """Rebuild the decoded scene from an anchor-free file's header and sections."""
+def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=None, progress=None) -> DecodedDirect:
+    """Rebuild the decoded scene from an anchor-free file's header and sections; `progress(stage,
+    step, total, info)` hears "decode" per stage."""
     if header.get("mode") != MODE or header.get("codec") != CODEC:
         raise FormatError(f"not an anchor-free HEMGS file (mode {header.get('mode')!r}, codec {header.get('codec')!r})"[:200])
     cfg, frame, lam, n, m, deg = _header(header)
@@ -530,5 +538,5 @@ def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=N
     skips = header.get("skips", False)
     if not isinstance(skips, bool):
         raise FormatError("the file's header is malformed: 'skips' must be true or false")
-    dec, _ = _code_stages(_double(model), prep, lam, chunk, sections=sections, skips=skips)
+    dec, _ = _code_stages(_double(model), prep, lam, chunk, sections=sections, skips=skips, progress=progress)
     return _assemble(dec, prep, cfg, header)

@@ -61,19 +61,30 @@ IMPORTANCE_VIEWS = 12  # sampled views at 128² for the render weights (not the 
 IMPORTANCE_SIZE = 128
 
 
-def _stage_values(prep: Prepared, scene: GaussianScene, cfg: DirectConfig) -> dict[str, np.ndarray]:
+def _stage_values(prep: Prepared, scene: GaussianScene, cfg: DirectConfig, stages=None) -> dict[str, np.ndarray]:
     from ..cameras import sample_views
 
     ordered = scene.subset(prep.layout.order)
     residual = (ordered.means.astype(np.float64) - prep.centres) / prep.frame.rho
     views = sample_views(ordered, n=IMPORTANCE_VIEWS, width=IMPORTANCE_SIZE, height=IMPORTANCE_SIZE) if len(ordered) else []
-    return scene_vectors(ordered, residual, visibility(ordered, views), sort_scales=cfg.scale_ranks,
+    seen = _reporting(views, stages, "importance") if stages and views else views
+    return scene_vectors(ordered, residual, visibility(ordered, seen), sort_scales=cfg.scale_ranks,
                          swing_twist=cfg.swing_twist)
 
 
+def _reporting(views: list, stages, stage: str):
+    """`views` one by one, reporting `stage` as each is done: the loop that takes the next view
+    (attributes.visibility's, one render per view) has finished with the one before."""
+    for i, cam in enumerate(views):
+        yield cam
+        stages(stage, i + 1, len(views), {})
+
+
 def fit_direct(scene: GaussianScene, cfg: DirectConfig | None = None, fcfg: DirectFitConfig | None = None,
-               progress=None, sa=None) -> DirectFitted:
-    """Fit the entropy model of `scene` (sanitized). `progress(done, total)` is called per iteration."""
+               progress=None, sa=None, stages=None) -> DirectFitted:
+    """Fit the entropy model of `scene` (sanitized). `progress(done, total)` is called per iteration;
+    `stages(stage, step, total, info)` (hemgs.progress) hears the "importance" renders and the
+    "fit" iterations."""
     cfg = cfg or DirectConfig()
     fcfg = fcfg or DirectFitConfig()
     cfg.sh_degree = scene.sh_degree
@@ -88,12 +99,12 @@ def fit_direct(scene: GaussianScene, cfg: DirectConfig | None = None, fcfg: Dire
     frame = frame_for(scene.means)
     layout, _ = layout_for(scene.means, frame)
     prep = prepare(frame, layout, cfg, sa)
-    values = _stage_values(prep, scene, cfg)
+    values = _stage_values(prep, scene, cfg, stages)
     model = DirectEntropyModel(cfg, math.log(frame.rho), seed=fcfg.seed)
     set_norms(model, values)
     history = {"prepare_seconds": time.perf_counter() - t0}
     if prep.n:
-        _train(model, prep, values, cfg, fcfg, progress, history)
+        _train(model, prep, values, cfg, fcfg, _both(progress, stages), history)
     history["fit_seconds"] = time.perf_counter() - t0
     return DirectFitted(model, prep, values, scene.sh_degree, sa.id if cfg.scene_agnostic else None, history)
 
@@ -123,6 +134,20 @@ def _passive_threads() -> bool:
     faster. Measured on playbot_lod2, 2 cores, 400 steps of 4096 rows: 17.5 s on 1 thread, 24.0 s on
     2 with PASSIVE; 17.4 s and 13.6 s with ACTIVE."""
     return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+
+
+def _both(progress, stages):
+    """One per-iteration callback `(done, total, loss)` for `progress(done, total)` and `stages`."""
+    if progress is None and stages is None:
+        return None
+
+    def report(done: int, total: int, loss: float) -> None:
+        if progress is not None:
+            progress(done, total)
+        if stages is not None:
+            stages("fit", done, total, {"loss": loss})
+
+    return report
 
 
 def _train(model, prep, values, cfg, fcfg, progress, history) -> None:
@@ -206,5 +231,5 @@ def _steps(model, prep, values, cfg, fcfg, progress, history) -> None:
         opt.step()
         losses.append((lam, float(loss.detach()), bits_total))
         if progress:
-            progress(it + 1, fcfg.iters)
+            progress(it + 1, fcfg.iters, losses[-1][1])
     history["losses"] = losses[-len(lams):]
