@@ -11,7 +11,7 @@ export OMP_NUM_THREADS := $(THREADS)
 export MKL_NUM_THREADS := $(THREADS)
 export HEMGS_THREADS := $(THREADS)
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-fast venv clean
 
 venv: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q tests
+
+# The quick loop while developing (under a minute): no fits, no Blender, no shared data.
+test-fast: venv
+	$(BIN)/python -m pytest -q tests -m "not slow and not blender and not data"
 
 clean:
 	rm -rf $(VENV) out build dist

@@ -31,3 +31,13 @@ def shared_file(name: str) -> Path:
 @pytest.fixture
 def demo_ply() -> Path:
     return DEMO_PLY
+
+
+# Whole modules that drive Blender (the bpy wheel) or type-check the add-on against its stubs.
+BLENDER_MODULES = {"test_blender_addon.py", "test_addon_build.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in BLENDER_MODULES:
+            item.add_marker(pytest.mark.blender)

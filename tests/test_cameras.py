@@ -40,6 +40,7 @@ def _meet_point(cams):
 
 
 # ---- transforms.json -----------------------------------------------------------------------
+@pytest.mark.data
 def test_fox_transforms_json(fox):
     meta = json.loads((fox / "transforms.json").read_text())
     assert len(meta["frames"]) == 67
@@ -63,6 +64,7 @@ def test_fox_transforms_json(fox):
         assert 0.1 * c.width < uv[0, 0] < 0.9 * c.width and 0.1 * c.height < uv[0, 1] < 0.9 * c.height
 
 
+@pytest.mark.data
 def test_transforms_downscale_and_per_frame_intrinsics(fox, tmp_path):
     small = load_cameras(fox / "transforms.json", downscale=4)
     assert (small[0].width, small[0].height) == (270, 480)

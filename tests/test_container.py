@@ -165,6 +165,7 @@ def test_structural_lies_refused():
         read_hgs(_raw(sections=[(b"a\nb", b"")]))
 
 
+@pytest.mark.data
 def test_foreign_files_named(tmp_path):
     with pytest.raises(FormatError, match="not a .hgs file.*PLY"):
         read_hgs(DEMO_PLY)

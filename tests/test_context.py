@@ -161,6 +161,7 @@ def test_context_stats_match_brute_force(demo_means):
     assert stats["empty_share"] == pytest.approx((coded == 0).mean())
 
 
+@pytest.mark.data
 def test_timing_and_counts_on_playbot_lod2(capsys):
     means = read_ply(shared_file("playbot_lod2.ply")).means
     coords = voxelize(means, choose_voxel_size(means, 4.0))[0]

@@ -58,7 +58,7 @@ def test_size_falls_with_lambda_and_error_grows(fitted, scene):
         _, sections, enc = encode(fitted, lam=lam)
         sizes.append(sum(len(v) for v in sections.values()))
         errors.append(float(np.abs(enc.scene.sh[:, 0] - scene.sh[order, 0]).mean()))
-    assert all(a > b for a, b in zip(sizes, sizes[1:])), sizes
+    assert all(b < 0.97 * a for a, b in zip(sizes, sizes[1:])), sizes  # each 4x λ: -8..-11% on every kernel set
     assert all(a < b for a, b in zip(errors, errors[1:])), errors
 
 
@@ -464,13 +464,14 @@ def test_positions_on_a_source_lattice_stay_on_it(scene, monkeypatch):
         assert np.array_equal(dec.means * 256, np.round(dec.means * 256))  # on the lattice
         # this compact patch's steps reach the coarse lattice's spacing: positions come back exactly
         assert (dec.means == src).all(1).mean() > 0.95
-    small = sum(map(len, encode(f, lam=1 / 64)[1].values()))
+    # (the position stream alone: the other streams come from another fit, whose size moves with the CPU)
+    lattice_bytes = len(encode(f, lam=1 / 64)[1]["position"])
     monkeypatch.setattr(geometry, "MAX_LATTICE_BITS", -1)  # the same scene with no lattice found
     f = fit_direct(on, DirectConfig(), FAST)
     header, sections, enc = encode(f, lam=1 / 64)
     assert "position_lattice" not in header
     assert (enc.scene.means == src).all(1).mean() < 0.5  # near, not on, the source's positions
-    assert sum(map(len, sections.values())) > small  # and steps finer than the lattice cost bytes
+    assert len(sections["position"]) > 2 * lattice_bytes  # steps finer than the lattice cost bytes (5.5x measured)
     for bad in (-1, 21, 2.5, True):
         with pytest.raises(FormatError, match="position_lattice"):
             decode({**header, "position_lattice": bad}, sections)

@@ -117,6 +117,7 @@ def fox(tmp_path_factory):
     return d / "fox"
 
 
+@pytest.mark.data
 def test_training_against_photos_from_random_anchors(fox):
     cfg = FitConfig(steps=16, rate_start=0.5)
     inputs = fit_inputs(None, images=fox / "transforms.json", downscale=16, cfg=cfg, random_anchors=400)
@@ -134,6 +135,7 @@ def test_training_against_photos_from_random_anchors(fox):
     assert 5.0 < h["heldout_psnr"] < 40.0
 
 
+@pytest.mark.data
 def test_photo_inputs_are_checked(fox, tmp_path, capsys):
     colmap = tmp_path / "colmap"
     (colmap / "sparse" / "0").mkdir(parents=True)

@@ -93,3 +93,30 @@ def test_the_cli_says_newer_version_with_exit_2(tmp_path):
     assert out.returncode == 2
     assert "newer hemgs" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.ply").exists()
+
+
+# Torch picks its CPU kernels by the instructions the CPU has (AVX-512, AVX2, or none);
+# ATEN_CPU_CAPABILITY makes this machine run the kernels another CPU would. The decoder must not
+# notice (the encoder does: docs/robustness.md, "Which machines write the same bytes").
+_DECODE_ALL = """
+import json, sys
+from golden.make_golden import decoded_checksum
+from hemgs.pipeline import decode_file
+print(json.dumps({n: decoded_checksum(decode_file('golden/' + n)) for n in json.loads(sys.argv[1])}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("capability, threads", [("default", 1), ("avx2", 2)])
+def test_goldens_decode_the_same_with_another_cpus_kernels(capability, threads):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability, "OMP_NUM_THREADS": str(threads),
+           "HEMGS_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, "-c", _DECODE_ALL, json.dumps(sorted(RECORD))], env=env,
+                         cwd=GOLDEN.parent, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {name: rec["decoded_sha256"] for name, rec in RECORD.items()}

@@ -176,8 +176,11 @@ def test_variable_rate_model_makes_smaller_files_at_larger_lambda():
     fitted = fit(s.subset(keep), cfg=FitConfig(width=32, steps=40, warm_steps=20, views=8))
     assert fitted.entropy.cfg.variable_rate and fitted.config.lambda_range == (1e-3, 4e-3)
     sa = scene_agnostic_prior()
-    sizes = []
-    for lam in (1e-3, 1.5e-3, 2e-3, 2.5e-3, 3e-3, 4e-3):
+    feats = []
+    for lam in (1e-3, 2e-3, 4e-3):
         header, sections, _ = encode(fitted.model, fitted.entropy, sa, lam=lam, chunk=ENC_CHUNK)
-        sizes.append(len(pack_hgs(header, sections)))
-    assert all(b < a for a, b in zip(sizes, sizes[1:])), sizes
+        feats.append(len(sections["features"]))
+    # The step predictor coarsens the features as λ grows: measured 16,910 -> 16,022 -> 15,614 B
+    # (-7.7%) on AVX-512, AVX2 and plain kernels alike. The whole file moves by only -0.75%, most
+    # of it networks, so its order is no test: a CPU's rounding could tip it (issue 21).
+    assert feats[1] < 0.98 * feats[0] and feats[2] < 0.96 * feats[0], feats

@@ -35,6 +35,7 @@ def test_round_trip_demo_scene(frac):
     assert len(data) * 8 / len(coords) < 0.4 * 3 * depth  # far below raw bits at this depth
 
 
+@pytest.mark.data
 def test_real_scene_rate_and_speed():
     coords = voxel_coords(shared_file("playbot_lod2.ply"), 0.005)
     assert len(coords) > 70_000

@@ -50,6 +50,7 @@ def columns_of(vertex) -> dict:
 
 # ---- real files ---------------------------------------------------------------------------
 
+@pytest.mark.data
 def test_playbot_lod2_loads_with_readme_figures():
     scene = load_scene(shared_file("playbot_lod2.ply"))
     assert len(scene) == 125_000 and scene.sh_degree == 2

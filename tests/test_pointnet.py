@@ -177,6 +177,7 @@ def test_pretrain_tiny_end_to_end(tmp_path):
         pretrain.main(["--data", str(tmp_path / "nope.ply"), "-o", str(out), "--steps", "1"])
 
 
+@pytest.mark.data
 def test_spz_scene_reads_for_pretraining():
     from hemgs.pretrain import read_scene
 

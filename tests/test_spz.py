@@ -64,6 +64,7 @@ def sigmoid(x):
 
 # ---- the real v4 file ----------------------------------------------------------------------
 
+@pytest.mark.data
 def test_biker_reads_upright_in_our_frame(biker_bytes):
     scene = load_scene(shared_file("biker.spz"))
     assert len(scene) == BIKER_N and scene.sh_degree == 0
@@ -82,6 +83,7 @@ def test_biker_reads_upright_in_our_frame(biker_bytes):
     np.testing.assert_array_equal(scene.means * 4096, np.round(scene.means * 4096))
 
 
+@pytest.mark.data
 def test_biker_reencoding_is_stable(biker_bytes):
     scene = decode_spz(biker_bytes)
     ours = encode_spz(scene)
@@ -173,6 +175,7 @@ def test_writer_refuses_nan_and_bad_versions(demo, tmp_path):
 
 # ---- errors --------------------------------------------------------------------------------
 
+@pytest.mark.data
 def test_bad_magic_and_missing_file(biker_bytes, tmp_path):
     with pytest.raises(InputError, match="no such file"):
         read_spz(tmp_path / "none.spz")
@@ -184,6 +187,7 @@ def test_bad_magic_and_missing_file(biker_bytes, tmp_path):
             load_scene(p)
 
 
+@pytest.mark.data
 def test_unsupported_versions_are_named(biker_bytes, demo):
     with pytest.raises(FormatError, match="unsupported SPZ version 9"):
         decode_spz(biker_bytes[:4] + struct.pack("<I", 9) + biker_bytes[8:])
@@ -194,6 +198,7 @@ def test_unsupported_versions_are_named(biker_bytes, demo):
         decode_spz(biker_bytes[:4] + struct.pack("<I", 3) + biker_bytes[8:])
 
 
+@pytest.mark.data
 def test_truncated_v4_at_many_points(biker_bytes, tmp_path):
     for cut in (3, 10, 31, 40, 111, 200, 800_000, len(biker_bytes) - 1):
         p = tmp_path / f"t{cut}.spz"
@@ -209,6 +214,7 @@ def test_truncated_v3_at_many_points(demo):
             decode_spz(data[: int(len(data) * frac)], "cut.spz")
 
 
+@pytest.mark.data
 def test_lying_counts_are_refused(biker_bytes, demo):
     # v4: a count that disagrees with the table of contents.
     for n in (BIKER_N + 1, BIKER_N - 1, 7):
@@ -239,6 +245,7 @@ def test_gzip_bomb_is_capped():
     assert time.perf_counter() - t0 < 2.0
 
 
+@pytest.mark.data
 def test_corrupt_zstd_stream_is_refused(biker_bytes):
     data = bytearray(biker_bytes)
     data[32 + 5 * 16 : 32 + 5 * 16 + 4] = b"\x00\x00\x00\x00"  # the first frame's magic
