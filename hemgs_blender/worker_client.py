@@ -77,12 +77,15 @@ class Job:
         return self.client._pump(self)
 
     def wait(self, timeout: float | None = None) -> dict:
-        """Block until the job ends; returns its result or raises WorkerError (TimeoutError on timeout)."""
+        """Block until the job ends; returns its result or raises WorkerError. After `timeout`
+        seconds the job is cancelled (so the next request finds the worker free) and TimeoutError
+        raised."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.finished:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise TimeoutError(f"{self.op} did not finish within {timeout} s")
+                self.cancel()
+                raise TimeoutError(f"{self.op} did not finish within {timeout} s and was cancelled")
             self.client._pump(self, block=min(left, 0.5) if left is not None else 0.5)
         if self.error is not None:
             raise self.error
@@ -191,6 +194,10 @@ class WorkerClient:
             # An older backend (same protocol) would ignore `mode`: say what is missing instead.
             raise WorkerError("NotAvailable", f"the backend (hemgs {(hello or {}).get('hemgs')}) does not serve "
                                               f"{mode} mode; update it")
+        if (args or {}).get("dry_run") and op not in (hello or {}).get("dry_run", []):
+            # An older backend would ignore `dry_run` and do the work.
+            raise WorkerError("NotAvailable", f"the backend (hemgs {(hello or {}).get('hemgs')}) cannot check {op} "
+                                              "without running it; update it")
         job = Job(self, self._next_id, op, dict(args or {}), outputs)
         self._next_id += 1
         assert self.proc is not None and self.proc.stdin is not None

@@ -103,3 +103,35 @@ def test_decoded_preview_leaves_out_gaussians_no_renderer_draws():
     visible = scene.opacities >= 1 / 255
     assert len(p) == visible.sum() < len(scene) - 100
     np.testing.assert_allclose(p.positions, scene.means[visible], atol=1e-6)
+
+
+def test_saturated_values_give_finite_previews(tmp_path):
+    import warnings
+
+    from hemgs.io import write_ply
+    from hemgs.preview import preview_from_scene
+    from hemgs.scene import GaussianScene
+
+    inf = np.inf
+    n = 6
+    logits = np.array([inf, -inf, 1000, -1000, 0, 2], np.float32)  # opacity 1, 0, 1, 0, 0.5, sigmoid(2)
+    log_scales = np.array([[-inf] * 3, [-inf, 0, 0], [100] * 3, [inf] * 3, [-2] * 3, [-3] * 3], np.float32)
+    means = np.linspace(0, 1, 3 * n, dtype=np.float32).reshape(n, 3)
+    scene = GaussianScene(means, np.tile([1, 0, 0, 0], (n, 1)), log_scales, logits, np.zeros((n, 1, 3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow, no invalid value
+        p = preview_from_scene(scene)
+    for name in ("positions", "colors", "opacities", "sizes"):
+        assert np.isfinite(getattr(p, name)).all(), name
+    np.testing.assert_allclose(p.opacities, [1, 0, 1, 0, 0.5, 1 / (1 + np.exp(-2))], atol=1e-7)
+    assert p.sizes[0] == 0 and (p.sizes[1:] > 0).all()
+    # Through a file and sanitize (which keeps such Gaussians as finite stand-ins): every one is there.
+    path = tmp_path / "saturated.ply"
+    write_ply(GaussianScene(means[:2], np.tile([1, 0, 0, 0], (2, 1)), log_scales[:2], logits[:2],
+                            np.zeros((2, 1, 3))), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = preview_file(path)
+    assert len(q) == 2 and np.isfinite(q.sizes).all() and np.isfinite(q.opacities).all()
+    np.testing.assert_allclose(q.opacities, [1, 0], atol=1e-7)
+    assert q.sizes[0] < 1e-9  # all three log-scales -inf: size 0 (the stand-in e^-30)

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -150,6 +151,88 @@ def test_cancel_kills_the_tree_within_2s_and_leaves_no_output(client, tmp_path):
     assert client.run("info", {"path": str(DEMO_PLY)}, timeout=60)["gaussians"] == 31000
 
 
+def test_a_timeout_cancels_the_job_and_the_next_call_runs(client, tmp_path):
+    report = tmp_path / "eval.json"
+    pid = client.start()["pid"]
+    with pytest.raises(TimeoutError, match="cancelled"):
+        client.run("eval", {"source": str(DEMO_PLY), "other": str(DEMO_PLY), "views": 400, "width": 64,
+                            "output": str(report)}, outputs=[str(report)], timeout=3)
+    assert client.job.state == wc.CANCELLED and not _alive(pid)
+    assert client.run("info", {"path": str(DEMO_PLY)}, timeout=60)["gaussians"] == 31000  # not "Busy"
+    assert list(tmp_path.iterdir()) == []
+
+
+def _events_of(client, op: str, args: dict) -> tuple[list[dict], BaseException | None]:
+    """Run one request to its end: its events, and its error (None on success)."""
+    job = client.submit(op, args)
+    events = []
+    deadline = time.monotonic() + 120
+    while not job.finished and time.monotonic() < deadline:
+        events += job.poll()
+        time.sleep(0.01)
+    return events, job.error
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(client, tiny_ply, tmp_path):
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    gone = str(tmp_path / "missing" / "out")  # + an extension: a file in a folder that does not exist
+    hgs, src, demo, dir_ = str(tmp_path / "x.hgs"), str(tiny_ply), str(DEMO_PLY), str(folder)
+    cases = [
+        ("compress", {"mode": "direct", "source": src, "output": gone + ".hgs"}, "does not exist"),
+        ("compress", {"mode": "direct", "source": src, "output": dir_}, "it is a folder"),
+        ("compress", {"mode": "direct", "source": src, "output": hgs, "preview": gone + ".npz"}, "does not exist"),
+        ("train", {"source": src, "model": gone + ".safetensors", **TINY_FIT}, "does not exist"),
+        ("train", {"source": src, "model": dir_, **TINY_FIT}, "it is a folder"),
+        ("convert", {"src": demo, "dst": gone + ".spz"}, "does not exist"),
+        ("eval", {"source": demo, "other": demo, "output": dir_}, "it is a folder"),
+        ("render", {"path": demo, "output": gone + ".png"}, "does not exist"),
+        ("load_preview", {"path": demo, "output": dir_}, "it is a folder"),
+        ("decompress", {"path": hgs, "output": gone + ".ply"}, "does not exist"),
+    ]
+    for op, args, says in cases:
+        events, err = _events_of(client, op, args)
+        assert [e for e in events if e.get("event") == "progress"] == [], (op, args)  # no work began
+        assert isinstance(err, wc.WorkerError) and err.kind == "InputError" and says in err.message, (op, err)
+        bad = gone if says == "does not exist" else dir_
+        assert bad in err.message and ".tmp" not in err.message and "\n" not in err.message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_folder"] and list(folder.iterdir()) == []
+
+
+def test_dry_runs_check_lambda_and_options_and_write_nothing(client, tiny_ply, tmp_path):
+    hello = client.start()
+    assert hello["dry_run"] == ["compress", "train"]
+    model = tmp_path / "tiny.hemgs.safetensors"
+    plan = client.run("train", {"source": str(tiny_ply), "model": str(model), "serve": [5e-4, 8e-3],
+                                "dry_run": True}, timeout=60)
+    assert plan["dry_run"] is True and plan["variable_rate"] is True and plan["lambda_serves"] == [5e-4, 8e-3]
+    model.write_bytes(b"an older model")  # a refused training leaves it as it was
+    for args, says in [
+        ({"serve": [0.5], "dry_run": True}, "outside what this model serves"),
+        ({"serve": [0.5]}, "outside what this model serves"),  # the real run checks the same, first
+        ({"codec": "hac", "lambda": 0.5, "dry_run": True}, "λ must be a number in"),
+        ({"codec": "hac", "lambda": 2e-3, "serve": [1e-3], "dry_run": True}, "fixed-rate"),
+        ({"serve": ["x"], "dry_run": True}, "'serve' must be a list of numbers"),
+    ]:
+        events, err = _events_of(client, "train", {"source": str(tiny_ply), "model": str(model), **TINY_FIT, **args})
+        assert isinstance(err, wc.WorkerError) and err.kind == "InputError" and says in err.message, (args, err)
+        assert [e for e in events if e.get("event") == "progress"] == []
+    assert model.read_bytes() == b"an older model"
+    out = str(tmp_path / "d.hgs")
+    ok = client.run("compress", {"mode": "direct", "source": str(tiny_ply), "output": out, "lambda": 2.0,
+                                 "dry_run": True}, timeout=60)
+    assert ok == {"dry_run": True, "output": out, "mode": "direct", "lambda": 2.0}
+    with pytest.raises(wc.WorkerError, match="λ"):
+        client.run("compress", {"mode": "direct", "source": str(tiny_ply), "output": out, "lambda": 100.0,
+                                "dry_run": True}, timeout=60)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [model.name]
+    # An older worker (no "dry_run" in its hello) would ignore the flag and do the work: refused.
+    client.hello["dry_run"] = []
+    with pytest.raises(wc.WorkerError, match="update it") as err:
+        client.run("train", {"source": str(tiny_ply), "model": str(model), "dry_run": True}, timeout=60)
+    assert err.value.kind == "NotAvailable"
+
+
 def test_crashed_worker_is_reported(client, tmp_path):
     out = tmp_path / "view.png"
     job = client.submit("eval", {"source": str(DEMO_PLY), "other": str(DEMO_PLY), "views": 400, "width": 64})
@@ -222,6 +305,9 @@ def test_train_compress_decompress_through_the_worker(client, tiny_ply, tmp_path
     assert (trained["lambda_min"], trained["lambda_max"]) == (1e-3, 4e-3)
     assert trained["lambda_serves"] == [5e-4, 8e-3]  # widened by pipeline.LAMBDA_MARGIN
     assert trained["anchors"] > 0 and model.stat().st_size == trained["bytes"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(model.stat().st_mode) == 0o666 & ~umask  # what open() gives, as for every output
     info = client.run("model_info", {"path": str(model)}, timeout=60)
     assert info["source"] == "tiny.ply" and trained["source"] == str(tiny_ply)  # the name kept in the model
     assert {k: info[k] for k in info if k not in ("fit", "source")} == {
@@ -232,6 +318,7 @@ def test_train_compress_decompress_through_the_worker(client, tiny_ply, tmp_path
                                   "width": 64, "preview": str(npz), "lambda": 1e-3}, outputs=[str(hgs), str(npz)],
                      timeout=120)
     size = hgs.stat().st_size
+    assert stat.S_IMODE(hgs.stat().st_mode) == stat.S_IMODE(model.stat().st_mode)
     assert res["bytes"] == size and 0 < sum(res["sections"].values()) <= size
     assert res["source_bytes"] == tiny_ply.stat().st_size and res["ratio"] == pytest.approx(res["source_bytes"] / size)
     assert res["lambda"] == 1e-3 and res["views"] == 4 and res["width"] == res["height"] == 64

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from . import __version__
 from .anchor.model import AnchorConfig, AnchorModel
@@ -22,7 +22,7 @@ from .entropy.hac import HacEntropyModel
 from .entropy.hemgs import HemgsConfig, HemgsEntropyModel
 from .entropy.hashgrid import HashGridConfig
 from .errors import FormatError, HemgsError, InputError
-from .io.atomic import atomic_write
+from .io.atomic import write_bytes_atomic
 
 KIND = "hemgs-model"
 FORMAT_VERSION = 1
@@ -44,8 +44,9 @@ def save_model(path, model: AnchorModel, entropy, *, lam: float, extra: dict | N
                     entropy={"feat_dim": entropy.feat_dim, "k": entropy.k, "hidden": entropy.mlp[0].out_features,
                              "grid": entropy.grid.config.to_dict()})
     meta.update(extra or {})
-    with atomic_write(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"hemgs": json.dumps(meta)})
+    # Bytes through our own writer: safetensors' save_file makes its file 0600, where every other
+    # output gets what a plain open() gives (0644 under the usual umask).
+    write_bytes_atomic(path, save(tensors, metadata={"hemgs": json.dumps(meta)}))
 
 
 def _check_budget(path: Path, meta: dict, tensors: dict) -> None:

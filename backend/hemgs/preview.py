@@ -2,7 +2,8 @@
 
 The Blender extension turns these arrays into a point-cloud object; the worker writes them to an
 `.npz` for files Blender's own Python cannot read. One `SplatPreview` per file:
-- `positions` (N,3) float32, the same coordinates as the file;
+- `positions` (N,3) float32, the same coordinates as the file (3DGS scenes are y-down: see
+  `STAND_UP_EULER`);
 - `colors` (N,3) float32 in [0,1]: the view-independent (DC) colour as splat viewers show it
   (display values, i.e. sRGB-encoded; `colors_linear` converts them for Blender's linear colour);
 - `opacities` (N,) float32 in [0,1];
@@ -11,6 +12,7 @@ The Blender extension turns these arrays into a point-cloud object; the worker w
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -29,6 +31,12 @@ MAX_SIZE_FRACTION = 0.02
 # Scaffold anchors carry no colour of their own (the MLPs make it): a neutral grey.
 ANCHOR_GREY = 0.6
 PREVIEW_KEYS = ("positions", "colors", "opacities", "sizes")
+# 3DGS scenes (COLMAP/OpenCV cameras) have y pointing down. A z-up viewer (Blender) stands them
+# up by rotating the object -90° about X, (x, y, z) -> (x, z, -y): the scene's up (-y) becomes +z.
+# XYZ Euler angles in radians.
+STAND_UP_EULER = (-math.pi / 2, 0.0, 0.0)
+# exp() of this is ~5.5e34, within float32: larger log-scales (a lone +inf) size as the cap does.
+MAX_LOG_SCALE = 80.0
 
 
 @dataclass
@@ -80,14 +88,22 @@ def splat_sizes(log_scales: np.ndarray, positions: np.ndarray) -> np.ndarray:
     The middle axis (not the mean or the largest) keeps a flat disc (one tiny axis) at its visible
     size without letting a long needle swell into a big ball.
     """
-    sigma_mid = np.median(np.exp(np.asarray(log_scales, np.float32)), axis=1)
+    # Bounded below float32's exp overflow: -inf is size 0, and huge ones are capped anyway.
+    log_scales = np.minimum(np.asarray(log_scales, np.float32), np.float32(MAX_LOG_SCALE))
+    sigma_mid = np.median(np.exp(log_scales), axis=1)
     return np.minimum(SIZE_SIGMAS * sigma_mid, _size_cap(positions)).astype(np.float32)
+
+
+def opacity_from_logits(logits: np.ndarray) -> np.ndarray:
+    """sigmoid(logits) without overflow: ±inf (and ±1000) give exactly 1 and 0, with no warning."""
+    logits = np.asarray(logits, np.float32)
+    return np.exp(-np.logaddexp(np.float32(0), -logits)).astype(np.float32)
 
 
 def preview_from_scene(scene: GaussianScene) -> SplatPreview:
     """Preview arrays of a 3DGS scene (colour from the DC term, opacity, size from the scales)."""
     meta = {"kind": "gaussians", **{k: scene.meta[k] for k in ("path", "source_format") if k in scene.meta}}
-    return SplatPreview(scene.means, scene.colors_dc, scene.opacities,
+    return SplatPreview(scene.means, scene.colors_dc, opacity_from_logits(scene.opacity_logits),
                         splat_sizes(scene.log_scales, scene.means), meta)
 
 

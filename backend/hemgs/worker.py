@@ -33,6 +33,9 @@ from .modes import (DEFAULT_MODE, DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE, DI
 PROTOCOL = 1
 # Operations of the protocol this backend does not serve yet (answered with a NotAvailable error).
 PLANNED_OPS: tuple[str, ...] = ()
+# Operations that take `dry_run`: check the arguments and answer without work. In the hello, so a
+# client never sends it to an older worker, which would ignore it and do the work.
+DRY_RUN_OPS = ("compress", "train")
 # What the codec can do, for the add-on's λ controls. `train` makes a variable-rate HEMGS model by
 # default (one model, any λ of its trained range widened by `lambda_margin`); "hac" and
 # variable_rate false make fixed-rate models (one λ each). Each model reports its own range.
@@ -99,6 +102,20 @@ def _arg(args: dict, name: str, kind: type, default: Any = ..., op: str = "") ->
     return value
 
 
+def _opt(args: dict, name: str, kind: type, op: str) -> Any:
+    """An optional argument: None when absent or null."""
+    return _arg(args, name, kind, None, op) if args.get(name) is not None else None
+
+
+def _check_outputs(*paths: str | None) -> None:
+    """Refuse an output that cannot be written (missing folder, a folder...) before any work."""
+    from .io.atomic import check_output_path
+
+    for path in paths:
+        if path is not None:
+            check_output_path(path)
+
+
 def _load(path: str, progress: Callable) -> Any:
     from .io import load_scene
     from .scene import sanitize
@@ -144,13 +161,15 @@ def op_load_preview(args: dict, progress: Callable) -> dict:
     from .preview import preview_file, save_preview
 
     path, output = _arg(args, "path", str, op="load_preview"), _arg(args, "output", str, op="load_preview")
+    _check_outputs(output)
     progress("reading", done=0, total=1)
     preview = preview_file(path)
     progress("writing", done=1, total=1)
     save_preview(preview, output)
     for w in preview.meta.get("warnings", []):
         progress("warning", message=f"{path}: {w}")
-    return {"output": output, "count": len(preview), "kind": preview.meta.get("kind")}
+    return {"output": output, "count": len(preview), "kind": preview.meta.get("kind"),
+            "source_format": preview.meta.get("source_format")}
 
 
 def _views(scene, args: dict, op: str, source_path: str | None):
@@ -161,7 +180,7 @@ def _views(scene, args: dict, op: str, source_path: str | None):
     n = _arg(args, "views", int, 16, op)
     if width < 1 or height < 1 or n < 1:
         raise InputError(f"{op}: width, height and views must be at least 1")
-    cameras = _arg(args, "cameras", str, None, op) if args.get("cameras") is not None else None
+    cameras = _opt(args, "cameras", str, op)
     if cameras:
         return load_cameras(cameras)[:n]
     return scene_views(scene, source_path, n=n, width=width, height=height)
@@ -175,6 +194,7 @@ def op_render(args: dict, progress: Callable) -> dict:
 
     path, output = _arg(args, "path", str, op="render"), _arg(args, "output", str, op="render")
     view = _arg(args, "view", int, 0, "render")
+    _check_outputs(output)
     device = _device(args, "render")
     if detect_format(path) == "hgs":  # decoded (any mode); views framed on its decoded Gaussians
         from .pipeline import scene_and_renderer
@@ -198,7 +218,8 @@ def op_convert(args: dict, progress: Callable) -> dict:
     from .io import save_scene
 
     src, dst = _arg(args, "src", str, op="convert"), _arg(args, "dst", str, op="convert")
-    spz_version = _arg(args, "spz_version", int, None, "convert") if args.get("spz_version") is not None else None
+    spz_version = _opt(args, "spz_version", int, "convert")
+    _check_outputs(dst)
     progress("reading", done=0, total=2)
     scene = _load(src, progress)
     progress("writing", done=1, total=2)
@@ -230,8 +251,9 @@ def op_eval(args: dict, progress: Callable) -> dict:
     from .render import render
 
     source, other = _arg(args, "source", str, op="eval"), _arg(args, "other", str, op="eval")
-    output = _arg(args, "output", str, None, "eval") if args.get("output") is not None else None
+    output = _opt(args, "output", str, "eval")
     device = _arg(args, "device", str, "auto", "eval")
+    _check_outputs(output)
     a = _load(source, progress)
     draw_other = _renderer(other, device, progress)
     cams = _views(a, args, "eval", source)
@@ -283,13 +305,18 @@ def _fit_config(args: dict):
     codec = _arg(args, "codec", str, "hemgs", "train")
     switches = {name: _arg(args, name, bool, True, "train") for name in ("scene_agnostic", "ar", "acs", "variable_rate")}
     if args.get("lambdas") is not None:
-        lambdas = _arg(args, "lambdas", list, op="train")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lambdas):
-            raise InputError("train: argument 'lambdas' must be a list of numbers")
-        values["lambdas"] = tuple(sorted(float(v) for v in lambdas))
+        values["lambdas"] = tuple(sorted(_numbers(args, "lambdas", "train")))
     cfg = FitConfig(lam=lam, codec=codec, **switches, **values)
     cfg.validate()  # λ (range) within fit.LAMBDA_RANGE, codec name, sizes, steps
     return cfg
+
+
+def _numbers(args: dict, name: str, op: str) -> list[float]:
+    """An optional list-of-numbers argument ([] when absent)."""
+    values = _opt(args, name, list, op) or []
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise InputError(f"{op}: argument '{name}' must be a list of numbers")
+    return [float(v) for v in values]
 
 
 def _stage_reporter(cfg, progress: Callable) -> Callable:
@@ -321,7 +348,6 @@ def model_summary(path: str) -> dict:
     pipeline.check_lambda allows; the one λ of a fixed-rate model), anchors, source, budget."""
     from .errors import FormatError
     from .model_store import load_model
-    from .pipeline import LAMBDA_MARGIN
 
     model, entropy, meta = load_model(path)
     lam = float(meta["lambda"])
@@ -332,25 +358,42 @@ def model_summary(path: str) -> dict:
         raise FormatError(f"{path}: model file has an invalid λ range {rng!r}"[:200]) from None
     if not (0 < lo <= hi and math.isfinite(hi)):
         raise FormatError(f"{path}: model file has an invalid λ range {rng!r}"[:200])
-    variable = lo < hi
     codec = meta.get("codec", "hac")
     switches = ({k: bool(getattr(entropy.cfg, k)) for k in ("scene_agnostic", "ar", "acs", "variable_rate")}
                 if codec == "hemgs" else None)
-    return {"model": path, "mode": meta.get("mode"), "codec": codec, "switches": switches, "lambda": lam,
-            "lambda_min": lo, "lambda_max": hi, "variable_rate": variable,
-            "lambda_serves": [lo / LAMBDA_MARGIN, hi * LAMBDA_MARGIN] if variable else [lam, lam],
+    return {"model": path, "mode": meta.get("mode"), "codec": codec, "switches": switches, **_lambdas(lam, lo, hi),
             "anchors": model.num_anchors, "source": meta.get("source"), "source_bytes": meta.get("source_bytes"),
             "bytes": os.path.getsize(path), "fit": meta.get("fit")}
+
+
+def _lambdas(lam: float, lo: float, hi: float) -> dict:
+    """A model's λ fields: its default λ, trained range, and what `compress` accepts (the range
+    widened as pipeline.check_lambda allows; a fixed-rate model: its one λ)."""
+    from .pipeline import LAMBDA_MARGIN
+
+    variable = lo < hi
+    return {"lambda": lam, "lambda_min": lo, "lambda_max": hi, "variable_rate": variable,
+            "lambda_serves": [lo / LAMBDA_MARGIN, hi * LAMBDA_MARGIN] if variable else [lam, lam]}
 
 
 def op_train(args: dict, progress: Callable) -> dict:
     """Fit a model to `source` and write it to `model` (.safetensors, atomically, at the end): by
     default a variable-rate HEMGS model over `lambdas`; `codec` "hac" or `variable_rate` false: a
-    fixed-rate model at `lambda`."""
-    from .pipeline import train
+    fixed-rate model at `lambda`. `serve`: λ values the model must code, refused before any work
+    otherwise; `dry_run`: only check, and answer the λ fields of the model it would make."""
+    from .pipeline import check_lambda, train
 
     source, model = _arg(args, "source", str, op="train"), _arg(args, "model", str, op="train")
     cfg = _fit_config(args)
+    lo, hi = cfg.lambda_range
+    default = cfg.lam if lo <= cfg.lam <= hi else lo  # the λ pipeline.train records
+    for lam in _numbers(args, "serve", "train"):
+        check_lambda(default, lam, (lo, hi))
+    if _arg(args, "dry_run", bool, False, "train"):
+        if not os.path.isfile(source):
+            raise InputError(f"train: {source}: no such file")
+        return {"dry_run": True, "model": model, "codec": cfg.codec, **_lambdas(default, lo, hi)}
+    _check_outputs(model)
     device = _device(args, "train")
     progress("teacher", done=0, total=1, message="reading the source", fraction=0.0)
     t0 = time.perf_counter()
@@ -385,17 +428,20 @@ def op_compress(args: dict, progress: Callable) -> dict:
     from .pipeline import check_lambda, compress, decode_file
 
     model, output = _arg(args, "model", str, op="compress"), _arg(args, "output", str, op="compress")
-    source = _arg(args, "source", str, None, "compress") if args.get("source") is not None else None
-    preview_out = _arg(args, "preview", str, None, "compress") if args.get("preview") is not None else None
-    lam = _arg(args, "lambda", float, None, "compress") if args.get("lambda") is not None else None
+    source = _opt(args, "source", str, "compress")
+    preview_out = _opt(args, "preview", str, "compress")
+    lam = _opt(args, "lambda", float, "compress")
     device = _device(args, "compress")
-    n_views = _arg(args, "views", int, 16, "compress")
-    if n_views < 0:
-        raise InputError("compress: views must be at least 0 (0: no PSNR/SSIM)")
-    progress("encoding", done=0, total=1, fraction=0.0)
+    n_views = _views_arg(args, "compress")
+    dry_run = _arg(args, "dry_run", bool, False, "compress")
+    if not dry_run:
+        _check_outputs(output, preview_out)
     summary = model_summary(model)
     # Refuse a λ the model does not serve before any work.
     lam = check_lambda(summary["lambda"], lam, (summary["lambda_min"], summary["lambda_max"]))
+    if dry_run:
+        return {"dry_run": True, "output": output, "model": model, "lambda": lam}
+    progress("encoding", done=0, total=1, fraction=0.0)
     report = compress(model, output, lam=lam)
     progress("encoding", done=1, total=1, fraction=0.2)
     out: dict[str, Any] = {"output": output, "model": model, "lambda": lam, "bytes": report["bytes"],
@@ -412,6 +458,13 @@ def op_compress(args: dict, progress: Callable) -> dict:
              start=0.25)
     _preview(out, preview_out, lambda: bake(decoded.cpu(), mode="sh_fit", sh_degree=1), progress)
     return _finite(out)
+
+
+def _views_arg(args: dict, op: str) -> int:
+    n_views = _arg(args, "views", int, 16, op)
+    if n_views < 0:
+        raise InputError(f"{op}: views must be at least 0 (0: no PSNR/SSIM)")
+    return n_views
 
 
 def _measure(out: dict, args: dict, source: str | None, draw: Callable, n_views: int, device, progress: Callable,
@@ -479,19 +532,20 @@ def op_compress_direct(args: dict, progress: Callable) -> dict:
     lam = check_direct_lambda(_arg(args, "lambda", float, DIRECT_LAMBDA_DEFAULT, op)
                               if args.get("lambda") is not None else DIRECT_LAMBDA_DEFAULT)
     switches = {name: _arg(args, name, bool, DIRECT_SWITCH_DEFAULTS[name], op) for name in DIRECT_SWITCHES}
-    iters = _arg(args, "iters", int, None, op) if args.get("iters") is not None else None
+    iters = _opt(args, "iters", int, op)
     if iters is not None and not 1 <= iters <= 100000:
         raise InputError(f"compress: iters must be 1..100000, got {iters}")
-    preview_out = _arg(args, "preview", str, None, op) if args.get("preview") is not None else None
-    n_views = _arg(args, "views", int, 16, op)
-    if n_views < 0:
-        raise InputError("compress: views must be at least 0 (0: no PSNR/SSIM)")
+    preview_out = _opt(args, "preview", str, op)
+    n_views = _views_arg(args, op)
     device = _device(args, op)
     fmt = detect_format(source)
     if fmt not in ("ply", "spz"):
         what = {"model": "a trained anchor-mode model", "hgs": "a .hgs file",
                 "scaffold_ply": "a Scaffold-GS anchor PLY"}.get(fmt, fmt)
         raise InputError(f"compress: {source} is {what}; mode 'direct' codes a 3DGS PLY or SPZ")
+    if _arg(args, "dry_run", bool, False, op):
+        return {"dry_run": True, "output": output, "mode": "direct", "lambda": lam}
+    _check_outputs(output, preview_out)
     st = os.stat(source)
     fcfg = DirectFitConfig() if iters is None else DirectFitConfig(iters=iters)
     key = json.dumps([os.path.realpath(source), st.st_mtime_ns, st.st_size, switches, fcfg.iters])
@@ -542,11 +596,12 @@ def op_decompress(args: dict, progress: Callable) -> dict:
     from .pipeline import decode_file, decoded_scene
 
     path, output = _arg(args, "path", str, op="decompress"), _arg(args, "output", str, op="decompress")
-    sh_degree = _arg(args, "sh_degree", int, None, "decompress") if args.get("sh_degree") is not None else None
+    sh_degree = _opt(args, "sh_degree", int, "decompress")
     if Path(output).suffix.lower() not in (".ply", ".spz"):  # say so before decoding, not after
         raise InputError(f"decompress: {output}: the output must be a .ply or .spz file")
     if sh_degree is not None and not 0 <= sh_degree <= 3:
         raise InputError(f"decompress: sh_degree must be 0..3, got {sh_degree}")
+    _check_outputs(output)
     progress("decoding", done=0, total=3)
     decoded = decode_file(path)
     progress("baking", done=1, total=3)
@@ -640,7 +695,7 @@ def serve(stdin: TextIO, stdout: TextIO) -> int:
     """Read requests from `stdin` until EOF or `shutdown`; events go to `stdout`."""
     emit = Emitter(stdout)
     emit.send({"event": "hello", "protocol": PROTOCOL, "hemgs": __version__, "pid": os.getpid(),
-               "ops": sorted(OPS), "planned": list(PLANNED_OPS), "codec": CODEC,
+               "ops": sorted(OPS), "planned": list(PLANNED_OPS), "dry_run": list(DRY_RUN_OPS), "codec": CODEC,
                "train_presets": TRAIN_PRESETS})
     for line in stdin:
         line = line.strip()
