@@ -79,24 +79,54 @@ def preview_cache_path(tag: str = "preview") -> Path:
 
 def _read_preview_via_worker(path):
     out = preview_cache_path()
+    res = _worker().run("load_preview", {"path": str(path), "output": str(out)}, outputs=[str(out)])
+    return preview_from_npz(out, path, res.get("kind") or "decoded", res.get("source_format") or "hgs")
+
+
+def preview_from_npz(npz: str | os.PathLike, path: str | os.PathLike, kind: str = "decoded",
+                     source_format: str = "hgs"):
+    """The preview the worker baked into `npz` (deleted after reading) for the file `path`, with
+    that file's description (what the preview object records and is named by)."""
+    from hemgs.preview import load_preview_npz
+
     try:
-        _worker().run("load_preview", {"path": str(path), "output": str(out)}, outputs=[str(out)])
-        from hemgs.preview import load_preview_npz
-
-        return load_preview_npz(out)
+        preview = load_preview_npz(npz)
     finally:
-        out.unlink(missing_ok=True)
+        Path(npz).unlink(missing_ok=True)
+    preview.meta = {"path": str(path), "kind": kind, "source_format": source_format}
+    return preview
 
 
-def load_preview(path: str | os.PathLike, name: str | None = None, context=None):
-    """Import `path` as a splat-preview object in the active collection and return the object.
+def load_preview(path: str | os.PathLike, name: str | None = None, context=None, stand_up: bool = True):
+    """Import `path` as a splat-preview object in the active collection and return the object,
+    named "<stem>" ("<stem> (decoded)" for a .hgs file) unless `name` is given. `stand_up`
+    (default): rotate the object -90° about X, so the y-down 3DGS scene stands up in Blender.
 
     Raises the readers' error (hemgs.errors.InputError / FormatError) for a bad file."""
     from .preview_object import build_preview_object
 
     context = context or bpy.context
     preview = read_preview(path)
-    return build_preview_object(context, preview, name or Path(path).stem)
+    preview.meta["path"] = str(path)
+    return build_preview_object(context, preview, name, stand_up=stand_up)
+
+
+def check_outputs(*paths: str | os.PathLike) -> None:
+    """Refuse, before any work, outputs that cannot be written (a missing folder, a folder...):
+    WorkerError "InputError" with hemgs.io.atomic.check_output_path's one line. Checked here where
+    Blender's Python has the bundled readers; the worker checks each request's outputs anyway."""
+    from .worker_client import WorkerError
+
+    try:
+        from hemgs.errors import InputError
+        from hemgs.io.atomic import check_output_path
+    except ImportError:
+        return
+    for path in paths:
+        try:
+            check_output_path(path)
+        except InputError as exc:
+            raise WorkerError("InputError", str(exc)) from None
 
 
 def info(path: str | os.PathLike) -> dict:
@@ -129,16 +159,19 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, spz_version: int | N
 
 
 # ---- the codec ---------------------------------------------------------------------------------
-def _writable_folder(folder: Path, explicit: bool = False) -> Path:
+def _writable_folder(folder: Path, explicit: bool = False, make: bool = True) -> Path:
     """`folder` (made if `explicit`: the caller named it) when we may write there, else the
-    extension's user folder (e.g. a source among read-only data)."""
+    extension's user folder (e.g. a source among read-only data). `make` False: only name it (a
+    batch makes its folders once everything is checked)."""
     if explicit:
-        folder.mkdir(parents=True, exist_ok=True)
+        if make:
+            folder.mkdir(parents=True, exist_ok=True)
         return folder
     if folder.is_dir() and os.access(folder, os.W_OK):
         return folder
     out = preferences.user_dir() / "models"
-    out.mkdir(parents=True, exist_ok=True)
+    if make:
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -149,36 +182,39 @@ def lambda_tag(lam: float) -> str:
 
 
 def default_model_path(source: str | os.PathLike, lam: float | None,
-                       folder: str | os.PathLike | None = None) -> Path:
+                       folder: str | os.PathLike | None = None, make: bool = True) -> Path:
     """Where a model trained on `source` goes: `<stem>.<lamtag>.safetensors` for a fixed-rate model
     at λ, `<stem>.hemgs.safetensors` for a variable-rate one (`lam` None), beside the source (or in
     `folder`; in the user folder when the source's folder is read-only)."""
     src = Path(source)
     tag = "hemgs" if lam is None else lambda_tag(lam)
-    return _writable_folder(Path(folder or src.parent), bool(folder)) / f"{src.stem}.{tag}.safetensors"
+    return _writable_folder(Path(folder or src.parent), bool(folder), make) / f"{src.stem}.{tag}.safetensors"
 
 
 def default_hgs_path(source: str | os.PathLike, lam: float, folder: str | os.PathLike | None = None,
-                     mode: str = "anchor") -> Path:
+                     mode: str = "anchor", make: bool = True) -> Path:
     """`<stem>.<lamtag>.hgs` (direct mode: `<stem>.direct.<lamtag>.hgs`, its λ being in other units)."""
     src = Path(source)
     tag = lambda_tag(lam) if mode == "anchor" else f"{mode}.{lambda_tag(lam)}"
-    return _writable_folder(Path(folder or src.parent), bool(folder)) / f"{src.stem}.{tag}.hgs"
+    return _writable_folder(Path(folder or src.parent), bool(folder), make) / f"{src.stem}.{tag}.hgs"
 
 
 def train(source: str | os.PathLike, model: str | os.PathLike | None = None, lam: float = 1e-3,
           preset: str = "quick", steps: int | None = None, warm_steps: int | None = None,
           width: int | None = None, views: int | None = None, device: str = "auto",
           codec: str = "hemgs", variable_rate: bool = True, scene_agnostic: bool = True, ar: bool = True,
-          acs: bool = True, lambdas: Iterable[float] | None = None, timeout: float | None = None) -> dict:
+          acs: bool = True, lambdas: Iterable[float] | None = None, serve: Iterable[float] | None = None,
+          dry_run: bool = False, timeout: float | None = None) -> dict:
     """Fit a model to `source` and write it to `model` (default: `default_model_path`).
 
     Default: a variable-rate HEMGS model, trained on `lambdas` (default the backend's 1e-3..4e-3),
     that codes any λ of that range. `codec="hac"` or `variable_rate=False`: a fixed-rate model at
     `lam`. `scene_agnostic`, `ar`, `acs` switch HEMGS's parts. `preset` "quick" or "standard" sets
-    the training budget; steps/warm_steps/width/views override it. Returns the worker's result
-    (model, codec, lambda_min/lambda_max, lambda_serves, anchors, seconds, ...); raises WorkerError
-    on a bad input or a crash."""
+    the training budget; steps/warm_steps/width/views override it. `serve`: λ values the model
+    must code (refused before training otherwise). `dry_run`: only check all that in the backend
+    and return the λ fields of the model it would make. Returns the worker's result (model, codec,
+    lambda_min/lambda_max, lambda_serves, anchors, seconds, ...); raises WorkerError on a bad
+    input or a crash."""
     variable = codec == "hemgs" and variable_rate
     model = str(model or default_model_path(source, None if variable else lam))
     args: dict = {"source": str(source), "model": model, "lambda": float(lam), "preset": preset, "device": device,
@@ -186,9 +222,13 @@ def train(source: str | os.PathLike, model: str | os.PathLike | None = None, lam
                   "ar": bool(ar), "acs": bool(acs)}
     if lambdas is not None:
         args["lambdas"] = [float(v) for v in lambdas]
+    if serve is not None:
+        args["serve"] = [float(v) for v in serve]
     for name, value in (("steps", steps), ("warm_steps", warm_steps), ("width", width), ("views", views)):
         if value is not None:
             args[name] = int(value)
+    if dry_run:
+        return _worker().run("train", {**args, "dry_run": True}, timeout=timeout)
     return _worker().run("train", args, outputs=[model], timeout=timeout)
 
 
@@ -220,13 +260,14 @@ def compress_model(model: str | os.PathLike, output: str | os.PathLike, source: 
 def compress_direct(source: str | os.PathLike, output: str | os.PathLike, lam: float = 1.0, views: int = 16,
                     width: int = 256, preview: str | os.PathLike | None = None, iters: int | None = None,
                     scene_agnostic: bool = False, ar: bool = False, acs: bool = True, variable_rate: bool = True,
-                    device: str = "auto", timeout: float | None = None) -> dict:
+                    device: str = "auto", dry_run: bool = False, timeout: float | None = None) -> dict:
     """Direct (anchor-free) mode: fit the entropy model to `source` (a 3DGS PLY/SPZ; `iters`
     iterations, default the backend's) and code its Gaussians at `lam` (1/64..16) into `output`.
     The part switches default to the backend's direct-mode defaults (prior and context off).
     Measured against the source over `views` views at `width` (0 views: sizes only); with
-    `preview`, the decoded scene's preview .npz. Returns the worker's result (output, bytes,
-    ratio, psnr, ssim, gaussians, fitted, fit_seconds, ...); raises WorkerError on bad input."""
+    `preview`, the decoded scene's preview .npz. `dry_run`: only check the arguments in the backend.
+    Returns the worker's result (output, bytes, ratio, psnr, ssim, gaussians, fitted, fit_seconds,
+    ...); raises WorkerError on bad input."""
     args: dict = {"mode": "direct", "source": str(source), "output": str(output), "lambda": float(lam),
                   "views": int(views), "width": int(width), "device": device, "scene_agnostic": bool(scene_agnostic),
                   "ar": bool(ar), "acs": bool(acs), "variable_rate": bool(variable_rate)}
@@ -236,6 +277,8 @@ def compress_direct(source: str | os.PathLike, output: str | os.PathLike, lam: f
         outputs.append(str(preview))
     if iters is not None:
         args["iters"] = int(iters)
+    if dry_run:
+        return _worker().run("compress", {**args, "dry_run": True}, timeout=timeout)
     return _worker().run("compress", args, outputs=outputs, timeout=timeout)
 
 
@@ -257,12 +300,15 @@ def compress(sources: str | os.PathLike | Iterable[str | os.PathLike],
 
     A variable-rate model (the default) is trained ONCE per file, with `preset` (and `train_args`:
     steps, warm_steps, width, views, scene_agnostic, ar, acs, lambdas), kept as
-    `<stem>.hemgs.safetensors` beside the .hgs files, and codes every λ; a λ it does not serve
-    raises WorkerError. Fixed-rate (`codec="hac"` or `variable_rate=False`): one model per (file, λ),
-    `<stem>.<lamtag>.safetensors`. With `reuse_models`, a model already there that serves the λ is
-    used instead of training again. Returns one dict per (file, λ): source, lambda, model, trained
-    (bool: the model was trained by this call), output, bytes, ratio, psnr, ssim. `on_result` is
-    called with each as it is done."""
+    `<stem>.hemgs.safetensors` beside the .hgs files, and codes every λ. Fixed-rate (`codec="hac"`
+    or `variable_rate=False`): one model per (file, λ), `<stem>.<lamtag>.safetensors`. With
+    `reuse_models`, a model already there that serves the λ is used instead of training again.
+    Returns one dict per (file, λ): source, lambda, model, trained (bool: the model was trained by
+    this call), output, bytes, ratio, psnr, ssim. `on_result` is called with each as it is done.
+
+    Both modes check everything first, in the backend: a λ the models would not serve, a bad
+    option or an output that cannot be written raises WorkerError before anything is trained,
+    written, overwritten or made (`output_dir` included)."""
     if mode not in ("anchor", "direct"):
         raise ValueError(f"unknown mode {mode!r}: use 'anchor' or 'direct'")
     srcs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
@@ -272,33 +318,47 @@ def compress(sources: str | os.PathLike | Iterable[str | os.PathLike],
     if mode == "direct":
         return _compress_direct_batch(srcs, lams, output_dir, eval_views, eval_width, on_result, train_args)
     variable = codec == "hemgs" and variable_rate
-    rows = []
-
-    def one(src, lam: float, model: Path, trained: bool) -> None:
-        res = compress_model(model, default_hgs_path(src, lam, output_dir), source=src, views=eval_views,
-                             width=eval_width, lam=lam if variable else None)
-        row = {"source": str(src), "lambda": lam, "model": str(model), "trained": trained,
-               **{k: res.get(k) for k in ("output", "bytes", "source_bytes", "ratio", "psnr", "ssim", "sections")}}
-        rows.append(row)
-        if on_result is not None:
-            on_result(row)
-
+    # One model per file (variable rate) or per (file, λ), each coding its group of λ.
+    groups: list[tuple[float | None, list[float]]] = [(None, lams)] if variable else [(lam, [lam]) for lam in lams]
+    plan = []
     for src in srcs:
-        if variable:
-            model = default_model_path(src, None, output_dir)
-            trained = not (reuse_models and model.exists() and _model_serves(model, lams, variable=True))
-            if trained:
-                train(src, model, preset=preset, codec=codec, variable_rate=True, **train_args)
-            for lam in lams:
-                one(src, lam, model, trained)
-            continue
-        for lam in lams:
-            model = default_model_path(src, lam, output_dir)
-            trained = not (reuse_models and model.exists() and _model_serves(model, [lam], variable=False))
-            if trained:
-                train(src, model, lam=lam, preset=preset, codec=codec, variable_rate=False, **train_args)
-            one(src, lam, model, trained)
+        for model_lam, group in groups:
+            model = default_model_path(src, model_lam, output_dir, make=False)
+            trained = not (reuse_models and model.exists() and _model_serves(model, group, variable))
+            model_args = dict(preset=preset, codec=codec, variable_rate=variable, serve=group, **train_args)
+            if model_lam is not None:
+                model_args["lam"] = model_lam
+            if trained:  # the backend checks the options and that the model will serve the group
+                train(src, model, dry_run=True, **model_args)
+            plan.append((src, group, model, trained, model_args))
+    outputs = {(str(src), lam): default_hgs_path(src, lam, output_dir, make=False)
+               for src, group, *_ in plan for lam in group}
+    _make_and_check(output_dir, [m for _, _, m, trained, _ in plan if trained], outputs.values())
+    rows: list[dict] = []
+    for src, group, model, trained, model_args in plan:
+        if trained:
+            train(src, model, **model_args)
+        for lam in group:
+            res = compress_model(model, outputs[(str(src), lam)], source=src, views=eval_views, width=eval_width,
+                                 lam=lam if variable else None)
+            _add_row(rows, on_result, {"source": str(src), "lambda": lam, "model": str(model), "trained": trained}, res)
     return rows
+
+
+def _make_and_check(output_dir, *outputs: Iterable[Path]) -> None:
+    """Make the batch's folder, once all else is checked, then check every file it will write."""
+    if output_dir is not None:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+    check_outputs(*(path for group in outputs for path in group))
+
+
+def _add_row(rows: list, on_result, fields: dict, res: dict, extra: tuple[str, ...] = ()) -> None:
+    """One batch row: `fields`, then the result's file, sizes and metrics; passed to `on_result`."""
+    keys = ("output", "bytes", "source_bytes", "ratio", "psnr", "ssim", "sections") + extra
+    row = {**fields, **{k: res.get(k) for k in keys}}
+    rows.append(row)
+    if on_result is not None:
+        on_result(row)
 
 
 def _compress_direct_batch(srcs, lams: list[float], output_dir, eval_views: int, eval_width: int,
@@ -307,17 +367,16 @@ def _compress_direct_batch(srcs, lams: list[float], output_dir, eval_views: int,
     if set(options) - allowed:
         raise TypeError(f"mode='direct' takes no {', '.join(sorted(set(options) - allowed))} (anchor-mode training "
                         f"options); it takes {', '.join(sorted(allowed))}")
-    rows = []
-    for src in srcs:
-        for lam in lams:  # the worker keeps the source's fit: only the first λ fits
-            res = compress_direct(src, default_hgs_path(src, lam, output_dir, mode="direct"), lam=lam,
-                                  views=eval_views, width=eval_width, **options)
-            row = {"source": str(src), "lambda": lam, "mode": "direct", "fitted": bool(res.get("fitted")),
-                   **{k: res.get(k) for k in ("output", "bytes", "source_bytes", "ratio", "psnr", "ssim", "sections",
-                                              "gaussians")}}
-            rows.append(row)
-            if on_result is not None:
-                on_result(row)
+    plan = [(src, lam, default_hgs_path(src, lam, output_dir, mode="direct", make=False))
+            for src in srcs for lam in lams]
+    for src, lam, out in plan:  # the backend checks λ, the options and the source's format
+        compress_direct(src, out, lam=lam, views=eval_views, width=eval_width, dry_run=True, **options)
+    _make_and_check(output_dir, [out for _, _, out in plan])
+    rows: list[dict] = []
+    for src, lam, out in plan:  # the worker keeps the source's fit: only the first λ fits
+        res = compress_direct(src, out, lam=lam, views=eval_views, width=eval_width, **options)
+        _add_row(rows, on_result, {"source": str(src), "lambda": lam, "mode": "direct",
+                                   "fitted": bool(res.get("fitted"))}, res, extra=("gaussians",))
     return rows
 
 

@@ -14,9 +14,9 @@ from . import api, jobs, props as hprops
 from .worker_client import error_text
 
 
-def _import(op, context, path: str):
+def _import(op, context, path: str, stand_up: bool):
     try:
-        obj = api.load_preview(path, context=context)
+        obj = api.load_preview(path, context=context, stand_up=stand_up)
     except Exception as exc:  # noqa: BLE001 - a bad file is a message, never a crash
         op.report({"ERROR"}, error_text(exc))
         return {"CANCELLED"}
@@ -25,14 +25,21 @@ def _import(op, context, path: str):
 
 
 def _start(op, context, name: str, args: dict, outputs=(), on_done=None):
-    """Start a worker job (blocking in background mode); errors become a report and the panel's message."""
+    """Start a worker job (blocking in background mode); errors become a report and the panel's
+    message. Outputs that cannot be written are refused before the job starts."""
     try:
+        api.check_outputs(*outputs)
         jobs.run(context, name, args, outputs, on_done=on_done)
     except Exception as exc:  # noqa: BLE001 - shown in the panel
         jobs.state.message, jobs.state.is_error = error_text(exc), True
         op.report({"ERROR"}, jobs.state.message)
         return {"CANCELLED"}
     return {"FINISHED"}
+
+
+def _stand_up_prop():
+    """The import option (File > Import's side panel; the sidebar has it as a scene setting)."""
+    return bpy.props.BoolProperty(name=hprops.STAND_UP_NAME, description=hprops.STAND_UP_DESCRIPTION, default=True)
 
 
 class HEMGS_OT_import_ply(bpy.types.Operator, ImportHelper):  # type: ignore[misc]  # stub-only clash
@@ -43,9 +50,10 @@ class HEMGS_OT_import_ply(bpy.types.Operator, ImportHelper):  # type: ignore[mis
     bl_options = {"REGISTER", "UNDO"}
     filename_ext = ".ply"
     filter_glob: bpy.props.StringProperty(default="*.ply", options={"HIDDEN"})  # type: ignore[valid-type]
+    stand_up: _stand_up_prop()  # type: ignore[valid-type]
 
     def execute(self, context):
-        return _import(self, context, self.filepath)
+        return _import(self, context, self.filepath, self.stand_up)
 
 
 class HEMGS_OT_import_spz(bpy.types.Operator, ImportHelper):  # type: ignore[misc]  # stub-only clash
@@ -56,26 +64,20 @@ class HEMGS_OT_import_spz(bpy.types.Operator, ImportHelper):  # type: ignore[mis
     bl_options = {"REGISTER", "UNDO"}
     filename_ext = ".spz"
     filter_glob: bpy.props.StringProperty(default="*.spz", options={"HIDDEN"})  # type: ignore[valid-type]
+    stand_up: _stand_up_prop()  # type: ignore[valid-type]
 
     def execute(self, context):
-        return _import(self, context, self.filepath)
+        return _import(self, context, self.filepath, self.stand_up)
 
 
-def _show_preview_npz(npz: str, path: str, beside: str = "") -> object:
+def _show_preview_npz(npz: str, path: str, stand_up: bool, beside: str = "") -> object:
     """Build the preview object of the .hgs `path` from its worker-baked .npz (then deleted); with
     `beside` (a source path), place it next to that source's preview, or in its place with the
     source hidden. Runs when the job ends, so it takes the context of that moment."""
-    from hemgs.preview import load_preview_npz
-
     from .preview_object import build_preview_object
 
     context = bpy.context
-    try:
-        preview = load_preview_npz(npz)
-    finally:
-        Path(npz).unlink(missing_ok=True)
-    obj = build_preview_object(context, preview, f"{Path(path).stem} (decoded)")
-    obj["hemgs_kind"], obj["hemgs_path"], obj["hemgs_source_format"] = "decoded", path, "hgs"
+    obj = build_preview_object(context, api.preview_from_npz(npz, path), stand_up=stand_up)
     if beside:
         _place_beside(context, obj, beside)
     return obj
@@ -104,19 +106,20 @@ def _place_beside(context, obj, source: str) -> None:
 
 
 class HEMGS_OT_import_hgs(bpy.types.Operator, ImportHelper):  # type: ignore[misc]  # stub-only clash
-    """Decode a HEMGS .hgs file (in the backend) and import its Gaussians as a splat preview (anchor files baked, direct files as decoded)"""
+    """Decode a HEMGS .hgs file in the backend and import its Gaussians as a splat preview"""
 
     bl_idname = "hemgs.import_hgs"
     bl_label = "Import HEMGS"
     bl_options = {"REGISTER", "UNDO"}
     filename_ext = ".hgs"
     filter_glob: bpy.props.StringProperty(default="*.hgs", options={"HIDDEN"})  # type: ignore[valid-type]
+    stand_up: _stand_up_prop()  # type: ignore[valid-type]
 
     def execute(self, context):
-        path = self.filepath
+        path, stand_up = self.filepath, self.stand_up
         npz = str(api.preview_cache_path("hgs"))
         return _start(self, context, "load_preview", {"path": path, "output": npz}, [npz],
-                      on_done=lambda res: _show_preview_npz(npz, path))
+                      on_done=lambda res: _show_preview_npz(npz, path, stand_up))
 
 
 class HEMGS_OT_load_source(bpy.types.Operator):
@@ -131,7 +134,8 @@ class HEMGS_OT_load_source(bpy.types.Operator):
         return bool(context.scene.hemgs.source_path)
 
     def execute(self, context):
-        return _import(self, context, bpy.path.abspath(context.scene.hemgs.source_path))
+        props = context.scene.hemgs
+        return _import(self, context, bpy.path.abspath(props.source_path), props.stand_up)
 
 
 class HEMGS_OT_evaluate(bpy.types.Operator):
@@ -198,7 +202,7 @@ def train_args(props) -> dict:
 
 
 class HEMGS_OT_train(bpy.types.Operator):
-    """Fit a model to the source scene: variable-rate HEMGS, or fixed-rate at the slider's λ (in the backend; Cancel stops it)"""
+    """Fit a model to the source scene in the backend (variable-rate, or fixed-rate at the λ set)"""
 
     bl_idname = "hemgs.train"
     bl_label = "Train"
@@ -263,7 +267,7 @@ def _compress(op, context, output: str):
 
     def done(res: dict) -> None:
         store_results(props, res)
-        _show_preview_npz(npz, output, beside=source)
+        _show_preview_npz(npz, output, props.stand_up, beside=source)
 
     return _start(op, context, "compress", args, [output, npz], on_done=done)
 
@@ -283,7 +287,7 @@ def _model_ready(cls, context) -> bool:
 
 
 class HEMGS_OT_compress(bpy.types.Operator):
-    """Write the .hgs file (anchor mode: of the model; direct mode: of the source, fitted now), measure it against the source and show its decoded preview"""
+    """Write the .hgs file, measure it against the source and show its decoded preview"""
 
     bl_idname = "hemgs.compress"
     bl_label = "Compress"
@@ -302,14 +306,11 @@ class HEMGS_OT_compress(bpy.types.Operator):
             base = props.source_path or props.model_path
             lam = hprops.compress_lambda(props) or props.model_lambda
             output = str(api.default_hgs_path(bpy.path.abspath(base), lam))
-        elif os.path.isdir(output):
-            self.report({"ERROR"}, f"{output} is a folder; set an .hgs file name")
-            return {"CANCELLED"}
         return _compress(self, context, output)
 
 
 class HEMGS_OT_export_hgs(bpy.types.Operator, ExportHelper):  # type: ignore[misc]  # stub-only clash
-    """Compress the panel's source to a HEMGS .hgs file (anchor mode: its loaded model; direct mode: the source itself)"""
+    """Compress the panel's source to a HEMGS .hgs file, with the panel's mode and settings"""
 
     bl_idname = "hemgs.export_hgs"
     bl_label = "Export HEMGS"

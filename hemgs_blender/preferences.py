@@ -89,11 +89,12 @@ def describe_versions(v: dict) -> str:
 
 
 class HEMGS_OT_setup_backend(bpy.types.Operator):
-    """Create a Python environment in the extension's user folder and install the backend into it
-    (downloads PyTorch: about 1 GB)"""
+    """Make a venv in the extension's user folder and install the bundled backend wheel with torch."""
 
     bl_idname = "hemgs.setup_backend"
     bl_label = "Set up backend"
+    # The tooltip: one line (a docstring shows as written, line breaks and all).
+    bl_description = "Install the backend (with PyTorch, about 1 GB download) into a Python of the extension's own"
 
     @classmethod
     def poll(cls, context):

@@ -5,18 +5,33 @@ Arrays come from `hemgs.preview` (numpy); here they become Blender data with flo
 Attributes (point domain): `hemgs_color` (FLOAT_COLOR, linear RGBA, alpha = opacity),
 `hemgs_opacity` and `hemgs_size` (FLOAT). A geometry-nodes group turns them into the displayed
 points (radius from `hemgs_size`) and gives them a material that reads colour and opacity.
+
+Solid mode (Workbench) draws a point cloud in one colour per object, whatever its attributes: a
+second, viewport-only modifier turns each point into a small coloured mesh (an octahedron of the
+splat's radius) whose active colour attribute is `hemgs_color`, which Solid mode's "Attribute"
+colour type shows. Renders (Cycles, EEVEE) keep the points.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import bpy
 import numpy as np
 
 NODE_GROUP = "HEMGS Splat Preview"
+SOLID_GROUP = "HEMGS Solid Colours"
+SOLID_SHAPE = "HEMGS Splat Shape"
 MATERIAL = "HEMGS Splat"
 ATTR_COLOR, ATTR_OPACITY, ATTR_SIZE = "hemgs_color", "hemgs_opacity", "hemgs_size"
+
+
+def preview_name(meta: dict) -> str:
+    """The preview object's name, the one place it is made: the file's stem, and for a .hgs
+    file's decoded scene "<stem> (decoded)"."""
+    stem = Path(str(meta.get("path") or "preview")).stem
+    return f"{stem} (decoded)" if meta.get("kind") == "decoded" else stem
 
 
 def has_gaussian_splat_type() -> bool:
@@ -25,15 +40,21 @@ def has_gaussian_splat_type() -> bool:
     return prop is not None and "GAUSSIAN_SPLAT" in {i.identifier for i in getattr(prop, "enum_items", [])}
 
 
-def build_preview_object(context, preview, name: str):
+def build_preview_object(context, preview, name: str | None = None, stand_up: bool = True):
     """Link a new preview object for `preview` (a hemgs.preview.SplatPreview) into the active
-    collection and return it. A point cloud where Blender can convert a mesh to one (4.2+), else
-    the mesh, with the node group doing the conversion ("Mesh to Points")."""
+    collection and return it, named `name` or `preview_name(preview.meta)`. A point cloud where
+    Blender can convert a mesh to one (4.2+), else the mesh, with the node group doing the
+    conversion ("Mesh to Points"). `stand_up`: rotate the object (not the data) so a y-down 3DGS
+    scene stands up in Blender's z-up world."""
+    from hemgs.preview import STAND_UP_EULER
+
+    name = name or preview_name(preview.meta)
     n = len(preview)
     mesh = bpy.data.meshes.new(name)
     mesh.vertices.add(n)
     mesh.vertices.foreach_set("co", np.ascontiguousarray(preview.positions, np.float32).ravel())
     _set(mesh, ATTR_COLOR, "FLOAT_COLOR", "color", preview.rgba_linear())
+    _make_active_color(mesh)
     _set(mesh, ATTR_OPACITY, "FLOAT", "value", preview.opacities)
     _set(mesh, ATTR_SIZE, "FLOAT", "value", preview.sizes)
     obj = bpy.data.objects.new(name, mesh)
@@ -43,13 +64,26 @@ def build_preview_object(context, preview, name: str):
         _set(obj.data, "radius", "FLOAT", "value", preview.sizes)
     mod: Any = obj.modifiers.new("HEMGS Splats", "NODES")
     mod.node_group = ensure_node_group()
+    solid: Any = obj.modifiers.new(SOLID_GROUP, "NODES")
+    solid.node_group = ensure_solid_group()
+    solid.show_render = False  # the viewport's Solid mode needs it; renders draw the points
     data: Any = obj.data  # a PointCloud, or the Mesh on versions that cannot convert
     data.materials.append(ensure_material())
+    if stand_up:
+        obj.rotation_euler = STAND_UP_EULER
     for key, value in preview.meta.items():
         if isinstance(value, (str, int, float)):
             obj[f"hemgs_{key}"] = value
     obj["hemgs_count"] = n
     return obj
+
+
+def _make_active_color(mesh) -> None:
+    """`hemgs_color` as the mesh's active and render colour attribute (what Solid mode's
+    "Attribute" colour type and the renderers' default colour read)."""
+    colors: Any = mesh.color_attributes
+    colors.active_color = colors[ATTR_COLOR]
+    colors.render_color_index = colors.active_color_index
 
 
 def _set(data, name: str, kind: str, field: str, values) -> None:
@@ -106,6 +140,71 @@ def ensure_node_group():
     links.new(material.outputs["Geometry"], gout.inputs[0])
     for i, node in enumerate((gin, size, to_points, join, radius, material, gout)):
         node.location = (200 * i, 0)
+    return group
+
+
+def ensure_solid_shape():
+    """The mesh each splat becomes in Solid mode: an octahedron of radius 1 (6 vertices, the
+    fewest that look round enough), with an active `hemgs_color` attribute. Realized instances
+    take their colour attribute names from it, so Solid mode's "Attribute" colour finds the
+    splats' colours (stored over its white by the node group)."""
+    obj = bpy.data.objects.get(SOLID_SHAPE)
+    if obj is not None:
+        return obj
+    mesh = bpy.data.meshes.new(SOLID_SHAPE)
+    verts = [(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)]
+    faces = [(0, 2, 4), (2, 1, 4), (1, 3, 4), (3, 0, 4), (2, 0, 5), (1, 2, 5), (3, 1, 5), (0, 3, 5)]
+    mesh.from_pydata(verts, [], faces)
+    mesh.color_attributes.new(ATTR_COLOR, "FLOAT_COLOR", "POINT")
+    _make_active_color(mesh)
+    return bpy.data.objects.new(SOLID_SHAPE, mesh)  # used by the node group only, in no scene
+
+
+def ensure_solid_group():
+    """Viewport-only node group: each point becomes `ensure_solid_shape()` scaled to `hemgs_size`,
+    coloured by `hemgs_color` (captured before instancing, stored after realizing: the shape's own
+    attribute of that name would win otherwise), with the splat material."""
+    group = bpy.data.node_groups.get(SOLID_GROUP)
+    if group is not None:
+        return group
+    group = bpy.data.node_groups.new(SOLID_GROUP, "GeometryNodeTree")
+    group.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    group.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    nodes, links = group.nodes, group.links
+    gin, gout = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
+    points = nodes.new("GeometryNodeSeparateComponents")  # on 4.2 the mesh's own vertices ride along
+    color = nodes.new("GeometryNodeInputNamedAttribute")
+    color.data_type = "FLOAT_COLOR"
+    color.inputs["Name"].default_value = ATTR_COLOR
+    size = nodes.new("GeometryNodeInputNamedAttribute")
+    size.data_type = "FLOAT"
+    size.inputs["Name"].default_value = ATTR_SIZE
+    capture = nodes.new("GeometryNodeCaptureAttribute")
+    capture.domain = "POINT"
+    capture.capture_items.new("RGBA", "Color")
+    shape = nodes.new("GeometryNodeObjectInfo")
+    shape.inputs["Object"].default_value = ensure_solid_shape()
+    instance = nodes.new("GeometryNodeInstanceOnPoints")
+    realize = nodes.new("GeometryNodeRealizeInstances")
+    store = nodes.new("GeometryNodeStoreNamedAttribute")
+    store.data_type, store.domain = "FLOAT_COLOR", "POINT"
+    store.inputs["Name"].default_value = ATTR_COLOR
+    material = nodes.new("GeometryNodeSetMaterial")
+    material.inputs["Material"].default_value = ensure_material()
+    links.new(gin.outputs[0], points.inputs["Geometry"])
+    links.new(points.outputs["Point Cloud"], capture.inputs["Geometry"])
+    links.new(color.outputs["Attribute"], capture.inputs["Color"])
+    links.new(capture.outputs["Geometry"], instance.inputs["Points"])
+    links.new(shape.outputs["Geometry"], instance.inputs["Instance"])
+    links.new(size.outputs["Attribute"], instance.inputs["Scale"])
+    links.new(instance.outputs["Instances"], realize.inputs["Geometry"])
+    links.new(realize.outputs["Geometry"], store.inputs["Geometry"])
+    links.new(capture.outputs["Color"], next(s for s in store.inputs if s.name == "Value" and s.enabled))
+    links.new(store.outputs["Geometry"], material.inputs["Geometry"])
+    links.new(material.outputs["Geometry"], gout.inputs[0])
+    for i, node in enumerate((gin, points, capture, instance, realize, store, material, gout)):
+        node.location = (200 * i, 0)
+    color.location, size.location, shape.location = (200, -200), (400, -350), (400, -200)
     return group
 
 

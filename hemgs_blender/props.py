@@ -21,6 +21,10 @@ MODES = [("ANCHOR", "Anchor (HEMGS, trained)", "Train an anchor model (minutes),
 # Direct mode's λ, in its own units (= hemgs.modes.DIRECT_LAMBDA_RANGE / DIRECT_LAMBDA_DEFAULT). The
 # slider is log2(λ).
 DIRECT_LAMBDA_MIN, DIRECT_LAMBDA_MAX, DIRECT_LAMBDA_DEFAULT = 0.015625, 16.0, 1.0
+# The import option of every preview (File > Import and the sidebar): hemgs.preview.STAND_UP_EULER.
+STAND_UP_NAME = "Y-down scene: stand it up"
+STAND_UP_DESCRIPTION = ("Rotate the preview object -90° about X so a 3DGS scene (y pointing down) stands up in "
+                        "Blender's z-up world; the data keeps its coordinates")
 PRESETS = [("QUICK", "Quick", "100 + 150 warm-start steps at 128 px: a first look, minutes on a CPU"),
            ("STANDARD", "Standard", "300 + 400 warm-start steps at 256 px (hemgs train's defaults)"),
            ("CUSTOM", "Custom", "The steps set below")]
@@ -32,6 +36,8 @@ class HEMGS_SceneProps(bpy.types.PropertyGroup):
     other_path: bpy.props.StringProperty(  # type: ignore[valid-type]
         name="Compare with", description="A second version of the scene (e.g. an SPZ) to measure against "
         "the source", subtype="FILE_PATH")
+    stand_up: bpy.props.BoolProperty(  # type: ignore[valid-type]
+        name=STAND_UP_NAME, description=STAND_UP_DESCRIPTION, default=True)
     views: bpy.props.IntProperty(  # type: ignore[valid-type]
         name="Views", description="Number of views rendered for PSNR/SSIM (the sampled views of hemgs eval)",
         default=16, min=1, max=256)

@@ -35,7 +35,9 @@ class HEMGS_PT_main(bpy.types.Panel):
 
         col = layout.column(align=True)
         col.prop(p, "source_path")
+        col.prop(p, "stand_up")
         col.operator("hemgs.load_source", icon="POINTCLOUD_DATA")
+        self.draw_solid_hint(layout, context)
         layout.prop(p, "mode")
 
         if props.is_direct(p):
@@ -43,6 +45,16 @@ class HEMGS_PT_main(bpy.types.Panel):
         else:
             self.draw_anchor(layout, p)
         self.draw_status(layout, p)
+
+    @staticmethod
+    def draw_solid_hint(layout, context):
+        """Solid mode shows the splats' colours with its "Attribute" colour type: a button for
+        this view, rather than changing the user's shading behind their back."""
+        shading = getattr(context.space_data, "shading", None)
+        if shading is not None and shading.type == "SOLID" and shading.color_type != "VERTEX":
+            row = layout.row(align=True)
+            row.label(text="Splat colours in Solid view:")
+            row.prop_enum(shading, "color_type", "VERTEX")
 
     def draw_anchor(self, layout, p):
         """Anchor mode: train (or load) a model, then code it at a λ it serves."""

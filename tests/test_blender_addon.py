@@ -22,7 +22,7 @@ import json, math, sys, time
 import numpy as np
 import bpy
 
-zip_path, lod2, spz, demo, backend_python, big_ply, tiny, out_json = sys.argv[-8:]
+zip_path, lod2, spz, demo, backend_python, big_ply, tiny, red_ply, out_json = sys.argv[-9:]
 res = {}
 r = bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
 res["install"] = list(r)
@@ -31,6 +31,10 @@ res["enabled"] = mod in bpy.context.preferences.addons
 import importlib
 api = importlib.import_module(mod + ".api")
 props_mod = importlib.import_module(mod + ".props")
+jobs_mod = importlib.import_module(mod + ".jobs")
+# Every operator's tooltip, as Blender shows it.
+res["descriptions"] = {c.bl_idname: getattr(bpy.ops.hemgs, c.bl_idname.split(".")[1]).get_rna_type().description
+                       for c in bpy.types.Operator.__subclasses__() if c.__module__.startswith(mod)}
 import hemgs
 res["hemgs_from"] = hemgs.__file__
 res["torch_loaded"] = "torch" in sys.modules
@@ -48,19 +52,58 @@ pos = np.empty(n * 3, np.float32); pc.attributes["position"].data.foreach_get("v
 np.save(out_json + ".col.npy", col.reshape(n, 4)); np.save(out_json + ".op.npy", op)
 np.save(out_json + ".pos.npy", pos.reshape(n, 3)); np.save(out_json + ".size.npy", sz)
 res["modifier_group"] = ob.modifiers[0].node_group.name if ob.modifiers else None
+res["modifiers"] = [[m.name, m.show_viewport, m.show_render] for m in ob.modifiers]
+res["rotation"] = list(ob.rotation_euler)
 res["material"] = ob.data.materials[0].name if len(ob.data.materials) else None
 mat = bpy.data.materials[res["material"]]
 res["material_attrs"] = sorted(nd.attribute_name for nd in mat.node_tree.nodes if nd.type == "ATTRIBUTE")
+# The viewport's Solid mode draws the viewport-only meshes: colour attribute active, 6 vertices a splat.
+dg = bpy.context.evaluated_depsgraph_get()
+res["solid_meshes"] = [[len(i.object.data.vertices), i.object.data.color_attributes.active_color_name]
+                       for i in dg.object_instances if i.object.type == "MESH" and i.object.original == ob]
+solid = ob.modifiers.get("HEMGS Solid Colours")
+if solid is not None:  # the points, as renders see them
+    solid.show_viewport = False
 dg = bpy.context.evaluated_depsgraph_get()
 ev = ob.evaluated_get(dg).data
 rad = np.empty(len(ev.points), np.float32); ev.attributes["radius"].data.foreach_get("value", rad)
 res["eval_points"] = len(ev.points)
 res["eval_radius_is_size"] = bool(np.allclose(rad, sz))
+if solid is not None:
+    solid.show_viewport = True
+upright = api.load_preview(tiny, stand_up=False)
+res["upright_option"] = [list(upright.rotation_euler)]
+bpy.data.objects.remove(upright)
 
 t = time.perf_counter(); big = api.load_preview(big_ply); res["t_1m"] = time.perf_counter() - t
 res["points_1m"] = len(big.data.points)
 r = bpy.ops.hemgs.import_spz(filepath=spz); res["spz_op"] = list(r)
 res["spz_points"] = len(bpy.context.collection.objects[-1].data.points)
+res["upright_option"].append(list(bpy.context.collection.objects[-1].rotation_euler))
+bpy.ops.hemgs.import_spz(filepath=spz, stand_up=False)
+res["upright_option"].append(list(bpy.context.collection.objects[-1].rotation_euler))
+
+# Solid mode, "Attribute" colour: Workbench draws the splats' colours (here all red). A final render
+# skips viewport-only modifiers, so this one is switched on for it.
+shown = {o.name: o.hide_render for o in bpy.data.objects}
+for o in bpy.data.objects:
+    o.hide_render = True
+red = api.load_preview(red_ply)
+if "HEMGS Solid Colours" in red.modifiers:
+    red.modifiers["HEMGS Solid Colours"].show_render = True
+scene = bpy.context.scene
+cam = bpy.data.objects.new("cam", bpy.data.cameras.new("cam")); scene.collection.objects.link(cam)
+scene.camera, cam.location, cam.rotation_euler = cam, (0, -6, 0), (math.pi / 2, 0, 0)
+scene.render.engine, scene.render.film_transparent = "BLENDER_WORKBENCH", True
+scene.render.resolution_x = scene.render.resolution_y = 32
+scene.display.shading.color_type = "VERTEX"
+scene.render.filepath = out_json + ".solid.png"
+bpy.ops.render.render(write_still=True)
+px = np.array(bpy.data.images.load(scene.render.filepath).pixels[:]).reshape(-1, 4)
+res["solid_rgb"] = px[px[:, 3] > 0.5, :3].mean(0).tolist()
+bpy.data.objects.remove(red); bpy.data.objects.remove(cam)
+for o in bpy.data.objects:
+    o.hide_render = shown.get(o.name, False)
 try:
     bpy.ops.hemgs.import_ply(filepath=zip_path)  # not a PLY: an error report, not a crash
     res["bad_import"] = "no error"
@@ -94,6 +137,15 @@ res["t_train_op"] = time.perf_counter() - t
 res["model"] = [p.model_path, p.model_lambda, p.model_variable_rate, p.model_anchors, p.model_codec,
                 p.model_lambda_min, p.model_lambda_max, p.model_serve_min, p.model_serve_max]
 p.views, p.eval_width, p.side_by_side = 4, 64, True
+# Outputs that cannot be written: refused before the job starts, the message in the panel.
+res["bad_outputs"] = []
+for bad in (work, os.path.join(work, "missing", "panel.hgs")):
+    p.output_path = bad
+    try:
+        bpy.ops.hemgs.compress()
+    except RuntimeError:
+        pass
+    res["bad_outputs"].append([bad, jobs_mod.state.message, jobs_mod.state.is_error])
 p.output_path = os.path.join(work, "panel.hgs")
 p.rate_position = 0.0  # the slider's low end: the smallest λ the model serves
 res["compress_lambda"] = [props_mod.compress_lambda(p)]
@@ -109,6 +161,8 @@ res["new_objects"] = len(bpy.data.objects) - n_before
 res["import_hgs"] = list(bpy.ops.hemgs.import_hgs(filepath=p.output_path))
 imported = [o for o in bpy.data.objects if o.get("hemgs_kind") == "decoded" and o not in dec]
 res["imported"] = [o.name for o in imported]
+res["api_decoded_name"] = api.load_preview(p.output_path).name
+res["decoded_rotations"] = [list(o.rotation_euler) for o in dec + imported]
 res["import_points"] = [len(o.data.points) for o in imported]
 res["export_hgs"] = list(bpy.ops.hemgs.export_hgs(filepath=os.path.join(work, "exported.hgs")))
 # The same model at the slider's high end: a second file, from the same model.
@@ -132,6 +186,31 @@ res["t_batch"] = time.perf_counter() - t
 res["batch"] = rows
 again = api.compress(tiny, [4e-3], output_dir=os.path.join(work, "batch"), eval_views=0)
 res["batch_again"] = again
+# Refused before any work: a λ the models would not serve (the kept model is not retrained), an
+# output that is a folder; a refused batch makes no folder.
+batch_model = os.path.join(work, "batch", "tiny.hemgs.safetensors")
+before = os.stat(batch_model).st_mtime_ns
+os.mkdir(os.path.join(work, "batch", "tiny.lam2e-03.hgs"))
+res["refused"] = []
+quick = {"steps": 5, "warm_steps": 10, "width": 32, "views": 8, "eval_views": 0}
+for lams, kw in (([0.5], {"output_dir": os.path.join(work, "batch"), **quick}),
+                 ([0.5], {"output_dir": os.path.join(work, "refused"), **quick}),
+                 ([2e-3], {"output_dir": os.path.join(work, "batch"), **quick}),
+                 ([100.0], {"output_dir": os.path.join(work, "refused_direct"), "mode": "direct", "iters": 10})):
+    try:
+        api.compress(tiny, lams, **kw)
+        res["refused"].append("no error")
+    except Exception as exc:
+        res["refused"].append([type(exc).__name__, getattr(exc, "kind", ""), str(exc)])
+res["batch_model_kept"] = os.stat(batch_model).st_mtime_ns == before
+res["refused_folders"] = [os.path.exists(os.path.join(work, d)) for d in ("refused", "refused_direct")]
+# A timeout cancels the job: the next call finds the worker free.
+try:
+    api.evaluate(demo, demo, views=400, width=64, timeout=2)
+    res["timeout"] = "no error"
+except Exception as exc:
+    res["timeout"] = [type(exc).__name__, str(exc)]
+res["after_timeout"] = api.backend_versions().get("hemgs")
 res["decompress"] = api.decompress(rows[0]["output"], os.path.join(work, "batch", "decoded.ply"))
 res["hgs_preview_points"] = len(api.load_preview(rows[0]["output"]).data.points)
 # Direct (anchor-free) mode: no model needed; Compress sends the source; the slider is direct λ.
@@ -186,6 +265,24 @@ def _tiny_ply(tmp_path: Path) -> Path:
     return path
 
 
+def _red_ply(tmp_path: Path) -> Path:
+    """2,000 opaque pure-red splats in a unit cube around the origin."""
+    import numpy as np
+
+    from hemgs.io import write_ply
+    from hemgs.scene import SH_C0, GaussianScene
+
+    n = 2000
+    rng = np.random.default_rng(2)
+    sh = np.zeros((n, 1, 3))
+    sh[:, 0] = (np.array([1.0, 0.0, 0.0]) - 0.5) / SH_C0
+    scene = GaussianScene(rng.uniform(-1, 1, (n, 3)), np.tile([1.0, 0, 0, 0], (n, 1)), np.full((n, 3), -3.0),
+                          np.full(n, 10.0), sh)
+    path = tmp_path / "red.ply"
+    write_ply(scene, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def blender_run(tmp_path_factory):
     if not BLENDER_PY.exists():
@@ -202,7 +299,7 @@ def blender_run(tmp_path_factory):
     out = tmp / "result.json"
     env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp / "user"), OMP_NUM_THREADS="1", HEMGS_THREADS="1")
     args = [str(zpath), str(shared_file("playbot_lod2.ply")), str(shared_file("biker.spz")), str(DEMO_PLY),
-            sys.executable, str(_big_ply(tmp)), str(_tiny_ply(tmp)), str(out)]
+            sys.executable, str(_big_ply(tmp)), str(_tiny_ply(tmp)), str(_red_ply(tmp)), str(out)]
     t0 = time.monotonic()
     run = subprocess.run([str(BLENDER_PY), str(script), *args], capture_output=True, text=True, env=env,
                          timeout=300)
@@ -335,3 +432,60 @@ def test_background_mode_api_blocks_on_the_worker(blender_run):
     kind, wkind, message = r["eval_error"]
     assert kind == "WorkerError" and wkind == "InputError" and "/nonexistent.ply" in message
     assert r["versions"]["torch"] and r["versions"]["gsplat"]  # what "Check backend" shows
+
+
+def test_every_operator_has_a_short_one_line_tooltip(blender_run):
+    descriptions = blender_run["descriptions"]
+    assert {"hemgs.setup_backend", "hemgs.import_ply", "hemgs.compress", "hemgs.cancel"} <= set(descriptions)
+    for idname, text in descriptions.items():
+        assert text and "\n" not in text and len(text) <= 100 and text == text.strip(), (idname, text)
+
+
+def test_previews_stand_up_by_default_as_a_rotation_of_the_object(blender_run):
+    import math
+
+    r = blender_run
+    up, as_is = pytest.approx([-math.pi / 2, 0, 0]), pytest.approx([0, 0, 0])
+    assert r["rotation"] == up  # api.load_preview; the data keep the file's coordinates (test above)
+    api_off, spz_on, spz_off = r["upright_option"]
+    assert api_off == as_is and spz_on == up and spz_off == as_is
+    # Decoded previews: beside the (stood-up) source after Compress, and File > Import HEMGS.
+    assert r["decoded_rotations"] and all(rot == up for rot in r["decoded_rotations"])
+
+
+def test_solid_mode_shows_the_splat_colours(blender_run):
+    r = blender_run
+    assert r["modifiers"] == [["HEMGS Splats", True, True], ["HEMGS Solid Colours", True, False]]
+    assert r["solid_meshes"] == [[6 * 125_000, "hemgs_color"]]  # an octahedron a splat, colour active
+    red, green, blue = r["solid_rgb"]  # all-red splats, Workbench with the "Attribute" colour type
+    assert red > 0.2 and green < 0.25 * red and blue < 0.25 * red, r["solid_rgb"]
+
+
+def test_decoded_previews_have_one_name(blender_run):
+    import re
+
+    r = blender_run
+    names = [d[0] for d in r["decoded_objects"]] + r["imported"] + [r["api_decoded_name"]]
+    assert len(names) == 3 and all(re.fullmatch(r"panel \(decoded\)(\.\d{3})?", n) for n in names), names
+
+
+def test_outputs_and_lambda_are_checked_before_any_work(blender_run):
+    r = blender_run
+    (folder, says_folder, err1), (missing, says_missing, err2) = r["bad_outputs"]
+    assert err1 and err2 and "it is a folder" in says_folder and folder in says_folder
+    assert "does not exist" in says_missing and missing in says_missing
+    wrong_lambda, wrong_lambda_new_folder, folder_output, wrong_direct_lambda = r["refused"]
+    for kind, wkind, message in (wrong_lambda, wrong_lambda_new_folder):
+        assert kind == "WorkerError" and wkind == "InputError" and "outside what this model serves" in message
+    assert r["batch_model_kept"]  # not retrained, not overwritten
+    kind, wkind, message = folder_output
+    assert wkind == "InputError" and "tiny.lam2e-03.hgs: it is a folder" in message and ".tmp" not in message
+    kind, wkind, message = wrong_direct_lambda
+    assert wkind == "InputError" and "outside what direct mode serves" in message
+    assert r["refused_folders"] == [False, False]  # a refused batch makes no folder
+
+
+def test_a_timeout_cancels_the_job_and_the_api_goes_on(blender_run):
+    kind, message = blender_run["timeout"]
+    assert kind == "TimeoutError" and "cancelled" in message
+    assert blender_run["after_timeout"]
