@@ -112,19 +112,30 @@ def _to_pointcloud(context, obj) -> None:
             data.attributes.remove(sel)
 
 
+def _geometry_group(name):
+    """A new geometry-nodes group with one geometry in and one out: the group, its input and
+    output nodes."""
+    group = bpy.data.node_groups.new(name, "GeometryNodeTree")
+    group.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    group.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    return group, group.nodes.new("NodeGroupInput"), group.nodes.new("NodeGroupOutput")
+
+
+def _named_attribute(nodes, name: str, data_type: str):
+    node = nodes.new("GeometryNodeInputNamedAttribute")
+    node.data_type = data_type
+    node.inputs["Name"].default_value = name
+    return node
+
+
 def ensure_node_group():
     """The geometry-nodes group: meshes become points, point radius from `hemgs_size`, material."""
     group = bpy.data.node_groups.get(NODE_GROUP)
     if group is not None:
         return group
-    group = bpy.data.node_groups.new(NODE_GROUP, "GeometryNodeTree")
-    group.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
-    group.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    group, gin, gout = _geometry_group(NODE_GROUP)
     nodes, links = group.nodes, group.links
-    gin, gout = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
-    size = nodes.new("GeometryNodeInputNamedAttribute")
-    size.data_type = "FLOAT"
-    size.inputs["Name"].default_value = ATTR_SIZE
+    size = _named_attribute(nodes, ATTR_SIZE, "FLOAT")
     to_points = nodes.new("GeometryNodeMeshToPoints")  # the 4.2 path: a mesh preview
     join = nodes.new("GeometryNodeJoinGeometry")  # point clouds pass by Mesh to Points untouched
     radius = nodes.new("GeometryNodeSetPointRadius")
@@ -167,18 +178,11 @@ def ensure_solid_group():
     group = bpy.data.node_groups.get(SOLID_GROUP)
     if group is not None:
         return group
-    group = bpy.data.node_groups.new(SOLID_GROUP, "GeometryNodeTree")
-    group.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
-    group.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    group, gin, gout = _geometry_group(SOLID_GROUP)
     nodes, links = group.nodes, group.links
-    gin, gout = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
     points = nodes.new("GeometryNodeSeparateComponents")  # on 4.2 the mesh's own vertices ride along
-    color = nodes.new("GeometryNodeInputNamedAttribute")
-    color.data_type = "FLOAT_COLOR"
-    color.inputs["Name"].default_value = ATTR_COLOR
-    size = nodes.new("GeometryNodeInputNamedAttribute")
-    size.data_type = "FLOAT"
-    size.inputs["Name"].default_value = ATTR_SIZE
+    color = _named_attribute(nodes, ATTR_COLOR, "FLOAT_COLOR")
+    size = _named_attribute(nodes, ATTR_SIZE, "FLOAT")
     capture = nodes.new("GeometryNodeCaptureAttribute")
     capture.domain = "POINT"
     capture.capture_items.new("RGBA", "Color")
