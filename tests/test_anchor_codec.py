@@ -35,6 +35,7 @@ def _attrs(model):
     return {k: v.numpy() for k, v in model.anchor_attributes().items()}
 
 
+@pytest.mark.slow
 def test_decode_reproduces_the_encoders_result_exactly(coded):
     _, result, path = coded
     f = read_hgs(path)
@@ -70,6 +71,7 @@ print(h.hexdigest())
 """
 
 
+@pytest.mark.slow
 def test_another_process_with_other_threads_and_chunks_decodes_identically(coded):
     _, result, path = coded
     import hashlib

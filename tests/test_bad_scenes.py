@@ -176,6 +176,7 @@ def model_path(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_lambda_outside_the_trained_one_is_refused(model_path, tmp_path):
     out = _run("compress", model_path, "-o", tmp_path / "x.hgs", "--lambda", "5e-3")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
@@ -206,6 +207,7 @@ def test_the_trained_lambda_is_accepted(model_path, tmp_path, capsys):
 
 
 # ---- faults --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_killed_compress_leaves_no_partial_output(tmp_path):
     """`hemgs compress` of a PLY (which trains first) killed mid-run, by SIGKILL and by Ctrl-C."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HEMGS_THREADS="1", PYTHONPATH=str(REPO / "backend"))
@@ -229,6 +231,7 @@ def test_killed_compress_leaves_no_partial_output(tmp_path):
             assert err.strip().splitlines()[-1] == "hemgs: interrupted"
 
 
+@pytest.mark.slow
 def test_unwritable_targets_give_one_line_and_exit_2(model_path, tmp_path, capsys):
     """We run as root, so a chmod'ed folder stays writable: use a path under a FILE (ENOTDIR) and
     one in /proc (the kernel refuses new files there even to root)."""

@@ -60,6 +60,7 @@ def test_bad_files_get_one_line_and_exit_2(tmp_path, content):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_missing_file_and_bad_view(tmp_path):
     res = run_cli("render", tmp_path / "nope.ply", "-o", tmp_path / "x.png")
     assert res.returncode == 2 and "nope.ply" in res.stderr and "Traceback" not in res.stderr

@@ -58,6 +58,7 @@ def test_selection_equals_brute_force_random(scheme):
             assert_matches_brute(coords, groups, select_context(coords, groups, **kw))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("voxel_size", [0.06, 0.1, 0.15])
 def test_selection_equals_brute_force_on_real_anchors(demo_means, voxel_size):
     coords = voxelize(demo_means, voxel_size)[0]
@@ -67,6 +68,7 @@ def test_selection_equals_brute_force_on_real_anchors(demo_means, voxel_size):
         assert_matches_brute(coords, groups, select_context(coords, groups, **kw))
 
 
+@pytest.mark.slow
 def test_rules_on_real_anchors(demo_means):
     coords = voxelize(demo_means, choose_voxel_size(demo_means, 4.0))[0]
     groups = assign_groups(coords)

@@ -9,6 +9,8 @@ from hemgs.direct import codec as direct_codec
 
 from test_direct_codec import same, tiny_scene
 
+pytestmark = pytest.mark.slow  # fits and codecs on real patches: `make test-fast` leaves them out
+
 FIT = DirectFitConfig(iters=30, rows=1024)
 
 

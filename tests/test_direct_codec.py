@@ -14,6 +14,8 @@ from hemgs.errors import FormatError, HemgsError
 from hemgs.io import load_scene
 from hemgs.scene import GaussianScene, sanitize
 
+pytestmark = pytest.mark.slow  # fits and codecs on real patches: `make test-fast` leaves them out
+
 FIELDS = ("means", "quats", "log_scales", "opacity_logits", "sh")
 FAST = DirectFitConfig(iters=6, rows=1024)
 

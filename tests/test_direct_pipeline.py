@@ -15,6 +15,8 @@ import pytest
 
 from conftest import DEMO_PLY, REPO
 
+pytestmark = pytest.mark.slow  # fits and codecs on real patches: `make test-fast` leaves them out
+
 N = 1500
 ITERS = "10"
 

@@ -11,6 +11,8 @@ from hemgs.direct import DirectConfig, DirectFitConfig, decode, encode, fit_dire
 from hemgs.direct.geometry import Frame
 from test_direct_codec import FIELDS, tiny_scene
 
+pytestmark = pytest.mark.slow  # fits and codecs on real patches: `make test-fast` leaves them out
+
 RNG = np.random.default_rng(7)
 
 

@@ -109,6 +109,7 @@ np.save(sys.argv[3], _batched(ParamNet(), x, 1000))
 """
 
 
+@pytest.mark.slow
 def test_identical_with_two_threads_end_to_end(setup, tmp_path):
     """Encoder: 1 thread, one call. Decoder: 2 threads, batches of 1000, in another process."""
     x, net, out, snapped, guard = setup

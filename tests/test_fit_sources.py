@@ -53,6 +53,7 @@ def test_scaffold_model_is_read_back_exactly(scaffold):
         assert np.abs(a - b).max() < 1e-3
 
 
+@pytest.mark.slow
 def test_training_from_scaffold_beats_a_fresh_model(scaffold):
     _, ply, ckpt, _ = scaffold
     inputs = fit_inputs(ply, mlps=ckpt, cfg=TINY)
@@ -117,6 +118,7 @@ def fox(tmp_path_factory):
     return d / "fox"
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_training_against_photos_from_random_anchors(fox):
     cfg = FitConfig(steps=16, rate_start=0.5)

@@ -292,6 +292,7 @@ def open_direct(data: bytes):
     return decode(f.header, f.sections)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_fuzz_direct_section_payloads(direct_file, data):
@@ -506,6 +507,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_lying_counts_are_refused_before_allocating(hgs_file, model_file, work_dir):
     data, _, _ = hgs_file
     hgs_path = _write(work_dir / "mem.hgs", data)

@@ -82,6 +82,7 @@ def test_a_newer_minor_version_still_decodes():
     assert _checksum(decode(f.header, f.sections)) == RECORD[name]["decoded_sha256"]
 
 
+@pytest.mark.slow
 def test_the_cli_says_newer_version_with_exit_2(tmp_path):
     import subprocess
     import sys

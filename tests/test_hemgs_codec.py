@@ -110,6 +110,7 @@ print(h.hexdigest())
 """
 
 
+@pytest.mark.slow
 def test_another_process_with_two_threads_and_the_default_chunk_decodes_identically(encoded, tmp_path):
     _, result, f = encoded("all_on")
     path = tmp_path / "all_on.hgs"
@@ -168,6 +169,7 @@ def test_a_file_made_with_other_scene_agnostic_weights_is_refused(encoded, tmp_p
     assert other in msg and ours in msg and "\n" not in msg
 
 
+@pytest.mark.slow
 def test_variable_rate_model_makes_smaller_files_at_larger_lambda():
     """A briefly trained variable-rate model (the real `fit`, tiny budget) over a λ sweep. With
     fewer render steps (20) the rate predictor has not yet learnt λ and the sizes are not monotone."""

@@ -206,6 +206,7 @@ def test_malicious_pickle_in_a_hgs_networks_section_is_refused(evil, tmp_path):
         assert not marker.exists(), f"{section}: the pickle ran"
 
 
+@pytest.mark.slow
 def test_malicious_pickle_through_the_cli(evil, tmp_path):
     """`hemgs compress` and `hemgs info` on the disguised pickle: exit 2, one line, nothing ran."""
     raw, marker = evil

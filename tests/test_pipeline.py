@@ -9,6 +9,8 @@ from conftest import DEMO_PLY
 from hemgs.cli import main
 from hemgs.io import load_scene, save_scene
 
+pytestmark = pytest.mark.slow  # fits and codecs on real patches: `make test-fast` leaves them out
+
 TINY = ["--steps", "30", "--warm-steps", "60", "--train-width", "64", "--views", "16"]
 
 

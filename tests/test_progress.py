@@ -14,6 +14,8 @@ import pytest
 from conftest import DEMO_PLY, REPO
 from hemgs.progress import STAGE_NAMES, Reporter
 
+pytestmark = pytest.mark.slow  # fits and codecs on real patches: `make test-fast` leaves them out
+
 N = 2500
 
 

@@ -79,6 +79,7 @@ def test_the_reader_keeps_them_and_sanitize_drops_only_the_nan(cases, ply):
     assert (clean.opacities[np.isposinf(_without_nan(raw.opacity_logits))] == 1.0).all()  # opacity 1 exactly
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tiles", "dense"])
 def test_the_raw_and_the_sanitized_scene_render_the_same(cases, views, backend):
     """Every renderer draws the infinities themselves, and the finite stand-ins the same way."""
@@ -94,6 +95,7 @@ def test_the_raw_and_the_sanitized_scene_render_the_same(cases, views, backend):
         assert np.abs(a - render(without, cam, backend=backend)).max() > 0.05  # and they show
 
 
+@pytest.mark.slow
 def test_direct_mode_codes_them_and_decodes_opacity_one(cases, ply, views, tmp_path, capsys):
     out = tmp_path / "s.hgs"
     rc = main(["compress", str(ply), "-o", str(out), "--mode", "direct", "--lambda", str(1 / 64), "--iters", "40"])

@@ -56,6 +56,7 @@ def test_slots_hold_members_and_offsets_reproduce_positions(piece):
     assert np.allclose(g.means.detach().numpy(), piece.means[src], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_warm_start_lowers_every_attribute_loss(fitted):
     _, before, after, result, _ = fitted
     assert set(result.losses) == {"total", *LOSS_NAMES}
