@@ -183,3 +183,19 @@ def test_spz_scene_reads_for_pretraining():
 
     scene = read_scene(shared_file("biker.spz"))
     assert len(scene) == 152_746
+
+
+def test_saved_weights_load_back_and_are_readable_like_every_output(tmp_path):
+    import os
+    import stat
+
+    net, _ = pn.load_weights(pn.DEFAULT_WEIGHTS)
+    path = tmp_path / "prior.safetensors"
+    wid = pn.save_weights(net, path, {"note": "test"})
+    again, meta2 = pn.load_weights(path)
+    assert wid == pn.weights_id(path) and meta2["note"] == "test"
+    for k, v in net.state_dict().items():
+        assert torch.equal(v.float(), again.state_dict()[k].float()), k
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # what open() gives (safetensors' writer: 0600)

@@ -16,6 +16,8 @@ import pytest
 
 from conftest import DEMO_PLY, REPO
 
+pytestmark = pytest.mark.slow  # each test starts a worker process: `make test-fast` leaves them out
+
 
 def _load_client():
     # worker_client.py has no bpy import: load it by path, without the add-on's __init__.

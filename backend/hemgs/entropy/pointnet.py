@@ -210,14 +210,14 @@ def weights_id(path) -> str:
 
 def save_weights(net: PointNetSA, path, info: dict | None = None) -> str:
     """Write `net` as safetensors (float32 tensors, JSON metadata; atomically); returns its id."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    from ..io.atomic import atomic_write
+    from ..io.atomic import write_bytes_atomic
 
     tensors = {k: v.detach().to(torch.float32).cpu().contiguous() for k, v in net.state_dict().items()}
     meta = {"kind": KIND, "version": VERSION, "config": net.cfg.to_dict(), **(info or {})}
-    with atomic_write(path) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+    # bytes through our writer: safetensors' save_file makes its file 0600
+    write_bytes_atomic(path, save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)}))
     return weights_id(path)
 
 
