@@ -22,12 +22,16 @@ $(VENV)/.installed: backend/pyproject.toml scripts/setup.sh
 demo: venv
 	$(BIN)/hemgs demo data/demo/playbot_lod3.ply -o out/demo
 
+# Test files spread over JOBS processes of one thread each (pytest-xdist; a file stays on one
+# process, so its module fixtures are built once): 2.4 min instead of 4 on 2 cores.
+JOBS ?= 2
 test: venv
-	$(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HEMGS_THREADS=1 $(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile tests
 
 # The quick loop while developing (under a minute): no fits, no Blender, no shared data.
 test-fast: venv
-	$(BIN)/python -m pytest -q tests -m "not slow and not blender and not data"
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HEMGS_THREADS=1 $(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile tests \
+		-m "not slow and not blender and not data"
 
 clean:
 	rm -rf $(VENV) out build dist
