@@ -354,7 +354,7 @@ def _make_and_check(output_dir, *outputs: Iterable[Path]) -> None:
 
 def _add_row(rows: list, on_result, fields: dict, res: dict, extra: tuple[str, ...] = ()) -> None:
     """One batch row: `fields`, then the result's file, sizes and metrics; passed to `on_result`."""
-    keys = ("output", "bytes", "source_bytes", "ratio", "psnr", "ssim", "sections") + extra
+    keys = ("output", "bytes", "source_bytes", "ratio", "psnr", "psnr_of_mean_mse", "worst_psnr", "ssim", "sections") + extra
     row = {**fields, **{k: res.get(k) for k in keys}}
     rows.append(row)
     if on_result is not None:

@@ -234,3 +234,43 @@ def test_a_scene_without_extent_is_seen_whole():
         img = render(s, cam)
         covered = (img.max(axis=2) > 0.05).mean()
         assert 0.05 < covered < 0.9, covered
+
+
+def test_sphere_views_cover_every_direction_and_the_two_sets_share_none(demo):
+    from hemgs.cameras import (ENCODER_PHASE, EVAL_PHASE, SPHERE_DISTANCE, UP_AXES, evaluation_views,
+                               robust_bounds, sphere_views)
+
+    lo, hi = robust_bounds(demo.means)
+    centre, half_diag = (lo + hi) / 2, np.linalg.norm(hi - lo) / 2
+    up = np.asarray(UP_AXES["-y"], float)  # the default up axis: world -y points up in 3DGS scenes
+    sets = {}
+    for phase in (EVAL_PHASE, ENCODER_PHASE):
+        cams = sphere_views(demo, n=16, width=64, height=64, phase=phase)
+        dirs = np.array([(c.center - centre) / np.linalg.norm(c.center - centre) for c in cams])
+        for c in cams:
+            assert np.linalg.norm(c.center - centre) == pytest.approx(SPHERE_DISTANCE * half_diag)
+            uv, depth = c.project(centre[None])
+            assert depth[0] > 0 and np.allclose(uv[0], [32, 32], atol=1e-6)  # each looks at the centre
+        elev = np.degrees(np.arcsin(dirs @ up))
+        assert elev.max() > 60 and elev.min() < -60  # from high above and from far below
+        # every direction of the sphere is within 45 degrees of a camera
+        probe = np.random.default_rng(0).normal(size=(2000, 3))
+        probe /= np.linalg.norm(probe, axis=1, keepdims=True)
+        assert np.degrees(np.arccos(np.clip(probe @ dirs.T, -1, 1)).min(1)).max() < 45
+        sets[phase] = dirs
+    gap = np.degrees(np.arccos(np.clip(sets[EVAL_PHASE] @ sets[ENCODER_PHASE].T, -1, 1)))
+    assert gap.min() > 5  # no evaluation view is one of the encoder's
+    assert [c.name for c in evaluation_views(demo, n=4)] == [c.name for c in sphere_views(demo, n=4)]
+    with pytest.raises(InputError, match="phase"):
+        sphere_views(demo, phase=1.0)
+
+
+def test_compare_images_reports_the_mean_the_psnr_of_the_mean_mse_and_the_worst_view():
+    from hemgs.metrics import compare_images
+
+    ref = [np.full((16, 16, 3), 0.5, np.float32)] * 2
+    other = [ref[0] + 0.01, ref[1] + 0.1]  # MSE 1e-4 (40 dB) and 1e-2 (20 dB)
+    res = compare_images(ref, other)
+    assert res["psnr"] == pytest.approx(30.0, abs=1e-3)
+    assert res["worst_psnr"] == pytest.approx(20.0, abs=1e-3)
+    assert res["psnr_of_mean_mse"] == pytest.approx(-10 * np.log10((1e-4 + 1e-2) / 2), abs=1e-3)

@@ -282,7 +282,7 @@ def test_train_compress_decompress_through_the_worker(client, tiny_ply, tmp_path
     import numpy as np
     import torch
 
-    from hemgs.cameras import scene_views
+    from hemgs.cameras import evaluation_views
     from hemgs.cli import evaluate
     from hemgs.container import read_hgs
     from hemgs.io import load_scene
@@ -325,7 +325,7 @@ def test_train_compress_decompress_through_the_worker(client, tiny_ply, tmp_path
     assert res["source_bytes"] == tiny_ply.stat().st_size and res["ratio"] == pytest.approx(res["source_bytes"] / size)
     assert res["lambda"] == 1e-3 and res["views"] == 4 and res["width"] == res["height"] == 64
     # The metrics are hemgs eval's, on its views, of the file as written.
-    cams = scene_views(load_scene(tiny_ply), tiny_ply, n=4, width=64, height=64)
+    cams = evaluation_views(load_scene(tiny_ply), n=4, width=64)
     ref = evaluate(str(tiny_ply), str(hgs), cams, torch.device("cpu"))
     assert res["psnr"] == pytest.approx(ref["psnr"], abs=1e-3) and res["ssim"] == pytest.approx(ref["ssim"], abs=1e-4)
     assert 12 < res["psnr"] < 60 and 0.2 < res["ssim"] < 1.0

@@ -320,6 +320,56 @@ def sample_views(scene, n: int = 16, width: int = 256, height: int = 256, seed: 
     return cams
 
 
+# Phases of `sphere_views`: the evaluation's set and the encoder's share no view.
+EVAL_PHASE = 0.5
+ENCODER_PHASE = 0.0
+# The evaluation's protocol (DESIGN "Measuring"): cameras at twice the robust half-diagonal.
+SPHERE_DISTANCE = 2.0
+
+
+def sphere_views(scene, n: int = 16, width: int = 256, height: int = 256, *, phase: float = EVAL_PHASE,
+                 fov_deg: float = DEFAULT_FOV_DEG, up: str = DEFAULT_UP) -> list[Camera]:
+    """`n` cameras spread over the whole sphere of directions around the scene, looking at its
+    robust centre from SPHERE_DISTANCE times its robust half-diagonal (an artist orbits freely:
+    from below as from above).
+
+    A Fibonacci sphere: heights along the up axis evenly spaced from pole to pole, the azimuth
+    stepping by the golden angle. `phase` in [0, 1) shifts the heights by that part of a step and
+    turns the azimuths, so sets of other phases (EVAL_PHASE, ENCODER_PHASE) share no view.
+    """
+    if up not in UP_AXES:
+        raise InputError(f"unknown up axis {up!r}: expected one of {', '.join(UP_AXES)}")
+    if n < 1 or width < 1 or height < 1:
+        raise InputError(f"sphere_views needs n, width and height >= 1 (got {n}, {width}, {height})")
+    if not 0.0 <= phase < 1.0:
+        raise InputError(f"sphere_views: phase {phase} is outside [0, 1)")
+    up_v = np.asarray(UP_AXES[up], np.float64)
+    lo, hi = robust_bounds(scene.means)
+    center = (lo + hi) / 2
+    dist = SPHERE_DISTANCE * max(float(np.linalg.norm(hi - lo)) / 2, 1e-6)
+    front, side = _front_side(up)
+    golden_angle = math.pi * (3 - math.sqrt(5))
+    K = intrinsics(fov_deg, width, height)
+    cams = []
+    for i in range(n):
+        h = 1.0 - 2.0 * (i + 0.5 + phase) / n  # in (-1, 1]: phase shifts the whole ladder
+        h = max(h, -1.0)
+        az = (i + phase) * golden_angle + 2 * math.pi * phase
+        r_h = math.sqrt(max(0.0, 1.0 - h * h))
+        d = r_h * (math.cos(az) * front + math.sin(az) * side) + h * up_v  # unit, centre -> eye
+        # at a pole the up axis is the view direction: take the front as the image's up there
+        cam_up = up_v if abs(h) < 0.999 else front
+        cams.append(Camera(look_at(center + dist * d, center, cam_up), K.copy(), width, height,
+                           name=f"sphere_{i:03d}"))
+    return cams
+
+
+def evaluation_views(scene, n: int = 16, width: int = 256, height: int | None = None) -> list[Camera]:
+    """The views quality is measured from (`hemgs eval`, the panel's PSNR, the benchmarks): the
+    whole sphere, at EVAL_PHASE, so no encoder's views are among them."""
+    return sphere_views(scene, n=n, width=width, height=height or width, phase=EVAL_PHASE)
+
+
 def _front_side(up: str) -> tuple[np.ndarray, np.ndarray]:
     """Unit vectors from the centre towards the "front" camera, and to its side, for an up axis.
 

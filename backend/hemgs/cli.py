@@ -98,7 +98,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("eval", parents=[common, view_args],
-                       help="PSNR/SSIM of OTHER's renders against SOURCE's, over the same views")
+                       help="PSNR/SSIM of OTHER's renders against SOURCE's, from views over the whole sphere "
+                            "that no encoder uses (or --cameras)")
     s.add_argument("source")
     s.add_argument("other")
     s.add_argument("--views", type=int, default=DEFAULT_VIEWS)
@@ -359,7 +360,8 @@ def evaluate(source: str, other: str, cams, device, progress=None) -> dict:
 
 def _print_eval(res: dict, cams) -> None:
     print(f"{res['other']} against {res['source']}, {res['views']} views at {cams[0].width}x{cams[0].height}:")
-    print(f"  PSNR  {res['psnr']:.2f} dB")
+    print(f"  PSNR  {res['psnr']:.2f} dB mean of views, {res['psnr_of_mean_mse']:.2f} dB of the mean MSE, "
+          f"{res['worst_psnr']:.2f} dB the worst view")
     print(f"  SSIM  {res['ssim']:.4f}")
     print(f"  size  {_human_bytes(res['other_bytes'])} vs {_human_bytes(res['source_bytes'])} "
           f"({res['source_bytes'] / max(res['other_bytes'], 1):.2f}x)")
@@ -369,7 +371,12 @@ def _print_eval(res: dict, cams) -> None:
 def cmd_eval(args) -> int:
     device = _setup_torch(args)
     source = _load(args.source)
-    cams = _views(source, args, n=args.views, source_path=args.source)
+    if args.cameras:
+        cams = _views(source, args, n=args.views, source_path=args.source)
+    else:  # the whole sphere, disjoint from the encoder's views: what an orbiting artist sees
+        from .cameras import evaluation_views
+
+        cams = evaluation_views(source, n=args.views, width=args.width, height=args.height)
     res = evaluate(args.source, args.other, cams, device)
     if args.json:
         print(json.dumps(res, indent=2))
@@ -560,7 +567,9 @@ def cmd_demo(args) -> int:
     with Reporter() as stages:
         report = compress_model(fitted.model, fitted.entropy, out / "demo.hgs", lam=cfg.lam, progress=stages)
     _print_sizes(report, os.path.getsize(args.file))
-    cams = scene_views(scene, args.file, n=DEFAULT_VIEWS, width=256, height=256)
+    from .cameras import evaluation_views
+
+    cams = evaluation_views(scene, n=DEFAULT_VIEWS, width=256)
     res = evaluate(args.file, str(out / "demo.hgs"), cams, device)
     _print_eval(res, cams)
     from .fit import render_views_anchor

@@ -51,15 +51,20 @@ def _np(x):
 
 
 def compare_images(refs, others) -> dict:
-    """Mean PSNR/SSIM over paired image lists, with the per-view values."""
+    """Mean PSNR/SSIM over paired image lists, the PSNR of the mean MSE, the worst view's PSNR,
+    and the per-view values (images in [0, 1])."""
     if len(refs) != len(others) or not refs:
         raise ValueError("need the same, non-zero number of reference and test images")
     p = [psnr(r, o) for r, o in zip(refs, others)]
     s = [ssim(r, o) for r, o in zip(refs, others)]
     finite = [v for v in p if math.isfinite(v)]
+    mse = [float(np.mean((_np(r).astype(np.float64) - _np(o).astype(np.float64)) ** 2)) for r, o in zip(refs, others)]
     # Mean PSNR over views as the 3DGS papers report it; identical views (inf) are listed, not averaged.
+    # The PSNR of the mean MSE and the worst view: a view that fails cannot hide in the mean.
     return {
         "psnr": float(np.mean(finite)) if finite else math.inf,
+        "psnr_of_mean_mse": float(-10.0 * np.log10(np.mean(mse))) if np.mean(mse) > 0 else math.inf,
+        "worst_psnr": float(min(p)),
         "ssim": float(np.mean(s)),
         "psnr_per_view": p,
         "ssim_per_view": s,

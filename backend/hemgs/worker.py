@@ -172,8 +172,10 @@ def op_load_preview(args: dict, progress: Callable) -> dict:
             "source_format": preview.meta.get("source_format")}
 
 
-def _views(scene, args: dict, op: str, source_path: str | None):
-    from .cameras import load_cameras, scene_views
+def _views(scene, args: dict, op: str, source_path: str | None, *, evaluation: bool = False):
+    """The request's `cameras`, else the scene's own or sampled views (render), or with
+    `evaluation` the whole-sphere views no encoder uses (eval, the PSNR of compress)."""
+    from .cameras import evaluation_views, load_cameras, scene_views
 
     width = _arg(args, "width", int, 256, op)
     height = _arg(args, "height", int, width, op)
@@ -183,6 +185,8 @@ def _views(scene, args: dict, op: str, source_path: str | None):
     cameras = _opt(args, "cameras", str, op)
     if cameras:
         return load_cameras(cameras)[:n]
+    if evaluation:
+        return evaluation_views(scene, n=n, width=width, height=height)
     return scene_views(scene, source_path, n=n, width=width, height=height)
 
 
@@ -256,7 +260,7 @@ def op_eval(args: dict, progress: Callable) -> dict:
     _check_outputs(output)
     a = _load(source, progress)
     draw_other = _renderer(other, device, progress)
-    cams = _views(a, args, "eval", source)
+    cams = _views(a, args, "eval", source, evaluation=True)
     total = 2 * len(cams)
     refs, tests = [], []
     for i, cam in enumerate(cams):
@@ -481,7 +485,7 @@ def _measure(out: dict, args: dict, source: str | None, draw: Callable, n_views:
     if n_views <= 0:
         return
     scene = _load(source, progress)
-    cams = _views(scene, args, "compress", source)
+    cams = _views(scene, args, "compress", source, evaluation=True)
     total = 2 * len(cams)
     refs, tests = [], []
     for i, cam in enumerate(cams):
@@ -491,7 +495,8 @@ def _measure(out: dict, args: dict, source: str | None, draw: Callable, n_views:
         tests.append(draw(cam))
     progress("rendering", done=total, total=total, fraction=0.9)
     res = compare_images(refs, tests)
-    out.update({k: res[k] for k in ("psnr", "ssim", "psnr_per_view", "ssim_per_view", "views") if k in res})
+    out.update({k: res[k] for k in ("psnr", "psnr_of_mean_mse", "worst_psnr", "ssim", "psnr_per_view",
+                                    "ssim_per_view", "views") if k in res})
     out.update(width=cams[0].width, height=cams[0].height)
 
 
