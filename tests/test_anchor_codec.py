@@ -1,14 +1,18 @@
-"""Anchor-mode codec: exact decoding across processes, thread counts and chunkings; damage is named."""
+"""Anchor-mode codec: exact decoding across processes, thread counts and chunkings, for both network
+layouts (quantized, float16); damage is named."""
 
+import copy
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import DEMO_PLY
 from hemgs.anchor.warm_start import build_anchor_model, warm_start
 from hemgs.codec.anchor import decode, encode
+from hemgs.codec.weights import NETWORK_BITS, unpack_parts
 from hemgs.container import read_hgs, write_hgs
 from hemgs.entropy.hac import HacEntropyModel
 from hemgs.entropy.hashgrid import HashGridConfig
@@ -107,3 +111,40 @@ def test_wrong_networks_fail_loudly_not_silently(coded):
     header["origin"] = [v + 0.37 for v in header["origin"]]  # another context for every anchor
     with pytest.raises((IntegrityError, FormatError)):
         decode(header, f.sections)
+
+
+def _state(d: dict) -> dict:
+    return {k: v.detach().clone() for k, v in d.items()}
+
+
+def test_networks_are_quantized_and_decode_bit_for_bit_in_both_layouts(coded):
+    """The file's networks (quantized: rendering MLPs and entropy network at their own bit
+    depths) decode to exactly the encoder's; the float16 layout of older files still codes and
+    decodes, and takes more bytes."""
+    model, result, path = coded
+    f = read_hgs(path)
+    assert f.header["networks"] == "quantized"
+    fresh = [{"a": copy.deepcopy(result.model.mlps)}, {"e": copy.deepcopy(result.entropy.mlp)}]
+    assert unpack_parts(f.sections["networks"], fresh) == list(NETWORK_BITS)
+    a = result.model.mlps.state_dict()
+    for layout, (header, sections, res) in {"quantized": (f.header, f.sections, result),
+                                            "float16": encode(model, result.entropy, lam=2e-3, network_bits=None)}.items():
+        dec = decode(header, sections, chunk=4096)
+        for name, (got, want) in {"mlps": (dec.model.mlp_state(), res.model.mlp_state()),
+                                  "entropy": (dec.entropy.mlp.state_dict(), res.entropy.mlp.state_dict())}.items():
+            assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got), (layout, name)
+        if layout == "float16":
+            assert "networks" not in header
+            assert len(f.sections["networks"]) < 0.7 * len(sections["networks"])
+            assert set(a) == set(dec.model.mlps.state_dict())
+
+
+def test_an_unknown_network_layout_is_refused_in_one_line(coded):
+    _, _, path = coded
+    f = read_hgs(path)
+    with pytest.raises(FormatError, match="unknown layout") as err:
+        decode(dict(f.header, networks="int3"), f.sections)
+    assert "\n" not in str(err.value)
+    with pytest.raises(FormatError) as err:  # a quantized section read as float16 safetensors
+        decode({k: v for k, v in f.header.items() if k != "networks"}, f.sections)
+    assert "\n" not in str(err.value)

@@ -35,6 +35,16 @@ def test_there_are_goldens_and_each_is_small():
         assert (GOLDEN / name).stat().st_size < 30_000, name
 
 
+def test_each_anchor_codec_has_goldens_of_both_network_layouts():
+    """Files made before the quantized networks (float16 safetensors, no header key) and after."""
+    layouts = {}
+    for name in RECORD:
+        f = read_hgs(GOLDEN / name)
+        if f.header["mode"] == "anchor":
+            layouts.setdefault(f.header["codec"], set()).add(f.header.get("networks", "float16"))
+    assert layouts == {"hac": {"float16", "quantized"}, "hemgs": {"float16", "quantized"}}
+
+
 @pytest.mark.parametrize("name", sorted(RECORD))
 def test_golden_decodes_to_the_recorded_values(name):
     rec = RECORD[name]

@@ -1,7 +1,8 @@
 """HEMGS codec (codec/hemgs_codec.py): every switch combination decodes bit-exactly (other chunk
 sizes, another process and thread count), a trained variable-rate model makes smaller files at
 larger λ, foreign scene-agnostic weights are refused, and the decoder's context counts follow the
-ACS rule (checked against a brute-force search)."""
+ACS rule (checked against a brute-force search); the networks decode bit for bit in the quantized
+layout and in the float16 layout of older files."""
 
 import hashlib
 import subprocess
@@ -9,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import DEMO_PLY
 from hemgs.anchor.warm_start import build_anchor_model, warm_start
@@ -186,3 +188,24 @@ def test_variable_rate_model_makes_smaller_files_at_larger_lambda():
     # (-7.7%) on AVX-512, AVX2 and plain kernels alike. The whole file moves by only -0.75%, most
     # of it networks, so its order is no test: a CPU's rounding could tip it (issue 21).
     assert feats[1] < 0.98 * feats[0] and feats[2] < 0.96 * feats[0], feats
+
+
+@pytest.mark.parametrize("network_bits", ["default", None, (4, 4)])
+def test_networks_decode_bit_for_bit_in_every_layout(network_bits, encoded, anchor_model):
+    """Quantized networks (default depths, or others: the depths travel in the section) and the
+    float16 layout of older files: the decoder rebuilds the encoder's MLPs and entropy networks,
+    bit for bit, and from them the same anchors."""
+    entropy, result, f = encoded("all_on")
+    if network_bits != "default":
+        header, sections, result = encode(anchor_model, entropy, scene_agnostic_prior(), lam=2e-3, chunk=ENC_CHUNK,
+                                          network_bits=network_bits)
+        f = read_hgs(pack_hgs(header, sections))
+    assert f.header.get("networks") == (None if network_bits is None else "quantized")
+    dec = decode(f.header, f.sections, chunk=1000)
+    for name, (got, want) in {"mlps": (dec.model.mlp_state(), result.model.mlp_state()),
+                              **{net: (getattr(dec.entropy, net).state_dict(), getattr(result.entropy, net).state_dict())
+                                 for net in ("prior", "vr", "head")}}.items():
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got), name
+    assert _digest(dec.model) == _digest(result.model)
+    if network_bits is None:  # the quantized default takes fewer bytes than float16
+        assert len(encoded("all_on")[2].sections["networks"]) < 0.7 * len(f.sections["networks"])

@@ -1,12 +1,15 @@
-"""Network weights in .hgs files (hemgs.codec.weights): the quantized layout of anchor-free mode
-round-trips bit for bit, is a fraction of the float16 safetensors layout, and refuses damaged or
-foreign sections by name."""
+"""Network weights in .hgs files (hemgs.codec.weights): the quantized layout of anchor-free mode,
+and anchor mode's two quantized parts at their own bit depths, round-trip bit for bit, are a
+fraction of the float16 safetensors layout, and refuse damaged or foreign sections by name."""
+
+import struct
 
 import numpy as np
 import pytest
 import torch
 
-from hemgs.codec.weights import pack_quantized, pack_weights, quantize_weights, unpack_quantized
+from hemgs.codec.weights import (MAX_WEIGHTS_PER_BYTE, _tensors, pack_networks, pack_quantized, pack_weights,
+                                 quantize_weights, round_networks, unpack_networks, unpack_parts, unpack_quantized)
 from hemgs.direct.model import DirectConfig, DirectEntropyModel
 from hemgs.errors import FormatError
 
@@ -73,3 +76,96 @@ def test_huge_weights_are_clipped_not_turned_into_nan():
     dst = _model(2)
     unpack_quantized(pack_quantized(src.networks()), dst.networks())
     assert torch.equal(dst.stages["sh"].fuse[0].weight, w)
+
+
+# ---- anchor mode: the networks in parts (rendering MLPs, entropy networks), each at its own depth --
+
+def _anchor_parts(seed: int):
+    from hemgs.anchor.model import AnchorConfig, AnchorModel
+    from hemgs.entropy.hac import HacEntropyModel
+
+    torch.manual_seed(seed)
+    model = AnchorModel(AnchorConfig(feat_dim=16, k=4, voxel_size=0.01), torch.zeros((0, 3), dtype=torch.int64), torch.zeros(3), seed=seed)
+    ent = HacEntropyModel(16, 4, [0, 0, 0], [1, 1, 1], seed=seed)
+    return [{"anchor": model.mlps}, {"entropy": ent.mlp}]
+
+
+def _part_state(parts) -> dict:
+    return {f"{i}.{k}.{n}": t.clone() for i, p in enumerate(parts) for k, m in p.items()
+            for n, t in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("bits", [(8, 6), (4, 8), (6, 6)])
+def test_parts_load_bit_for_bit_each_at_its_own_depth(bits):
+    src = _anchor_parts(1)
+    round_networks(src, bits)
+    data = pack_networks(src, bits)
+    dst = _anchor_parts(2)
+    assert unpack_parts(data, dst) == list(bits)
+    a, b = _part_state(src), _part_state(dst)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # each part's matrices hold at most 2^(b-1)-1 steps a row: the depth is the part's own
+    for part, depth in zip(src, bits):
+        for t in _tensors(part):
+            if t.ndim == 2:
+                step = t.abs().amax(dim=1, keepdim=True) / ((1 << (depth - 1)) - 1)
+                k = t / torch.where(step > 0, step, torch.ones_like(step))
+                assert torch.allclose(k, k.round(), atol=1e-3)
+
+
+def test_float16_networks_keep_the_safetensors_layout():
+    src = _anchor_parts(1)
+    round_networks(src, None)
+    data = pack_networks(src, None)
+    assert data == pack_weights({"anchor": src[0]["anchor"], "entropy": src[1]["entropy"]})
+    dst = _anchor_parts(2)
+    unpack_networks({}, data, dst)  # no "networks" key: the layout of files made before
+    a, b = _part_state(src), _part_state(dst)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(FormatError, match="unknown layout"):
+        unpack_networks({"networks": "int3"}, data, dst)
+    with pytest.raises(FormatError, match="safetensors"):  # a quantized file's bytes read as float16
+        unpack_networks({}, _packed_parts(), dst)
+
+
+def _packed_parts(bits=(8, 6)) -> bytes:
+    src = _anchor_parts(1)
+    round_networks(src, bits)
+    return pack_networks(src, bits)
+
+
+def test_damaged_or_lying_parts_are_refused_in_one_line():
+    data = _packed_parts()
+    dst = _anchor_parts(2)
+    (first,) = struct.unpack_from("<I", data)
+    cases = {
+        "truncated before part 0": data[:2],
+        "truncated before part 1": data[:4 + first],
+        "claims": data[:4 + first + 4] + data[4 + first + 4:][:10],
+        "after its last part": data + b"\x00",
+        "part 0 claims": struct.pack("<I", 1 << 30) + data[4:],
+    }
+    for what, bad in cases.items():
+        with pytest.raises(FormatError) as err:
+            unpack_parts(bad, _anchor_parts(2))
+        assert "\n" not in str(err.value)
+        if what.startswith(("truncated", "after", "part 0")):
+            assert what in str(err.value), (what, str(err.value))
+    with pytest.raises(FormatError):  # another model's shapes
+        unpack_parts(data, [{"anchor": _anchor_parts(1)[0]["anchor"]}, _model(1).networks()])
+    unpack_parts(data, dst)  # the intact section still loads
+
+
+def test_an_all_zero_part_costs_enough_to_bound_what_a_header_may_claim():
+    """The std floor (PART_MIN_STD) keeps every weight at ≥ 0.088 bits, so a decoder may refuse
+    more than MAX_WEIGHTS_PER_BYTE weights a byte of the section before allocating them."""
+    parts = _anchor_parts(1)
+    with torch.no_grad():
+        for p in parts:
+            for m in p.values():
+                for t in m.parameters():
+                    t.zero_()
+    round_networks(parts, (4, 4))
+    data = pack_networks(parts, (4, 4))
+    weights = sum(t.numel() for p in parts for t in _tensors(p))
+    assert weights / len(data) < MAX_WEIGHTS_PER_BYTE / 2

@@ -27,11 +27,17 @@ CHECKSUMS = HERE / "checksums.json"
 GOLDENS = {
     "tiny_a.hgs": (0, 300, 0, 2e-3),
     "tiny_b.hgs": (12000, 500, 1, 5e-3),
+    # networks in anchor mode's quantized layout (header "networks": "quantized", codec/weights.py
+    # pack_parts: the rendering MLPs and the entropy network at their own bit depths)
+    "tiny_a_qnet.hgs": (0, 300, 0, 2e-3),
 }
 # The HEMGS codec (every part on, small networks): name -> (first Gaussian, count, seed, lambda).
 GOLDENS_HEMGS = {
     "tiny_hemgs.hgs": (4000, 400, 2, 3e-3),
+    "tiny_hemgs_qnet.hgs": (4000, 400, 2, 3e-3),  # quantized networks, as tiny_a_qnet.hgs
 }
+# Anchor goldens made before the quantized layout: float16 safetensors networks (no "networks" key).
+FLOAT16_NETWORKS = {"tiny_a.hgs", "tiny_b.hgs", "tiny_hemgs.hgs"}
 # Anchor-free mode (every part on, small networks): name -> (first Gaussian, count, seed, lambda).
 GOLDENS_DIRECT = {
     "tiny_direct.hgs": (8000, 300, 3, 1.0),  # made before skipping: no "skips" key
@@ -123,6 +129,13 @@ def decoded_checksum(decoded) -> str:
     return h.hexdigest()
 
 
+def _networks(name: str) -> dict:
+    """The encoder's network layout for an anchor golden: float16 for those made before the
+    quantized layout, else (rendering MLPs, entropy networks) at 8 and 4 bits, the defaults
+    when the quantized goldens were made."""
+    return {"network_bits": None if name in FLOAT16_NETWORKS else (8, 4)}
+
+
 def main(argv: list[str]) -> int:
     """Regenerate every golden, or only those named on the command line (the others keep their
     recorded checksums: adding a golden must not silently re-bless the old ones)."""
@@ -144,11 +157,11 @@ def main(argv: list[str]) -> int:
             decode_fn = direct.decode
         elif name in GOLDENS_HEMGS:
             model, entropy, sa = tiny_hemgs_model(start, count, seed)
-            header, sections, _ = hemgs_codec.encode(model, entropy, sa, lam=lam)
+            header, sections, _ = hemgs_codec.encode(model, entropy, sa, lam=lam, **_networks(name))
             decode_fn = hemgs_codec.decode
         else:
             model, entropy = tiny_model(start, count, seed)
-            header, sections, _ = encode(model, entropy, lam=lam)
+            header, sections, _ = encode(model, entropy, lam=lam, **_networks(name))
             decode_fn = decode
         path = HERE / name
         write_hgs(path, header, sections)

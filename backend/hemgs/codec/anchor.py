@@ -6,7 +6,9 @@ group (features, scaling, offsets) a section holds one stream (codec/streams.py:
 parameter guard, parameter CRCs, symbol CRC, symbols); HAC's steps are one per anchor and group.
 
 Only the offsets of slots whose mask is on are coded. Every number the decoder needs is in the
-file: the header carries configs and geometry, `networks` the float16 weights.
+file: the header carries configs and geometry, `networks` the weights (header `"networks":
+"quantized"`: the rendering MLPs and the entropy network quantized, each at its own bit depth,
+codec/weights.py `pack_parts`; files without the key: float16 safetensors).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from ..entropy.hac import BASE_STEP, GROUPS, HacEntropyModel
 from ..entropy.hashgrid import HashGridConfig
 from ..errors import FormatError, HemgsError
 from . import streams
-from .weights import pack_weights, round_to_half, unpack_weights
+from .weights import (MAX_WEIGHTS_PER_BYTE, NETWORK_BITS, QUANTIZED, networks_layout, pack_networks, round_networks,
+                      unpack_networks)
 
 MODE = "anchor"
 CODEC = "hac"
@@ -74,11 +77,14 @@ def _select(x: torch.Tensor, group: str, mask: np.ndarray) -> np.ndarray:
 
 
 def encode(model: AnchorModel, entropy: HacEntropyModel, *, lam: float, header_extra: dict | None = None,
-           chunk: int = CHUNK) -> tuple[dict, dict[str, bytes], Decoded]:
-    """Code a trained model. Returns (header, sections, the decoded result the file will give)."""
+           chunk: int = CHUNK, network_bits: tuple[int, int] | None = NETWORK_BITS) -> tuple[dict, dict[str, bytes], Decoded]:
+    """Code a trained model. Returns (header, sections, the decoded result the file will give).
+
+    `network_bits`: the bit depths of the rendering MLPs and of the entropy network in the file
+    (None: float16 safetensors, the layout of files made before the quantized one)."""
     model, entropy = copy.deepcopy(model).cpu(), copy.deepcopy(entropy).cpu()
-    round_to_half(model.mlps)
-    round_to_half(entropy.mlp)
+    parts = [{"anchor": model.mlps}, {"entropy": entropy.mlp}]
+    round_networks(parts, network_bits)
     coords = model.coords.numpy().astype(np.uint16)
     loc_bytes, order = encode_locations(coords)
     coords = coords[order]
@@ -94,11 +100,12 @@ def encode(model: AnchorModel, entropy: HacEntropyModel, *, lam: float, header_e
                     "bbox_min": [float(v) for v in entropy.bbox_min.double()],
                     "bbox_max": [float(v) for v in entropy.bbox_max.double()],
                     "grid": entropy.grid.config.to_dict()},
+        **({"networks": QUANTIZED} if network_bits is not None else {}),
         **(header_extra or {}),
     }
     sections = {
         "locations": loc_bytes,
-        "networks": pack_weights({"anchor": model.mlps, "entropy": entropy.mlp}),
+        "networks": pack_networks(parts, network_bits),
         "grid": encode_bits(entropy.grid.binary_tables().numpy()),
         "mask": encode_bits(mask.reshape(-1)),
     }
@@ -201,7 +208,8 @@ def network_sizes(anchor_cfg: dict, entropy_cfg: dict) -> tuple[int, int]:
 def _check_budget(header: dict, sections: dict[str, bytes]) -> None:
     """Refuse a header whose sizes the file's bytes cannot hold (before anything is allocated)."""
     weights, grid_bits = network_sizes(header.get("anchor_config"), header.get("entropy"))
-    if 2 * weights > len(sections["networks"]):  # float16: two bytes a weight
+    # float16: two bytes a weight; quantized: at most MAX_WEIGHTS_PER_BYTE a byte (codec/weights.py)
+    if (2 * weights if networks_layout(header) == "float16" else weights / MAX_WEIGHTS_PER_BYTE) > len(sections["networks"]):
         raise FormatError(f"the file's configs need {weights} network weights, its 'networks' section holds "
                           f"{len(sections['networks'])} bytes")
     if grid_bits > max(_MAX_GRID_BITS_PER_BYTE * len(sections["grid"]), _MIN_GRID_BITS_ALLOWED):
@@ -244,7 +252,7 @@ def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK) -> D
     if n != n_header:
         raise FormatError(f"the location stream holds {n} anchors, the header says {n_header}")
     probe = AnchorModel(config, torch.zeros((0, 3), dtype=torch.int64), torch.zeros(3), seed=0)
-    unpack_weights(sections["networks"], {"anchor": probe.mlps, "entropy": entropy.mlp})
+    unpack_networks(header, sections["networks"], [{"anchor": probe.mlps}, {"entropy": entropy.mlp}])
     grid_bits = decode_bits(sections["grid"], entropy.grid.num_bits())
     entropy.grid.load_binary_tables(torch.as_tensor(grid_bits))
     mask = decode_bits(sections["mask"], n * config.k).reshape(n, config.k).astype(bool)

@@ -6,8 +6,9 @@ groups (autoregressive context); then stage B, scaling and offsets, conditioned 
 each anchor's decoded feature, and the scaling/offsets of earlier groups. A group's parameters
 depend only on what is already decoded, so the decoder runs one batch per group.
 
-Sections: locations, networks (float16: anchor MLPs, prior, variable-rate and head networks),
-grid (hash-grid bits), mask, and one per attribute — features, scaling, offsets — each
+Sections: locations, networks (anchor MLPs, then prior, variable-rate and head networks; header
+`"networks": "quantized"`: two quantized parts, the MLPs and the entropy networks, each at its own
+bit depth, codec/weights.py `pack_parts`; files without the key: float16 safetensors), grid (hash-grid bits), mask, and one per attribute — features, scaling, offsets — each
 
     u32 len | step guard (the part's snapped steps, all anchors)
     u32 G   | then G times: u32 len | stream (codec/streams.py, its step-guard slot empty)
@@ -37,7 +38,7 @@ from ..entropy.hemgs import HemgsConfig, HemgsEntropyModel
 from ..errors import FormatError, HemgsError
 from . import streams
 from .anchor import CHUNK, _positions64
-from .weights import pack_weights, round_to_half, unpack_weights
+from .weights import NETWORK_BITS, QUANTIZED, pack_networks, round_networks, unpack_networks
 
 MODE = "anchor"
 CODEC = "hemgs"
@@ -178,12 +179,14 @@ def _stage_b_inputs(scaling: np.ndarray, offsets: np.ndarray, mask: np.ndarray, 
 
 
 def encode(model: AnchorModel, ent: HemgsEntropyModel, sa, *, lam: float, header_extra: dict | None = None,
-           chunk: int = CHUNK) -> tuple[dict, dict[str, bytes], Decoded]:
-    """Code a trained model at rate `lam`. Returns (header, sections, what the file decodes to)."""
+           chunk: int = CHUNK, network_bits: tuple[int, int] | None = NETWORK_BITS) -> tuple[dict, dict[str, bytes], Decoded]:
+    """Code a trained model at rate `lam`. Returns (header, sections, what the file decodes to).
+
+    `network_bits`: the bit depths of the rendering MLPs and of the entropy networks in the file
+    (None: float16 safetensors, the layout of files made before the quantized one)."""
     model, ent = copy.deepcopy(model).cpu(), copy.deepcopy(ent).cpu()
-    round_to_half(model.mlps)
-    for net in entropy_networks(ent).values():
-        round_to_half(net)
+    parts = [{"anchor": model.mlps}, entropy_networks(ent)]
+    round_networks(parts, network_bits)
     coords = model.coords.numpy().astype(np.uint16)
     loc_bytes, order = encode_locations(coords)
     coords = coords[order]
@@ -197,11 +200,12 @@ def encode(model: AnchorModel, ent: HemgsEntropyModel, sa, *, lam: float, header
         "hemgs": cfg.to_dict(),
         "bbox_min": [float(v) for v in ent.bbox_min.double()], "bbox_max": [float(v) for v in ent.bbox_max.double()],
         "scene_agnostic": sa.id if cfg.scene_agnostic else None,
+        **({"networks": QUANTIZED} if network_bits is not None else {}),
         **(header_extra or {}),
     }
     sections = {
         "locations": loc_bytes,
-        "networks": pack_weights({"anchor": model.mlps, **entropy_networks(ent)}),
+        "networks": pack_networks(parts, network_bits),
         "grid": encode_bits(ent.grid.binary_tables().numpy()),
         "mask": encode_bits(mask.reshape(-1)),
     }
@@ -277,7 +281,7 @@ def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=N
         raise FormatError(f"the location stream holds {n} anchors, the header says {n_header}")
     ent = HemgsEntropyModel(cfg, lo, hi)
     probe = AnchorModel(config, torch.zeros((0, 3), dtype=torch.int64), torch.zeros(3), seed=0)
-    unpack_weights(sections["networks"], {"anchor": probe.mlps, **entropy_networks(ent)})
+    unpack_networks(header, sections["networks"], [{"anchor": probe.mlps}, entropy_networks(ent)])
     ent.grid.load_binary_tables(torch.as_tensor(decode_bits(sections["grid"], ent.grid.num_bits())))
     mask = decode_bits(sections["mask"], n * config.k).reshape(n, config.k).astype(bool)
     geo = _Geometry(coords, origin, config.voxel_size, ent, sa, chunk)

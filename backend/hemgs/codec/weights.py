@@ -1,19 +1,29 @@
-"""Network weights inside a .hgs file (never a pickle), in one of two layouts:
+"""Network weights inside a .hgs file (never a pickle), in one of these layouts:
 
-- float16 safetensors bytes (`pack_weights`): anchor mode, and anchor-free files made before the
-  quantized layout;
+- float16 safetensors bytes (`pack_weights`): files made before the quantized layouts (anchor
+  files without a header key `networks`, anchor-free files likewise);
 - quantized (`pack_quantized`, anchor-free mode): each matrix row as small integers times a
   float16 step, the integers entropy-coded; vectors (biases, standardisation buffers) as raw
   float16, in the modules' own state order, with no names (the decoder builds the same modules
   from the file's config, so it knows every shape). A small scene's file is mostly data, and
   the safetensors layout spent 7 kB of JSON names and 16 bits a weight on ~7,000 weights; at 6
-  bits a weight the fit's networks code the scene as well as in float16 (docs/direct-mode.md).
+  bits a weight the fit's networks code the scene as well as in float16 (docs/direct-mode.md);
+- quantized in parts (`pack_parts`, anchor mode, header `"networks": "quantized"`): the rendering
+  MLPs and the entropy networks as two `pack_quantized` blobs, each behind its u32 length and at
+  its own bit depth (RENDER_BITS, ENTROPY_BITS), the symbols' std at least PART_MIN_STD. The
+  depths are measured (docs/hemgs-results.md, "Networks in the file"): the rendering MLPs change
+  the picture (8 bits: within 0.01 dB of float16, 7 bits lose 0.04-0.05 dB), the entropy networks
+  the rate (4 bits makes the smallest file short of the cliff at 2). Per-row steps beat one step
+  a matrix, a step a column and steps from the row's rms at equal bytes on the rendering MLPs.
 
 The encoder rounds its networks to what the file holds *before* it computes any distribution
-parameter, so the decoder, which only has the stored weights, computes the very same ones.
+parameter (or renders what the file decodes to), so the decoder, which only has the stored
+weights, computes the very same ones.
 """
 
 from __future__ import annotations
+
+import struct
 
 import numpy as np
 import torch
@@ -104,10 +114,10 @@ def quantize_weights(modules: dict[str, torch.nn.Module], bits: int | None = Non
                 t.copy_(t.to(torch.float16).to(t.dtype))
 
 
-def pack_quantized(modules: dict[str, torch.nn.Module], bits: int | None = None) -> bytes:
+def pack_quantized(modules: dict[str, torch.nn.Module], bits: int | None = None, *, min_std: float = 0.1) -> bytes:
     """The section for modules already rounded by `quantize_weights`: one byte `bits`, the float16
-    values (vectors, then each matrix's row steps and its symbols' Laplacian std), then the
-    matrices' integers under those Laplacians (gaussian_coder)."""
+    values (vectors, then each matrix's row steps and its symbols' Laplacian std, at least
+    `min_std`), then the matrices' integers under those Laplacians (gaussian_coder)."""
     bits = bits or QUANT_BITS
     tensors = [t.detach().cpu().float() for t in _tensors(modules)]
     halves = [t.reshape(-1).numpy() for t in tensors if t.ndim != 2]
@@ -119,7 +129,7 @@ def pack_quantized(modules: dict[str, torch.nn.Module], bits: int | None = None)
             if not torch.equal(k * step, t):
                 raise ValueError("pack_quantized: the networks were not rounded by quantize_weights first")
             k = k.to(torch.int64).reshape(-1).numpy()
-            std = np.float16(max(float(np.sqrt(np.mean(k.astype(np.float64) ** 2))) if k.size else 1.0, 0.1))
+            std = np.float16(max(float(np.sqrt(np.mean(k.astype(np.float64) ** 2))) if k.size else 1.0, min_std))
             halves += [step.reshape(-1).numpy(), np.array([std], np.float32)]
             symbols.append(k)
             stds.append(np.full(k.size, float(std)))
@@ -169,3 +179,85 @@ def unpack_quantized(data: bytes, modules: dict[str, torch.nn.Module]) -> None:
             else:
                 t.copy_(torch.from_numpy(flat[at:at + t.numel()]).reshape(t.shape).to(t.dtype))
                 at += t.numel()
+
+
+# ---- anchor mode: the networks in parts, each quantized at its own bit depth ----------------------
+
+# The bit depths anchor mode writes, by measurement on the demo scene (docs/hemgs-results.md,
+# "Networks in the file"): the rendering MLPs change the picture, the entropy networks the rate.
+RENDER_BITS = 8
+ENTROPY_BITS = 4
+NETWORK_BITS = (RENDER_BITS, ENTROPY_BITS)  # (rendering MLPs, entropy networks), as the parts' order
+QUANTIZED = "quantized"  # the header's "networks" value; files without the key hold float16 safetensors
+# The symbols' Laplacian std is at least this in anchor files, so that even an all-zero matrix
+# costs ≥ 0.088 bits a weight (P(0) ≤ 0.941): a decoder may refuse a header whose networks hold
+# more than MAX_WEIGHTS_PER_BYTE weights a byte of the section before it allocates them.
+PART_MIN_STD = 0.25
+MAX_WEIGHTS_PER_BYTE = 256
+
+
+def pack_parts(parts: list[tuple[dict[str, torch.nn.Module], int]]) -> bytes:
+    """Anchor mode's quantized `networks` section: per part (modules, bits), in order, u32 length
+    and a `pack_quantized` blob of the part at its bit depth. Round each part first with
+    `quantize_weights(modules, bits)`."""
+    out = []
+    for modules, bits in parts:
+        blob = pack_quantized(modules, bits, min_std=PART_MIN_STD)
+        out += [struct.pack("<I", len(blob)), blob]
+    return b"".join(out)
+
+
+def unpack_parts(data: bytes, parts: list[dict[str, torch.nn.Module]]) -> list[int]:
+    """Load a `pack_parts` section into `parts` (which give the shapes); returns each part's bit
+    depth. FormatError when the section does not fit them."""
+    data, pos, bits = bytes(data), 0, []
+    for i, modules in enumerate(parts):
+        if pos + 4 > len(data):
+            raise FormatError(f"network weights section is truncated before part {i}")
+        (n,) = struct.unpack_from("<I", data, pos)
+        if n > len(data) - pos - 4:
+            raise FormatError(f"network weights section: part {i} claims {n} bytes, {len(data) - pos - 4} remain")
+        blob = data[pos + 4:pos + 4 + n]
+        unpack_quantized(blob, modules)
+        bits.append(blob[0])
+        pos += 4 + n
+    if pos != len(data):
+        raise FormatError(f"network weights section: {len(data) - pos} bytes after its last part")
+    return bits
+
+
+Parts = list[dict[str, torch.nn.Module]]  # (rendering MLPs, entropy networks), each {prefix: module}
+
+
+def round_networks(parts: Parts, bits: tuple[int, ...] | None) -> None:
+    """Round each part in place to what the file will hold: quantized at its bit depth, or
+    float16 when `bits` is None (the safetensors layout of older files)."""
+    for modules, b in zip(parts, bits or (None,) * len(parts)):
+        if b is None:
+            for module in modules.values():
+                round_to_half(module)
+        else:
+            quantize_weights(modules, b)
+
+
+def pack_networks(parts: Parts, bits: tuple[int, ...] | None) -> bytes:
+    """The `networks` section of parts rounded by `round_networks` with the same `bits`."""
+    if bits is None:
+        return pack_weights({k: m for modules in parts for k, m in modules.items()})
+    return pack_parts(list(zip(parts, bits)))
+
+
+def networks_layout(header: dict) -> str:
+    """An anchor file's `networks` layout: "quantized", or "float16" where the key is absent."""
+    layout = header.get("networks", "float16")
+    if layout not in (QUANTIZED, "float16"):
+        raise FormatError(f"the file's networks are in an unknown layout {str(layout)[:40]!r}")
+    return layout
+
+
+def unpack_networks(header: dict, data: bytes, parts: Parts) -> None:
+    """Load an anchor file's `networks` section into `parts`, in the header's layout."""
+    if networks_layout(header) == QUANTIZED:
+        unpack_parts(data, parts)
+    else:
+        unpack_weights(data, {k: m for modules in parts for k, m in modules.items()})
