@@ -165,5 +165,8 @@ def test_explicit_targets_with_a_3dgs_start():
     h = fit(piece, cfg=cfg, views=(train, test), targets=targets).history
     assert h["targets"] == "images" and h["warm_final_loss"] is not None
     assert h["heldout_psnr"] > 15.0
+    # the entropy refinement ends every fit, within its budget (2 per render step by default)
+    assert 0 < h["refine"]["steps"] <= h["refine"]["budget"] == 12
+    assert h["refine"]["bits_after"] <= h["refine"]["bits_before"]
     with pytest.raises(InputError, match="one image with each view"):
         fit(piece, cfg=cfg, views=(train, test), targets=(targets[0][:-1], targets[1]))

@@ -7,7 +7,12 @@ Stages, each reported through `progress(stage, step, total, info)`:
               (hemgs.anchor.warm_start) — what makes a CPU run practical;
 3. "render"   fine-tune in render space: L1 + SSIM against the teacher's renders (Scaffold-GS's
               0.8/0.2 mix), plus λ·bits per parameter once the rate joins (HAC trains the first
-              part of its schedule without the rate, then with straight-through quantization).
+              part of its schedule without the rate, then with straight-through quantization);
+4. "refine"   entropy refinement (hemgs.entropy.refine): anchor attributes and quantization
+              frozen, the parts of the entropy model that feed no quantization step train on the
+              exact rate of the symbols the file will code, until it stops improving
+              (`FitConfig.refine_budget` steps at most; 0 skips it). The coded values do not
+              change.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from .cameras import Camera, scene_views, split_views
 from .entropy.hac import AnchorAttrs, HacEntropyModel
 from .entropy.hashgrid import HashGridConfig
 from .entropy.hemgs import LAMBDAS, HemgsConfig, HemgsEntropyModel
+from .entropy.refine import refine_entropy
 from .errors import InputError, SceneError
 from .metrics import ssim_loss_term
 from .render import render
@@ -35,6 +41,7 @@ from .scene import GaussianScene
 
 Progress = Callable[[str, int, int, dict], None]
 LAMBDA_RANGE = (1e-4, 1e-1)
+REFINE_PER_STEP = 2  # the entropy refinement's default budget, per render-space step
 
 
 @dataclass
@@ -64,6 +71,9 @@ class FitConfig:
     variable_rate: bool = True
     lambdas: tuple = LAMBDAS  # variable rate: the K rates trained together
     rate_anchors: int = 4096  # anchors whose bits are estimated per step (unbiased subsample)
+    # entropy refinement after the fine-tune (hemgs.entropy.refine): at most this many steps, fewer
+    # once the rate stops improving; None: REFINE_PER_STEP per render step; 0: none
+    refine_steps: int | None = None
 
     def validate(self) -> None:
         lo, hi = LAMBDA_RANGE
@@ -71,7 +81,8 @@ class FitConfig:
             raise InputError(f"λ must be a number in [{lo:g}, {hi:g}], got {self.lam}")
         if self.width < 16 or (self.height is not None and self.height < 16):
             raise InputError("training renders need at least 16x16 pixels")
-        if self.steps < 0 or (self.warm_steps is not None and self.warm_steps < 0) or self.views < 2:
+        if (self.steps < 0 or self.refine_budget < 0 or (self.warm_steps is not None and self.warm_steps < 0)
+                or self.views < 2):
             raise InputError("steps must be >= 0 and views >= 2")
         if self.codec not in ("hemgs", "hac"):
             raise InputError(f"unknown codec {self.codec!r}: expected hemgs or hac")
@@ -79,6 +90,13 @@ class FitConfig:
             bad = [v for v in self.lambdas if not (math.isfinite(v) and lo <= v <= hi)]
             if bad or len(self.lambdas) < 2:
                 raise InputError(f"a variable-rate model trains on >= 2 λ values in [{lo:g}, {hi:g}], got {list(self.lambdas)}")
+
+    @property
+    def refine_budget(self) -> int:
+        """The entropy refinement's step budget: `refine_steps`, or in proportion to the fine-tune
+        (a quick training gets a quick refinement; 300 steps give 600, which the refinement of
+        playbot_lod3 ends well within)."""
+        return REFINE_PER_STEP * self.steps if self.refine_steps is None else int(self.refine_steps)
 
     @property
     def lambda_range(self) -> tuple[float, float]:
@@ -119,6 +137,13 @@ def new_entropy_model(model: AnchorModel, cfg: FitConfig | None = None, seed: in
                      scene_agnostic=cfg.scene_agnostic, ar=cfg.ar, acs=cfg.acs, variable_rate=cfg.variable_rate,
                      lambdas=sorted(cfg.lambdas) if cfg.variable_rate else [cfg.lam], grid=grid.to_dict())
     return HemgsEntropyModel(hc, lo, hi, seed=seed)
+
+
+def entropy_lambdas(entropy, cfg: FitConfig) -> list[float]:
+    """The λ values whose symbols the refinement trains on: a variable-rate model's K, else λ."""
+    if isinstance(entropy, HemgsEntropyModel):
+        return list(entropy.cfg.lambdas)
+    return [cfg.lam]
 
 
 def scene_agnostic_prior():
@@ -199,9 +224,17 @@ def fit(scene: GaussianScene | None, *, source_path=None, cfg: FitConfig | None 
     # 3. render-space fine-tune
     history["feature_rescale"] = rescale_features(model, FEATURE_STD)
     entropy = new_entropy_model(model, cfg, cfg.seed).to(device)
+    sa = None
+    if isinstance(entropy, HemgsEntropyModel) and cfg.scene_agnostic:  # float64, as the codec computes it
+        sa = scene_agnostic_prior().features(model.coords.cpu().numpy())
     t0 = time.perf_counter()
-    history["render"] = render_finetune(model, entropy, train, train_targets, cfg, report)
+    history["render"] = render_finetune(model, entropy, train, train_targets, cfg, report, sa)
     history["render_seconds"] = time.perf_counter() - t0
+    # 4. entropy refinement on the frozen symbols
+    if cfg.refine_budget > 0:
+        history["refine"] = refine_entropy(model, entropy, lambdas=entropy_lambdas(entropy, cfg),
+                                           steps=cfg.refine_budget, sa_feat=sa, seed=cfg.seed, progress=report)
+        history["refine_seconds"] = history["refine"]["seconds"]
     if test:
         history["heldout_psnr"] = heldout_psnr(model, test, test_targets)
     return Fitted(model, entropy, cfg, train, test, history)
@@ -239,13 +272,15 @@ class _HemgsRate:
     """Per-step rate of a HEMGS model: everything that depends only on the anchors is built once
     (hash-grid lookup, scene-agnostic features, context selection)."""
 
-    def __init__(self, model: AnchorModel, entropy: HemgsEntropyModel, cfg: FitConfig):
+    def __init__(self, model: AnchorModel, entropy: HemgsEntropyModel, cfg: FitConfig, sa: torch.Tensor | None = None):
         self.entropy, self.cfg = entropy, cfg
         hc = entropy.cfg
         self.lookup = entropy.grid.lookup(entropy.normalise(model.anchors.detach()))
         coords = model.coords.cpu().numpy()
         dev = model.features.device
-        self.sa = (scene_agnostic_prior().features(coords).to(dev, torch.float32) if hc.scene_agnostic else None)
+        if hc.scene_agnostic and sa is None:
+            sa = scene_agnostic_prior().features(coords)
+        self.sa = sa.to(dev, torch.float32) if hc.scene_agnostic else None
         self.index = self.offsets = None
         if hc.ar:
             from .entropy.context import assign_groups, select_context
@@ -283,7 +318,8 @@ def make_optimizer(model: AnchorModel, entropy, cfg: FitConfig) -> torch.optim.A
 
 
 def render_finetune(model: AnchorModel, entropy, views: list[Camera], targets: list[torch.Tensor],
-                    cfg: FitConfig, report: Progress) -> dict:
+                    cfg: FitConfig, report: Progress, sa: torch.Tensor | None = None) -> dict:
+    """`sa`: the scene-agnostic features of the anchors, when already computed."""
     opt = make_optimizer(model, entropy, cfg)
     base = [g["lr"] for g in opt.param_groups]
     rng = random.Random(cfg.seed)
@@ -297,7 +333,7 @@ def render_finetune(model: AnchorModel, entropy, views: list[Camera], targets: l
     lookup = hemgs_rate = None
     if rate_from < cfg.steps:
         if hemgs:
-            hemgs_rate = _HemgsRate(model, entropy, cfg)
+            hemgs_rate = _HemgsRate(model, entropy, cfg, sa)
         else:
             lookup = entropy.lookup(model.anchors.detach())
     for step in range(cfg.steps):

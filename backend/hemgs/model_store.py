@@ -43,6 +43,9 @@ def save_model(path, model: AnchorModel, entropy, *, lam: float, extra: dict | N
         meta.update(codec="hac", lambda_range=[lam, lam],
                     entropy={"feat_dim": entropy.feat_dim, "k": entropy.k, "hidden": entropy.mlp[0].out_features,
                              "grid": entropy.grid.config.to_dict()})
+    refinement = getattr(entropy, "refinement", None)  # hemgs.entropy.refine: its budget and what it gained
+    if refinement is not None:
+        meta["refine"] = refinement
     meta.update(extra or {})
     # Bytes through our own writer: safetensors' save_file makes its file 0600, where every other
     # output gets what a plain open() gives (0644 under the usual umask).
@@ -115,6 +118,8 @@ def load_model(path) -> tuple[AnchorModel, HacEntropyModel, dict]:
                 raise ValueError("the HEMGS and anchor configs disagree on sizes")
             entropy = HemgsEntropyModel(hc, entropy_state["bbox_min"], entropy_state["bbox_max"])
         entropy.load_state_dict(entropy_state)
+        if isinstance(meta.get("refine"), dict):
+            entropy.refinement = meta["refine"]
         meta.setdefault("lambda_range", [float(lam), float(lam)])
     except (KeyError, TypeError, ValueError, RuntimeError, HemgsError) as exc:
         raise FormatError(f"{path}: model file is incomplete or inconsistent: {' '.join(str(exc).split())[:200]}") from None
