@@ -256,10 +256,12 @@ def scene_from_vectors(vec: dict[str, np.ndarray], centres: np.ndarray, rho: flo
 
 
 # ---- render weights ------------------------------------------------------------------------------
-def visibility(scene: GaussianScene, views) -> np.ndarray:
+def visibility(scene: GaussianScene, views, power: float = 1.0) -> np.ndarray:
     """Each Gaussian's V: α · (sum over pixels of its blend weight α·T) per view, as a share of
-    the image, averaged over `views` with the weights of `view_weights`. One backward pass per
-    view (d image / d colour)."""
+    the image, combined over `views` with the weights of `view_weights` as a power mean of order
+    `power` (1: the weighted mean; larger: towards the view where the Gaussian shows most, so one
+    that matters from one side is not starved by the views that cannot see it). One backward
+    pass per view (d image / d colour)."""
     from ..render import rasterize
 
     n = len(scene)
@@ -279,7 +281,10 @@ def visibility(scene: GaussianScene, views) -> np.ndarray:
     if not per_view:
         return np.zeros(n)
     pv = np.stack(per_view, 1) * scene.opacities.astype(np.float64)[:, None]
-    return pv @ view_weights(pv) / pv.shape[1]
+    omega = view_weights(pv)
+    if power == 1.0:
+        return pv @ omega / pv.shape[1]
+    return (np.maximum(pv, 0.0) ** power @ omega / pv.shape[1]) ** (1.0 / power)
 
 
 def view_weights(per_view: np.ndarray, iters: int | None = None) -> np.ndarray:

@@ -57,19 +57,32 @@ def scene_agnostic_for(cfg: DirectConfig):
     return sa
 
 
-IMPORTANCE_VIEWS = 12  # sampled views at 128² for the render weights (not the evaluation's views)
+IMPORTANCE_VIEWS = 12  # views at 128² for the render weights (not the evaluation's views)
 IMPORTANCE_SIZE = 128
+IMPORTANCE_SPHERE = True  # views over the whole sphere (else the spiral band of cameras.sample_views)
+IMPORTANCE_POWER = 1.0  # how the views' importances combine (attributes.visibility)
+
+
+def importance_views(scene: GaussianScene) -> list:
+    """The views each Gaussian's importance is measured from: the whole sphere, since an artist
+    orbits freely, at the encoder's phase (no evaluation view is among them)."""
+    from ..cameras import ENCODER_PHASE, sample_views, sphere_views
+
+    if not len(scene):
+        return []
+    if IMPORTANCE_SPHERE:
+        return sphere_views(scene, n=IMPORTANCE_VIEWS, width=IMPORTANCE_SIZE, height=IMPORTANCE_SIZE,
+                            phase=ENCODER_PHASE)
+    return sample_views(scene, n=IMPORTANCE_VIEWS, width=IMPORTANCE_SIZE, height=IMPORTANCE_SIZE)
 
 
 def _stage_values(prep: Prepared, scene: GaussianScene, cfg: DirectConfig, stages=None) -> dict[str, np.ndarray]:
-    from ..cameras import sample_views
-
     ordered = scene.subset(prep.layout.order)
     residual = (ordered.means.astype(np.float64) - prep.centres) / prep.frame.rho
-    views = sample_views(ordered, n=IMPORTANCE_VIEWS, width=IMPORTANCE_SIZE, height=IMPORTANCE_SIZE) if len(ordered) else []
+    views = importance_views(ordered)
     seen = _reporting(views, stages, "importance") if stages and views else views
-    return scene_vectors(ordered, residual, visibility(ordered, seen), sort_scales=cfg.scale_ranks,
-                         swing_twist=cfg.swing_twist)
+    return scene_vectors(ordered, residual, visibility(ordered, seen, power=IMPORTANCE_POWER),
+                         sort_scales=cfg.scale_ranks, swing_twist=cfg.swing_twist)
 
 
 def _reporting(views: list, stages, stage: str):
