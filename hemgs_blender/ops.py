@@ -249,6 +249,8 @@ def compress_args(props, output: str) -> tuple[dict, str]:
                 "acs": props.train_acs, "variable_rate": props.train_variable_rate}
         if props.direct_iters > 0:
             args["iters"] = props.direct_iters
+        if props.direct_for_cameras:
+            args["for_cameras"] = True
         return args, npz
     args = {"model": bpy.path.abspath(props.model_path), "output": output, "views": props.views,
             "width": props.eval_width, "preview": npz}

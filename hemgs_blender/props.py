@@ -80,6 +80,9 @@ class HEMGS_SceneProps(bpy.types.PropertyGroup):
     direct_ar: bpy.props.BoolProperty(  # type: ignore[valid-type]
         name="Autoregressive context", description="Direct mode: condition each Gaussian on decoded neighbours "
         "(off by default: about 1% either way in size, twice the decode time)", default=False)
+    direct_for_cameras: bpy.props.BoolProperty(  # type: ignore[valid-type]
+        name="Only the scene's cameras", description="Direct mode: code for the cameras.json beside the source "
+        "only, instead of every direction around the scene (recorded in the file)", default=False)
     train_preset: bpy.props.EnumProperty(  # type: ignore[valid-type]
         name="Budget", items=PRESETS, default="QUICK")
     train_steps: bpy.props.IntProperty(  # type: ignore[valid-type]

@@ -121,6 +121,7 @@ class HEMGS_PT_main(bpy.types.Panel):
         sub.enabled = p.direct_ar
         sub.prop(p, "train_acs")
         box.prop(p, "direct_iters")
+        box.prop(p, "direct_for_cameras")
         lo, hi = props.DIRECT_LAMBDA_MIN, props.DIRECT_LAMBDA_MAX
         box.prop(p, "direct_log_lambda", text=f"λ = {props.direct_lambda(p):.3g}  ({lo:g}..{hi:g}, log2)")
         box.label(text="larger λ, smaller file, lower PSNR")

@@ -43,3 +43,37 @@ def test_a_higher_power_leans_towards_the_view_that_shows_a_gaussian_most(scene)
     assert seen.mean() > 0.5
     assert (v4[seen] >= v1[seen] * (1 - 1e-9)).all()  # a power mean is never below the mean
     assert np.median(v4[seen] / v1[seen]) > 1.05  # and most Gaussians show unevenly over the views
+
+
+def test_coding_for_the_scenes_own_cameras_is_explicit_and_recorded(scene, tmp_path, capsys):
+    from hemgs.cameras import sample_views, save_cameras
+    from hemgs.cli import main
+    from hemgs.container import read_hgs
+    from hemgs.io import write_ply
+
+    src = tmp_path / "patch.ply"
+    write_ply(scene, src)
+    run = ["compress", str(src), "--mode", "direct", "--iters", "10", "-o"]
+    # asked for, but the scene has no cameras: one line, exit 2, nothing written
+    assert main(run + [str(tmp_path / "a.hgs"), "--for-cameras"]) == 2
+    err = capsys.readouterr().err
+    assert "no cameras.json beside" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a.hgs").exists()
+    save_cameras(sample_views(scene, n=40, width=64, height=48), tmp_path / "cameras.json")
+    assert main(run + [str(tmp_path / "own.hgs"), "--for-cameras"]) == 0
+    assert main(run + [str(tmp_path / "all.hgs")]) == 0  # a cameras.json beside is not enough: the default
+    capsys.readouterr()
+    assert read_hgs(tmp_path / "own.hgs").header["importance_views"] == "cameras"
+    assert read_hgs(tmp_path / "all.hgs").header["importance_views"] == "sphere"
+    assert main(["info", str(tmp_path / "own.hgs")]) == 0
+    assert "coded for:  the scene's own cameras only" in capsys.readouterr().out
+    # anchor mode refuses the switch rather than ignoring it
+    assert main(["compress", str(src), "-o", str(tmp_path / "b.hgs"), "--for-cameras"]) == 2
+
+
+def test_own_cameras_are_capped_and_rendered_small(scene):
+    from hemgs.cameras import sample_views
+    from hemgs.direct.fit import IMPORTANCE_SIZE, MAX_CAMERA_VIEWS
+
+    views = importance_views(scene, sample_views(scene, n=MAX_CAMERA_VIEWS + 9, width=640, height=480))
+    assert len(views) == MAX_CAMERA_VIEWS and {(v.width, v.height) for v in views} == {(IMPORTANCE_SIZE, 96)}

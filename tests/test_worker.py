@@ -227,6 +227,9 @@ def test_dry_runs_check_lambda_and_options_and_write_nothing(client, tiny_ply, t
     with pytest.raises(wc.WorkerError, match="λ"):
         client.run("compress", {"mode": "direct", "source": str(tiny_ply), "output": out, "lambda": 100.0,
                                 "dry_run": True}, timeout=60)
+    with pytest.raises(wc.WorkerError, match="no cameras.json beside"):  # coding for cameras it does not have
+        client.run("compress", {"mode": "direct", "source": str(tiny_ply), "output": out, "for_cameras": True,
+                                "dry_run": True}, timeout=60)
     assert sorted(p.name for p in tmp_path.iterdir()) == [model.name]
     # An older worker (no "dry_run" in its hello) would ignore the flag and do the work: refused.
     client.hello["dry_run"] = []

@@ -391,6 +391,21 @@ def split_views(cameras: list[Camera], every: int = 8) -> tuple[list[Camera], li
     return train, heldout
 
 
+def own_cameras(source_path, cameras_file=None) -> list[Camera]:
+    """A scene's own cameras: `cameras_file` (cameras.json or transforms.json), else the
+    cameras.json beside `source_path`. InputError when there are none: coding a scene for its own
+    cameras is an explicit choice, never a silent fallback."""
+    path = Path(cameras_file) if cameras_file else (Path(source_path).with_name("cameras.json") if source_path else None)
+    if path is None or not path.is_file():
+        where = f"{cameras_file}" if cameras_file else f"no cameras.json beside {source_path}"
+        raise InputError(f"coding for the scene's own cameras needs them: {where} (give a cameras.json or "
+                         "transforms.json)")
+    cams = load_cameras(path)
+    if not cams:
+        raise InputError(f"{path} holds no usable camera")
+    return cams
+
+
 def scene_views(scene, source_path, n: int = 16, width: int = 256, height: int = 256,
                 up: str = DEFAULT_UP) -> list[Camera]:
     """The scene's own cameras when a cameras.json sits next to `source_path`, else sampled views.

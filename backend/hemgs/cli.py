@@ -153,6 +153,10 @@ def _build_parser() -> argparse.ArgumentParser:
                         f"{DIRECT_LAMBDA_RANGE[0]:g} to {DIRECT_LAMBDA_RANGE[1]:g} (default {DIRECT_LAMBDA_DEFAULT:g})")
     s.add_argument("--iters", type=int, default=None,
                    help="--mode direct: fitting iterations (default: hemgs.direct.DirectFitConfig's)")
+    s.add_argument("--for-cameras", nargs="?", const="", default=None, metavar="CAMERAS",
+                   help="--mode direct: code the scene for its own cameras only (the cameras.json beside SRC, "
+                        "or this cameras.json/transforms.json) instead of every direction around it; "
+                        "recorded in the file")
     s.set_defaults(func=cmd_compress)
 
     s = sub.add_parser("decompress", parents=[common], help="decode a .hgs to a 3DGS PLY or SPZ (baked)")
@@ -256,7 +260,7 @@ def file_info(path: str) -> dict:
         out = {"file": path, "format": "hgs", "bytes": size, "version": list(hgs.version),
                "mode": h.get("mode"), "codec": h.get("codec"), "lambda": h.get("lambda")}
         # The counts the header states (direct: Gaussians and SH degree; anchor: anchors).
-        for key in ("gaussians", "sh_degree", "voxels", "anchors", "source", "source_bytes"):
+        for key in ("gaussians", "sh_degree", "voxels", "anchors", "importance_views", "source", "source_bytes"):
             if key in h:
                 out[key] = h[key]
         out.update(header=h, sections={k: len(v) for k, v in hgs.sections.items()})
@@ -280,6 +284,11 @@ def cmd_info(args) -> int:
     return 0
 
 
+# direct files' header "importance_views": where the encoder judged what shows
+IMPORTANCE_VIEWS_SHOWN = {"sphere": "every direction around the scene",
+                          "cameras": "the scene's own cameras only (--for-cameras)"}
+
+
 def _print_info(info: dict) -> None:
     print(f"{info['file']}: {info['format'].upper()}, {_human_bytes(info['bytes'])}")
     if info["format"] == "hgs":
@@ -292,6 +301,8 @@ def _print_info(info: dict) -> None:
     if isinstance(info.get("gaussians"), int):
         print(f"  Gaussians:  {info['gaussians']:,}")
         print(f"  SH degree:  {info.get('sh_degree')}")
+    if info.get("importance_views") in IMPORTANCE_VIEWS_SHOWN:
+        print(f"  coded for:  {IMPORTANCE_VIEWS_SHOWN[info['importance_views']]}")
     if "bounds_min" in info:
         lo, hi = info["bounds_min"], info["bounds_max"]
         print("  bounds:     (" + ", ".join(f"{v:.3f}" for v in lo) + ") .. (" + ", ".join(f"{v:.3f}" for v in hi) + ")")
@@ -481,8 +492,13 @@ def cmd_compress_direct(args) -> int:
                        ar=(on["ar"] or args.ar) and not args.no_ar, acs=on["acs"] and not args.no_acs,
                        variable_rate=on["variable_rate"] and not args.fixed_rate)
     fcfg = DirectFitConfig() if args.iters is None else DirectFitConfig(iters=args.iters)
+    cameras = None
+    if args.for_cameras is not None:
+        from .cameras import own_cameras
+
+        cameras = own_cameras(args.src, args.for_cameras or None)
     with Reporter() as stages:
-        report = compress_direct(args.src, args.output, lam=lam, cfg=cfg, fcfg=fcfg, stages=stages)
+        report = compress_direct(args.src, args.output, lam=lam, cfg=cfg, fcfg=fcfg, stages=stages, cameras=cameras)
     for w in report["warnings"]:
         print(f"hemgs: warning: {args.src}: {w}", file=sys.stderr)
     total, source_bytes = report["bytes"], report["source_bytes"]
@@ -504,6 +520,9 @@ def cmd_compress(args) -> int:
         return cmd_compress_direct(args)
     if args.iters is not None:
         raise InputError("--iters applies to --mode direct (anchor mode trains with --steps and --warm-steps)")
+    if args.for_cameras is not None:
+        raise InputError("--for-cameras applies to --mode direct (anchor mode trains on the scene's cameras.json "
+                         "when there is one)")
     _refuse_direct_switches(args)
     device = _setup_torch(args)
     if args.src is None or detect_format(args.src) != "model":

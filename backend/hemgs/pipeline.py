@@ -114,12 +114,14 @@ def compress(model_path, out_hgs, *, lam: float | None = None, progress: Progres
 
 
 def compress_direct(source, out_hgs, *, lam: float = DIRECT_LAMBDA_DEFAULT, cfg=None, fcfg=None,
-                    progress=None, header_extra: dict | None = None, stages: Progress | None = None) -> dict:
+                    progress=None, header_extra: dict | None = None, stages: Progress | None = None,
+                    cameras: list | None = None) -> dict:
     """Anchor-free mode in one go: load and sanitize `source` (a 3DGS PLY/SPZ path, or a sanitized
     GaussianScene), fit the direct entropy model (hemgs.direct.fit_direct; progress(done, total) per
     iteration), code it at `lam` (hemgs.modes.DIRECT_LAMBDA_RANGE) and write `out_hgs` atomically.
     `stages(stage, step, total, info)` hears every stage: the fit's "importance" and "fit", the
-    encoder's "balance" and "code" (hemgs.progress).
+    encoder's "balance" and "code" (hemgs.progress). `cameras`: code for these views only (the
+    scene's own, hemgs.cameras.own_cameras) instead of the whole sphere.
 
     Returns compress_model's report keys where they mean something here: path, bytes, seconds
     (encode + write), sections, gaussians, decoded (a hemgs.direct.DecodedDirect: `.scene`),
@@ -145,7 +147,7 @@ def compress_direct(source, out_hgs, *, lam: float = DIRECT_LAMBDA_DEFAULT, cfg=
         source_bytes = os.path.getsize(source)
         extra = {"source": os.path.basename(str(source)), "source_bytes": source_bytes}
     t0 = time.perf_counter()
-    fitted = fit_direct(scene, cfg=cfg or DirectConfig(), fcfg=fcfg, progress=progress, stages=stages)
+    fitted = fit_direct(scene, cfg=cfg or DirectConfig(), fcfg=fcfg, progress=progress, stages=stages, cameras=cameras)
     fit_seconds = time.perf_counter() - t0
     report = encode_direct(fitted, out_hgs, lam=lam, header_extra={**extra, **(header_extra or {})}, progress=stages)
     report.update(source_bytes=source_bytes, fit_seconds=fit_seconds, warnings=warnings, fitted=fitted)

@@ -525,6 +525,7 @@ def op_compress_direct(args: dict, progress: Callable) -> dict:
     `lambda` (DIRECT_LAMBDA_RANGE, default DIRECT_LAMBDA_DEFAULT) into `output`, then measure
     and preview the file as written (decoded again). A fit of the same source file and settings
     is reused from the previous request (`fitted`: false)."""
+    from .cameras import own_cameras
     from .direct import DirectConfig, DirectFitConfig, fit_direct
     from .io import detect_format
     from .modes import check_direct_lambda
@@ -548,12 +549,17 @@ def op_compress_direct(args: dict, progress: Callable) -> dict:
         what = {"model": "a trained anchor-mode model", "hgs": "a .hgs file",
                 "scaffold_ply": "a Scaffold-GS anchor PLY"}.get(fmt, fmt)
         raise InputError(f"compress: {source} is {what}; mode 'direct' codes a 3DGS PLY or SPZ")
+    # true: the cameras.json beside the source; a path: that file; code for those views only
+    for_cameras = args.get("for_cameras")
+    if for_cameras is not None and not isinstance(for_cameras, (bool, str)):
+        raise InputError("compress: for_cameras must be true, false or a cameras file")
+    cameras = own_cameras(source, for_cameras if isinstance(for_cameras, str) else None) if for_cameras else None
     if _arg(args, "dry_run", bool, False, op):
         return {"dry_run": True, "output": output, "mode": "direct", "lambda": lam}
     _check_outputs(output, preview_out)
     st = os.stat(source)
     fcfg = DirectFitConfig() if iters is None else DirectFitConfig(iters=iters)
-    key = json.dumps([os.path.realpath(source), st.st_mtime_ns, st.st_size, switches, fcfg.iters])
+    key = json.dumps([os.path.realpath(source), st.st_mtime_ns, st.st_size, switches, fcfg.iters, for_cameras])
     fitted_now = _DIRECT_FIT["key"] != key
     t0 = time.perf_counter()
     if fitted_now:
@@ -570,7 +576,7 @@ def op_compress_direct(args: dict, progress: Callable) -> dict:
             progress("fitting", done=done, total=total, message="fitting (direct mode)",
                      fraction=0.02 + 0.58 * done / max(total, 1))
 
-        fitted = fit_direct(scene, DirectConfig(**switches), fcfg, progress=fit_progress)
+        fitted = fit_direct(scene, DirectConfig(**switches), fcfg, progress=fit_progress, cameras=cameras)
         extra = {"source": os.path.basename(source), "source_bytes": st.st_size}
         _DIRECT_FIT.update(key=key, fitted=fitted, extra=extra)
     fitted, extra = _DIRECT_FIT["fitted"], _DIRECT_FIT["extra"]

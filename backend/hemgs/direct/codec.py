@@ -443,6 +443,8 @@ def _encode(fitted: DirectFitted, lam: float, header_extra: dict | None, chunk: 
         "scene_agnostic": fitted.sa_id if cfg.scene_agnostic else None,
         "skips": bool(rdoq),  # importance 0 = skipped (files without the key were made before skipping)
         "networks": NETWORKS_LAYOUT,  # files without the key hold float16 safetensors
+        # where the importance was measured (information only: "cameras" = coded for the scene's own)
+        "importance_views": fitted.views,
         **(header_extra or {}),
     }
     sections = {

@@ -47,6 +47,7 @@ class DirectFitted:
     sh_degree: int
     sa_id: str | None = None  # the scene-agnostic weights' id when that part is on
     history: dict = field(default_factory=dict)
+    views: str = "sphere"  # where the importance was measured from: "sphere", or "cameras" (the scene's own)
 
 
 def scene_agnostic_for(cfg: DirectConfig):
@@ -63,23 +64,32 @@ IMPORTANCE_SPHERE = True  # views over the whole sphere (else the spiral band of
 IMPORTANCE_POWER = 1.0  # how the views' importances combine (attributes.visibility)
 
 
-def importance_views(scene: GaussianScene) -> list:
-    """The views each Gaussian's importance is measured from: the whole sphere, since an artist
-    orbits freely, at the encoder's phase (no evaluation view is among them)."""
+MAX_CAMERA_VIEWS = 32  # of a scene's own cameras, this many evenly spaced (renders cost time)
+
+
+def importance_views(scene: GaussianScene, cameras: list | None = None) -> list:
+    """The views each Gaussian's importance is measured from: by default the whole sphere, since an
+    artist orbits freely, at the encoder's phase (no evaluation view is among them); with
+    `cameras` (the scene's own, chosen explicitly), those only, at IMPORTANCE_SIZE wide."""
     from ..cameras import ENCODER_PHASE, sample_views, sphere_views
 
     if not len(scene):
         return []
+    if cameras:
+        if len(cameras) > MAX_CAMERA_VIEWS:
+            cameras = [cameras[i] for i in np.linspace(0, len(cameras) - 1, MAX_CAMERA_VIEWS).round().astype(int)]
+        return [c.resized(IMPORTANCE_SIZE) for c in cameras]
     if IMPORTANCE_SPHERE:
         return sphere_views(scene, n=IMPORTANCE_VIEWS, width=IMPORTANCE_SIZE, height=IMPORTANCE_SIZE,
                             phase=ENCODER_PHASE)
     return sample_views(scene, n=IMPORTANCE_VIEWS, width=IMPORTANCE_SIZE, height=IMPORTANCE_SIZE)
 
 
-def _stage_values(prep: Prepared, scene: GaussianScene, cfg: DirectConfig, stages=None) -> dict[str, np.ndarray]:
+def _stage_values(prep: Prepared, scene: GaussianScene, cfg: DirectConfig, stages=None,
+                  cameras: list | None = None) -> dict[str, np.ndarray]:
     ordered = scene.subset(prep.layout.order)
     residual = (ordered.means.astype(np.float64) - prep.centres) / prep.frame.rho
-    views = importance_views(ordered)
+    views = importance_views(ordered, cameras)
     seen = _reporting(views, stages, "importance") if stages and views else views
     return scene_vectors(ordered, residual, visibility(ordered, seen, power=IMPORTANCE_POWER),
                          sort_scales=cfg.scale_ranks, swing_twist=cfg.swing_twist)
@@ -94,10 +104,11 @@ def _reporting(views: list, stages, stage: str):
 
 
 def fit_direct(scene: GaussianScene, cfg: DirectConfig | None = None, fcfg: DirectFitConfig | None = None,
-               progress=None, sa=None, stages=None) -> DirectFitted:
+               progress=None, sa=None, stages=None, cameras: list | None = None) -> DirectFitted:
     """Fit the entropy model of `scene` (sanitized). `progress(done, total)` is called per iteration;
     `stages(stage, step, total, info)` (hemgs.progress) hears the "importance" renders and the
-    "fit" iterations."""
+    "fit" iterations. `cameras`: code the scene for these views only (its own cameras, an explicit
+    choice recorded in the file), instead of the whole sphere."""
     cfg = cfg or DirectConfig()
     fcfg = fcfg or DirectFitConfig()
     cfg.sh_degree = scene.sh_degree
@@ -112,14 +123,15 @@ def fit_direct(scene: GaussianScene, cfg: DirectConfig | None = None, fcfg: Dire
     frame = frame_for(scene.means)
     layout, _ = layout_for(scene.means, frame)
     prep = prepare(frame, layout, cfg, sa)
-    values = _stage_values(prep, scene, cfg, stages)
+    values = _stage_values(prep, scene, cfg, stages, cameras)
     model = DirectEntropyModel(cfg, math.log(frame.rho), seed=fcfg.seed)
     set_norms(model, values)
     history = {"prepare_seconds": time.perf_counter() - t0}
     if prep.n:
         _train(model, prep, values, cfg, fcfg, _both(progress, stages), history)
     history["fit_seconds"] = time.perf_counter() - t0
-    return DirectFitted(model, prep, values, scene.sh_degree, sa.id if cfg.scene_agnostic else None, history)
+    return DirectFitted(model, prep, values, scene.sh_degree, sa.id if cfg.scene_agnostic else None, history,
+                        views="cameras" if cameras else "sphere")
 
 
 def _coded(x: torch.Tensor, mean: torch.Tensor, q: torch.Tensor, shifted: bool) -> torch.Tensor:
