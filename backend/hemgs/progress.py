@@ -13,7 +13,7 @@ terminal, else exactly one line when the stage ends, e.g.
     hemgs: warm start: 200 steps in 12.3 s (loss 0.0123)
 
 Nothing goes to stdout. The worker (hemgs.worker) turns the same callbacks into JSON progress
-events for the add-on instead, with its own copy of the stage names.
+events for the add-on instead, with these stage names.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ STAGES: dict[str, tuple[str, str | None]] = {
     "teacher": ("rendering the source", "view"),  # anchor mode's fit (hemgs.fit)
     "warm": ("warm start", "step"),
     "render": ("training (render space)", "step"),
+    "refine": ("entropy refinement", "step"),  # anchor mode's fit, after training (hemgs.entropy.refine)
     "importance": ("importance renders", "view"),  # direct mode's fit (hemgs.direct.fit)
     "fit": ("fitting (direct mode)", "iteration"),
     "balance": ("stage balance", "render"),  # direct mode's encoder (hemgs.direct.codec, balance)

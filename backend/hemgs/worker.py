@@ -285,8 +285,7 @@ TRAIN_PRESETS = {
     "standard": {"steps": 300, "warm_steps": 400, "width": 256, "views": 32},  # = hemgs train's defaults
 }
 # Rough share of a training run's time per stage (CPU, defaults), so the bar moves evenly overall.
-_STAGE_COST = {"teacher": 1.0, "warm": 0.15, "render": 3.0}
-STAGE_NAMES = {"teacher": "rendering the source", "warm": "warm start", "render": "training"}
+_STAGE_COST = {"teacher": 1.0, "warm": 0.15, "render": 3.0, "refine": 0.5}  # per step, for the overall fraction
 
 
 def _device(args: dict, op: str):
@@ -325,11 +324,14 @@ def _numbers(args: dict, name: str, op: str) -> list[float]:
 
 def _stage_reporter(cfg, progress: Callable) -> Callable:
     """Turn fit's progress(stage, step, total, info) into protocol events with an overall fraction."""
+    from .progress import STAGE_NAMES
+
     n_teacher = cfg.views - (cfg.views + 7) // 8  # every 8th view is held out
     work = {"teacher": n_teacher * _STAGE_COST["teacher"], "warm": cfg.warm_steps * _STAGE_COST["warm"],
-            "render": cfg.steps * _STAGE_COST["render"]}
+            "render": cfg.steps * _STAGE_COST["render"], "refine": cfg.refine_budget * _STAGE_COST["refine"]}
     total_work = sum(work.values()) or 1.0
-    before = {"teacher": 0.0, "warm": work["teacher"], "render": work["teacher"] + work["warm"]}
+    before = {"teacher": 0.0, "warm": work["teacher"], "render": work["teacher"] + work["warm"],
+              "refine": work["teacher"] + work["warm"] + work["render"]}
     last = {"t": 0.0}
 
     def report(stage: str, step: int, total: int, info: dict) -> None:
