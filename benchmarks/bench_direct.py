@@ -122,6 +122,14 @@ def _interp_bytes(points: list[dict], psnr: float) -> float | None:
     return float(np.exp(np.interp(psnr, ps, [b for _, b in pts])))
 
 
+def _interp_worst(points: list[dict], psnr: float) -> float | None:
+    """The worst view's PSNR at `psnr` (METRIC), linear between the points around it, if the curve spans it."""
+    pts = sorted((p[METRIC], p["worst_psnr"]) for p in points if "worst_psnr" in p)
+    if not pts or psnr < pts[0][0] or psnr > pts[-1][0]:
+        return None
+    return float(np.interp(psnr, [a for a, _ in pts], [w for _, w in pts]))
+
+
 def report(records: list[dict]) -> None:
     peers = {}
     pj = OUT / "peers.json"
@@ -183,7 +191,9 @@ def report(records: list[dict]) -> None:
                     lines.append(f"- {name}: not yet measured on the evaluation views")
                     continue
                 b = _interp_bytes(full["points"], ref[METRIC])
-                rel = f"{b:,.0f} B = {100 * b / ref['bytes']:.0f}%" if b else "outside this curve's PSNR range"
+                w = _interp_worst(full["points"], ref[METRIC])
+                rel = (f"{b:,.0f} B = {100 * b / ref['bytes']:.1f}%, worst view {w:.2f} dB" if b
+                       else "outside this curve's PSNR range")
                 lines.append(f"- {name}: {ref['bytes']:,} B at {ref[METRIC]:.2f} dB (worst view "
                              f"{ref.get('worst_psnr', float('nan')):.2f} dB) → this mode {rel}")
         lines.append("")

@@ -72,3 +72,13 @@ def closest_point(rates, psnrs, target: float) -> tuple[float, float] | None:
         return None
     i = int(np.argmin(np.abs(p - target)))
     return float(math.exp(lr[i])), float(p[i])
+
+
+def value_at_psnr(psnrs, values, target: float) -> float | None:
+    """Another figure of a curve's points (e.g. the worst view) at PSNR `target`, linear in PSNR
+    between the points around it, or None outside the curve's range."""
+    pts = sorted((p, v) for p, v in zip(psnrs, values)
+                 if p is not None and v is not None and math.isfinite(p) and math.isfinite(v))
+    if not pts or not (pts[0][0] <= target <= pts[-1][0]):
+        return None
+    return float(np.interp(target, [p for p, _ in pts], [v for _, v in pts]))

@@ -1,15 +1,18 @@
 """Rate–distortion of HEMGS against the compressors users would pick instead (run via run.sh).
 
-For each scene: render the source from 16 views at 256², run every peer (methods.py), render each
-decoded scene from the same views, and compare; add the lead's recorded HEMGS/HAC points
-(hemgs_records.py). Writes docs/benchmarks/peers.json (merged by scene), the section of
-docs/benchmarks.md, and docs/img/rd_<scene>.png.
+For each scene: render the source from the evaluation views (hemgs.cameras.evaluation_views: 16 at
+256² over the whole sphere, none of them a view any encoder uses), run every peer (methods.py),
+render each decoded scene from the same views, and record the mean PSNR of the views, the PSNR of
+their mean MSE (what the comparisons use), the worst view and SSIM; add our recorded anchor-free,
+HEMGS and HAC points (hemgs_records.py). Writes docs/benchmarks/peers.json (merged by scene), the
+section of docs/benchmarks.md, and docs/img/rd_<scene>.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -26,7 +29,7 @@ sys.path[:0] = [str(REPO / "backend"), str(HERE / ".pydeps"), str(HERE)]
 
 import torch  # noqa: E402
 
-from hemgs.cameras import scene_views  # noqa: E402
+from hemgs.cameras import evaluation_views  # noqa: E402
 from hemgs.io import load_scene, save_scene  # noqa: E402
 from hemgs.metrics import compare_images  # noqa: E402
 from hemgs.render import render  # noqa: E402
@@ -39,7 +42,13 @@ import report  # noqa: E402
 DEFAULT_SCENES = [str(REPO.parent / "shared" / "data" / "playbot_lod2.ply"),
                   str(REPO.parent / "shared" / "data" / "biker.spz"),
                   str(REPO / "data" / "demo" / "playbot_lod3.ply")]
-VIEWS = "16 views at 256² (hemgs.cameras.scene_views)"
+VIEWS = "16 views at 256² over the whole sphere (hemgs.cameras.evaluation_views)"
+
+
+def eval_views(scene):
+    """The views every method is scored on, and the source's renders from them (bench_direct's too)."""
+    views = evaluation_views(scene, n=16, width=256)
+    return views, [render(scene, c) for c in views]
 
 
 def scene_name(path: Path) -> str:
@@ -54,8 +63,7 @@ def run_scene(path: Path, work: Path, skip: set[str]) -> dict:
     scene, _ = sanitize(load_scene(path))
     src = work / "source.ply"
     save_scene(scene, src)  # every peer encodes this same float32 PLY of the sanitized scene
-    views = scene_views(scene, path, n=16, width=256, height=256)
-    refs = [render(scene, c) for c in views]
+    views, refs = eval_views(scene)
     points = []
     for pt in methods.plan(scene):
         if any(s.lower() in pt.method.lower() for s in skip):
@@ -67,20 +75,27 @@ def run_scene(path: Path, work: Path, skip: set[str]) -> dict:
             rec.update(method=pt.method, point=e.point, bytes=e.bytes, encode_s=e.encode_s, decode_s=e.decode_s,
                        lossless=e.lossless, note=e.note, status="ok", gaussians_decoded=None)
             if e.lossless:
-                rec.update(psnr=float("inf"), ssim=1.0, gaussians_decoded=len(scene))
+                rec.update(psnr=math.inf, psnr_of_mean_mse=math.inf, worst_psnr=math.inf, ssim=1.0,
+                           gaussians_decoded=len(scene))
             else:
                 fid = compare_images(refs, [render(e.decoded, c) for c in views])
-                rec.update(psnr=fid["psnr"], ssim=fid["ssim"], gaussians_decoded=len(e.decoded))
-            print(f"    {e.bytes:,} B  PSNR {rec['psnr']:.2f}  SSIM {rec['ssim']:.4f}  "
+                rec.update({k: fid[k] for k in hemgs_records.FIDELITY})
+                rec.update(psnr_per_view=fid["psnr_per_view"], gaussians_decoded=len(e.decoded))
+            print(f"    {e.bytes:,} B  PSNR of mean MSE {rec['psnr_of_mean_mse']:.2f}  mean {rec['psnr']:.2f}  "
+                  f"worst {rec['worst_psnr']:.2f}  SSIM {rec['ssim']:.4f}  "
                   f"enc {e.encode_s:.2f}s dec {e.decode_s:.2f}s", flush=True)
         except Exception as exc:  # a failing peer is reported with its error, never dropped
             msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:240]
             rec.update(status="failed", error=msg)
             print(f"    FAILED {msg}", flush=True)
         points.append(rec)
-    for rec in hemgs_records.load_records(name):
-        print(f"[{name}] {rec['method']} {rec['point']} (recorded) ...", flush=True)
-        points.append(hemgs_records.remeasure(rec, views, refs))
+    for rec in hemgs_records.load_records(name):  # anchor-free: measured on these views by bench_direct
+        if rec["method"] in hemgs_records.ANCHOR_METHODS:
+            hemgs_records.remeasure(rec, views, refs)
+            print(f"[{name}] {rec['method']} {rec['point']} (recorded): "
+                  + (f"PSNR of mean MSE {rec[hemgs_records.METRIC]:.2f}" if rec.get("remeasured")
+                     else f"not re-measured, {rec.get('remeasure_error')}"), flush=True)
+        points.append(rec)
     s = {"source": str(path), "gaussians": len(scene), "sh_degree": scene.sh_degree,
          "source_bytes": path.stat().st_size, "ply_bytes": src.stat().st_size, "views": VIEWS,
          "points": points, "comparisons": report.comparisons(points)}
@@ -89,27 +104,40 @@ def run_scene(path: Path, work: Path, skip: set[str]) -> dict:
 
 
 def refresh_records(out_json: Path, args) -> None:
-    """Replace each scene's anchor-free points with the current docs/benchmarks/direct.json (measured
-    on these very views, nothing to re-render); the peers' points stay, and so do anchor-mode
-    points already there (re-measured on these views by a full run). An anchor-mode method the
-    scene lacks is added as recorded (PSNR on its fit's held-out views, marked so in the doc), or
-    with --remeasure rendered from these views, replacing any that are only as recorded."""
+    """Re-read our recorded points into each scene of the JSON without running the peers again.
+
+    The anchor-free points are replaced by docs/benchmarks/direct.json's (bench_direct measures them
+    on these very views, nothing to re-render). Anchor-mode records (HAC, HEMGS) a scene lacks are
+    added as recorded — without the evaluation views' figures, so the doc leaves them out — or, with
+    --remeasure, rendered from the evaluation views where their .hgs file still exists; an anchor-mode
+    point already measured on the evaluation views is kept. The peers' points stay as they are: a
+    scene whose peers were measured on other views is left out of the comparisons (report.py) until
+    the full benchmark runs again."""
     data = json.loads(out_json.read_text())
     for name, s in data["scenes"].items():
-        points = [p for p in s["points"] if p.get("method") != hemgs_records.DIRECT_METHOD
-                  and not (args.remeasure and p.get("record_from") and not p.get("remeasured"))]
-        have = {p.get("method") for p in points}
-        new = [r for r in hemgs_records.load_records(name) if r["method"] not in have]
-        anchor_new = [r for r in new if r["method"] != hemgs_records.DIRECT_METHOD]
-        if args.remeasure and anchor_new:  # render them from this benchmark's views, as a full run does
-            path = Path(s["source"])
-            scene, _ = sanitize(load_scene(path))
-            views = scene_views(scene, path, n=16, width=256, height=256)
-            refs = [render(scene, c) for c in views]
-            for r in anchor_new:
-                print(f"[{name}] {r['method']} {r['point']} (recorded, re-measuring) ...", flush=True)
-                hemgs_records.remeasure(r, views, refs)
-        points += new
+        old = s["points"]
+        key = lambda p: (p.get("method"), p.get("point"), p.get("bytes"))  # noqa: E731
+        kept = {key(p): p for p in old if p.get("method") in hemgs_records.ANCHOR_METHODS and hemgs_records.measured(p)}
+        points = [p for p in old if p.get("method") not in (hemgs_records.DIRECT_METHOD, *hemgs_records.ANCHOR_METHODS)]
+        if not any(hemgs_records.measured(p) for p in points if p.get("status") == "ok"):
+            print(f"[{name}] the peers' points were measured on other views: left out of the doc until "
+                  "run.sh measures them on the evaluation views", flush=True)
+        views = refs = None
+        for r in hemgs_records.load_records(name):
+            if r["method"] in hemgs_records.ANCHOR_METHODS:
+                if key(r) in kept:
+                    r = kept[key(r)]
+                elif not (r.get("path") and Path(r["path"]).is_file()):
+                    r["remeasure_error"] = f"file gone: {r['path']}" if r.get("path") else "no file named in the record"
+                elif not args.remeasure:
+                    r["remeasure_error"] = "not re-measured: --records-only without --remeasure"
+                else:
+                    if views is None:  # render the source only when a file is there to compare
+                        scene, _ = sanitize(load_scene(Path(s["source"])))
+                        views, refs = eval_views(scene)
+                    print(f"[{name}] {r['method']} {r['point']} (recorded, re-measuring) ...", flush=True)
+                    hemgs_records.remeasure(r, views, refs)
+            points.append(r)
         s["points"] = points
         s["comparisons"] = report.comparisons(points)
         report.plot_scene(name, s, Path(args.img_dir) / f"rd_{name}.png")
@@ -136,7 +164,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="rewrite the doc and plots from the JSON")
     ap.add_argument("--remeasure", action="store_true",
                     help="with --records-only: render anchor-mode records a scene lacks, or has only as "
-                         "recorded, from this benchmark's 16 views (their .hgs files must still exist)")
+                         "recorded, from the evaluation views (their .hgs files must still exist)")
     ap.add_argument("--records-only", action="store_true",
                     help="re-read the anchor-free points (docs/benchmarks/direct.json), and add anchor-mode "
                          "records a scene lacks, without running the peers again; then rewrite the doc and plots")
