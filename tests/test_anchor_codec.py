@@ -12,7 +12,7 @@ import torch
 from conftest import DEMO_PLY
 from hemgs.anchor.warm_start import build_anchor_model, warm_start
 from hemgs.codec.anchor import decode, encode
-from hemgs.codec.weights import NETWORK_BITS, unpack_parts
+from hemgs.codec.weights import ENTROPY_SEARCH, RENDER_BITS, unpack_parts
 from hemgs.container import read_hgs, write_hgs
 from hemgs.entropy.hac import HacEntropyModel
 from hemgs.entropy.hashgrid import HashGridConfig
@@ -119,16 +119,22 @@ def _state(d: dict) -> dict:
 
 def test_networks_are_quantized_and_decode_bit_for_bit_in_both_layouts(coded):
     """The file's networks (quantized: rendering MLPs and entropy network at their own bit
-    depths) decode to exactly the encoder's; the float16 layout of older files still codes and
-    decodes, and takes more bytes."""
+    depths, the entropy network's the smallest file's) decode to exactly the encoder's; the
+    float16 layout of older files still codes and decodes, and takes more bytes."""
     model, result, path = coded
     f = read_hgs(path)
     assert f.header["networks"] == "quantized"
     fresh = [{"a": copy.deepcopy(result.model.mlps)}, {"e": copy.deepcopy(result.entropy.mlp)}]
-    assert unpack_parts(f.sections["networks"], fresh) == list(NETWORK_BITS)
+    render, chosen = unpack_parts(f.sections["networks"], fresh)
+    assert render == RENDER_BITS and chosen in ENTROPY_SEARCH
+    # the search's choice: no depth it tried (those up to the one after it) makes a smaller file
+    size = sum(len(v) for v in f.sections.values())
+    for b in ENTROPY_SEARCH[:ENTROPY_SEARCH.index(chosen) + 2]:
+        _, sections, _ = encode(model, result.entropy, lam=2e-3, network_bits=(RENDER_BITS, b))
+        assert sum(len(v) for v in sections.values()) >= size, b
     a = result.model.mlps.state_dict()
-    for layout, (header, sections, res) in {"quantized": (f.header, f.sections, result),
-                                            "float16": encode(model, result.entropy, lam=2e-3, network_bits=None)}.items():
+    float16 = encode(model, result.entropy, lam=2e-3, network_bits=None)
+    for layout, (header, sections, res) in {"quantized": (f.header, f.sections, result), "float16": float16}.items():
         dec = decode(header, sections, chunk=4096)
         for name, (got, want) in {"mlps": (dec.model.mlp_state(), res.model.mlp_state()),
                                   "entropy": (dec.entropy.mlp.state_dict(), res.entropy.mlp.state_dict())}.items():

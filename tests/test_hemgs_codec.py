@@ -202,9 +202,10 @@ def test_networks_decode_bit_for_bit_in_every_layout(network_bits, encoded, anch
         f = read_hgs(pack_hgs(header, sections))
     assert f.header.get("networks") == (None if network_bits is None else "quantized")
     dec = decode(f.header, f.sections, chunk=1000)
-    for name, (got, want) in {"mlps": (dec.model.mlp_state(), result.model.mlp_state()),
-                              **{net: (getattr(dec.entropy, net).state_dict(), getattr(result.entropy, net).state_dict())
-                                 for net in ("prior", "vr", "head")}}.items():
+    pairs = {"mlps": (dec.model.mlp_state(), result.model.mlp_state())}
+    for net in ("prior", "vr", "head"):
+        pairs[net] = (getattr(dec.entropy, net).state_dict(), getattr(result.entropy, net).state_dict())
+    for name, (got, want) in pairs.items():
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got), name
     assert _digest(dec.model) == _digest(result.model)
     if network_bits is None:  # the quantized default takes fewer bytes than float16

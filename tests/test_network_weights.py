@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from hemgs.codec.weights import (MAX_WEIGHTS_PER_BYTE, _tensors, pack_networks, pack_quantized, pack_weights,
-                                 quantize_weights, round_networks, unpack_networks, unpack_parts, unpack_quantized)
+from hemgs.codec.weights import (ENTROPY_BITS, ENTROPY_SEARCH, MAX_WEIGHTS_PER_BYTE, RENDER_BITS, _tensors,
+                                 pack_networks, pack_quantized, pack_weights, quantize_weights, round_networks,
+                                 smallest_file, unpack_networks, unpack_parts, unpack_quantized)
 from hemgs.direct.model import DirectConfig, DirectEntropyModel
 from hemgs.errors import FormatError
 
@@ -85,7 +86,8 @@ def _anchor_parts(seed: int):
     from hemgs.entropy.hac import HacEntropyModel
 
     torch.manual_seed(seed)
-    model = AnchorModel(AnchorConfig(feat_dim=16, k=4, voxel_size=0.01), torch.zeros((0, 3), dtype=torch.int64), torch.zeros(3), seed=seed)
+    model = AnchorModel(AnchorConfig(feat_dim=16, k=4, voxel_size=0.01), torch.zeros((0, 3), dtype=torch.int64),
+                        torch.zeros(3), seed=seed)
     ent = HacEntropyModel(16, 4, [0, 0, 0], [1, 1, 1], seed=seed)
     return [{"anchor": model.mlps}, {"entropy": ent.mlp}]
 
@@ -169,3 +171,16 @@ def test_an_all_zero_part_costs_enough_to_bound_what_a_header_may_claim():
     data = pack_networks(parts, (4, 4))
     weights = sum(t.numel() for p in parts for t in _tensors(p))
     assert weights / len(data) < MAX_WEIGHTS_PER_BYTE / 2
+
+
+def test_the_search_keeps_the_smallest_file_and_stops_when_files_grow():
+    sizes = {4: 90, 5: 80, 6: 85, 7: 10, 8: 5}  # the search stops at 6: 7 and 8 are never tried
+    tried = []
+
+    def encode_at(bits):
+        tried.append(bits)
+        return {"bits": bits}, {"s": bytes(sizes[bits[1]])}, None
+
+    header, _, _ = smallest_file(encode_at)
+    assert header["bits"] == (RENDER_BITS, 5) and tried == [(RENDER_BITS, b) for b in (4, 5, 6)]
+    assert ENTROPY_SEARCH[0] == ENTROPY_BITS and list(ENTROPY_SEARCH) == sorted(ENTROPY_SEARCH)

@@ -29,8 +29,8 @@ from ..entropy.hac import BASE_STEP, GROUPS, HacEntropyModel
 from ..entropy.hashgrid import HashGridConfig
 from ..errors import FormatError, HemgsError
 from . import streams
-from .weights import (MAX_WEIGHTS_PER_BYTE, NETWORK_BITS, QUANTIZED, networks_layout, pack_networks, round_networks,
-                      unpack_networks)
+from .weights import (MAX_WEIGHTS_PER_BYTE, QUANTIZED, SEARCH, networks_layout, pack_networks, round_networks,
+                      smallest_file, unpack_networks)
 
 MODE = "anchor"
 CODEC = "hac"
@@ -77,11 +77,17 @@ def _select(x: torch.Tensor, group: str, mask: np.ndarray) -> np.ndarray:
 
 
 def encode(model: AnchorModel, entropy: HacEntropyModel, *, lam: float, header_extra: dict | None = None,
-           chunk: int = CHUNK, network_bits: tuple[int, int] | None = NETWORK_BITS) -> tuple[dict, dict[str, bytes], Decoded]:
+           chunk: int = CHUNK,
+           network_bits: tuple[int, int] | str | None = SEARCH) -> tuple[dict, dict[str, bytes], Decoded]:
     """Code a trained model. Returns (header, sections, the decoded result the file will give).
 
     `network_bits`: the bit depths of the rendering MLPs and of the entropy network in the file
-    (None: float16 safetensors, the layout of files made before the quantized one)."""
+    (None: float16 safetensors, the layout of files made before the quantized one; "search": the
+    rendering MLPs at RENDER_BITS, the entropy network at the depth that makes the smallest file,
+    codec/weights.py `smallest_file`)."""
+    if network_bits == SEARCH:
+        return smallest_file(lambda bits: encode(model, entropy, lam=lam, header_extra=header_extra, chunk=chunk,
+                                                 network_bits=bits))
     model, entropy = copy.deepcopy(model).cpu(), copy.deepcopy(entropy).cpu()
     parts = [{"anchor": model.mlps}, {"entropy": entropy.mlp}]
     round_networks(parts, network_bits)
@@ -209,7 +215,8 @@ def _check_budget(header: dict, sections: dict[str, bytes]) -> None:
     """Refuse a header whose sizes the file's bytes cannot hold (before anything is allocated)."""
     weights, grid_bits = network_sizes(header.get("anchor_config"), header.get("entropy"))
     # float16: two bytes a weight; quantized: at most MAX_WEIGHTS_PER_BYTE a byte (codec/weights.py)
-    if (2 * weights if networks_layout(header) == "float16" else weights / MAX_WEIGHTS_PER_BYTE) > len(sections["networks"]):
+    need = 2 * weights if networks_layout(header) == "float16" else weights / MAX_WEIGHTS_PER_BYTE
+    if need > len(sections["networks"]):
         raise FormatError(f"the file's configs need {weights} network weights, its 'networks' section holds "
                           f"{len(sections['networks'])} bytes")
     if grid_bits > max(_MAX_GRID_BITS_PER_BYTE * len(sections["grid"]), _MIN_GRID_BITS_ALLOWED):

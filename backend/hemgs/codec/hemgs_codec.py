@@ -8,7 +8,8 @@ depend only on what is already decoded, so the decoder runs one batch per group.
 
 Sections: locations, networks (anchor MLPs, then prior, variable-rate and head networks; header
 `"networks": "quantized"`: two quantized parts, the MLPs and the entropy networks, each at its own
-bit depth, codec/weights.py `pack_parts`; files without the key: float16 safetensors), grid (hash-grid bits), mask, and one per attribute — features, scaling, offsets — each
+bit depth, codec/weights.py `pack_parts`; files without the key: float16 safetensors), grid
+(hash-grid bits), mask, and one per attribute — features, scaling, offsets — each
 
     u32 len | step guard (the part's snapped steps, all anchors)
     u32 G   | then G times: u32 len | stream (codec/streams.py, its step-guard slot empty)
@@ -38,7 +39,7 @@ from ..entropy.hemgs import HemgsConfig, HemgsEntropyModel
 from ..errors import FormatError, HemgsError
 from . import streams
 from .anchor import CHUNK, _positions64
-from .weights import NETWORK_BITS, QUANTIZED, pack_networks, round_networks, unpack_networks
+from .weights import QUANTIZED, SEARCH, pack_networks, round_networks, smallest_file, unpack_networks
 
 MODE = "anchor"
 CODEC = "hemgs"
@@ -179,11 +180,17 @@ def _stage_b_inputs(scaling: np.ndarray, offsets: np.ndarray, mask: np.ndarray, 
 
 
 def encode(model: AnchorModel, ent: HemgsEntropyModel, sa, *, lam: float, header_extra: dict | None = None,
-           chunk: int = CHUNK, network_bits: tuple[int, int] | None = NETWORK_BITS) -> tuple[dict, dict[str, bytes], Decoded]:
+           chunk: int = CHUNK,
+           network_bits: tuple[int, int] | str | None = SEARCH) -> tuple[dict, dict[str, bytes], Decoded]:
     """Code a trained model at rate `lam`. Returns (header, sections, what the file decodes to).
 
     `network_bits`: the bit depths of the rendering MLPs and of the entropy networks in the file
-    (None: float16 safetensors, the layout of files made before the quantized one)."""
+    (None: float16 safetensors, the layout of files made before the quantized one; "search": the
+    rendering MLPs at RENDER_BITS, the entropy networks at the depth that makes the smallest file,
+    codec/weights.py `smallest_file`)."""
+    if network_bits == SEARCH:
+        return smallest_file(lambda bits: encode(model, ent, sa, lam=lam, header_extra=header_extra, chunk=chunk,
+                                                 network_bits=bits))
     model, ent = copy.deepcopy(model).cpu(), copy.deepcopy(ent).cpu()
     parts = [{"anchor": model.mlps}, entropy_networks(ent)]
     round_networks(parts, network_bits)

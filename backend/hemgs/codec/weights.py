@@ -186,8 +186,14 @@ def unpack_quantized(data: bytes, modules: dict[str, torch.nn.Module]) -> None:
 # The bit depths anchor mode writes, by measurement on the demo scene (docs/hemgs-results.md,
 # "Networks in the file"): the rendering MLPs change the picture, the entropy networks the rate.
 RENDER_BITS = 8
-ENTROPY_BITS = 4
+ENTROPY_BITS = 4  # the entropy networks' first depth tried (ENTROPY_SEARCH)
 NETWORK_BITS = (RENDER_BITS, ENTROPY_BITS)  # (rendering MLPs, entropy networks), as the parts' order
+# The entropy networks' depth is the encoder's choice per file (`smallest_file`): these, in order,
+# until the file grows. The smallest file came at 4 bits on playbot_lod3 (7.7k anchors), at 5 on
+# playbot_lod2 (31k): the streams' loss to coarser networks grows with the anchors and differs
+# from model to model; the networks' saving does not.
+ENTROPY_SEARCH = (4, 5, 6, 7, 8)
+SEARCH = "search"  # the codecs' default `network_bits`
 QUANTIZED = "quantized"  # the header's "networks" value; files without the key hold float16 safetensors
 # The symbols' Laplacian std is at least this in anchor files, so that even an all-zero matrix
 # costs ≥ 0.088 bits a weight (P(0) ≤ 0.941): a decoder may refuse a header whose networks hold
@@ -261,3 +267,19 @@ def unpack_networks(header: dict, data: bytes, parts: Parts) -> None:
         unpack_parts(data, parts)
     else:
         unpack_weights(data, {k: m for modules in parts for k, m in modules.items()})
+
+
+def smallest_file(encode_at):
+    """The encoder's choice of the entropy networks' depth: `encode_at((RENDER_BITS, b))` ->
+    (header, sections, decoded) for b in ENTROPY_SEARCH, in order, stopping at the first file
+    larger than the one before; returns the smallest file's triple. (The depth changes the steps
+    the networks predict, so the picture moves too, by noise: within ±0.03 dB on the scenes
+    measured, docs/hemgs-results.md.)"""
+    best, best_size = None, 0
+    for b in ENTROPY_SEARCH:
+        out = encode_at((RENDER_BITS, b))
+        size = sum(len(v) for v in out[1].values())
+        if best is not None and size >= best_size:
+            break
+        best, best_size = out, size
+    return best
