@@ -183,11 +183,7 @@ def encode(model: AnchorModel, ent: HemgsEntropyModel, sa, *, lam: float, header
            chunk: int = CHUNK,
            network_bits: tuple[int, int] | str | None = SEARCH) -> tuple[dict, dict[str, bytes], Decoded]:
     """Code a trained model at rate `lam`. Returns (header, sections, what the file decodes to).
-
-    `network_bits`: the bit depths of the rendering MLPs and of the entropy networks in the file
-    (None: float16 safetensors, the layout of files made before the quantized one; "search": the
-    rendering MLPs at RENDER_BITS, the entropy networks at the depth that makes the smallest file,
-    codec/weights.py `smallest_file`)."""
+    `network_bits` as codec/anchor.py's `encode` (its entropy part: prior, vr and head networks)."""
     if network_bits == SEARCH:
         return smallest_file(lambda bits: encode(model, ent, sa, lam=lam, header_extra=header_extra, chunk=chunk,
                                                  network_bits=bits))
