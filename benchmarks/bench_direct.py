@@ -154,7 +154,10 @@ def report(records: list[dict]) -> None:
                   "| sh repeats | networks+grid | PSNR (mean) | PSNR of mean MSE | worst view | SSIM | encode s "
                   "| decode s | context mean/max |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        stale = [r for r in runs if not all(METRIC in p for p in r["points"])]  # measured on other views
         for r in runs:
+            if r in stale:
+                continue
             for p in r["points"]:
                 s = p["sections"]
                 lines.append(f"| {r['run']} | {p['lambda']:.3g} | {p['bytes']:,} | {s['locations'] + s['counts']:,} "
@@ -164,6 +167,10 @@ def report(records: list[dict]) -> None:
                              f"| {p.get(METRIC, float('nan')):.2f} | {p.get('worst_psnr', float('nan')):.2f} "
                              f"| {p['ssim']:.4f} | {p['encode_s']:.2f} | {p['decode_s']:.2f} "
                              f"| {p['context_mean']:.1f}/{p['context_max']} |")
+        if stale:
+            lines += ["", "Recorded before the evaluation views (other views, mean of PSNRs; not comparable, so not in "
+                      "this table): " + ", ".join(f"{r['run']} ({len(r['points'])} λ)" for r in stale)
+                      + ". `--ablations` measures them again."]
         ablations = [r for r in runs if r["run"] != "default"]
         if full and ablations:
             lines += ["", "BD-rate of each variant against the default, over the variants' λ (positive: the "
