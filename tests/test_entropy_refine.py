@@ -9,6 +9,7 @@ from conftest import DEMO_PLY
 from hemgs.anchor.warm_start import build_anchor_model, warm_start
 from hemgs.codec import anchor as hac_codec
 from hemgs.codec import hemgs_codec
+from hemgs.codec.weights import NETWORK_BITS
 from hemgs.entropy.refine import fixed_symbols_hac, fixed_symbols_hemgs, refine_entropy
 from hemgs.errors import InputError
 from hemgs.fit import FEATURE_STD, REFINE_PER_STEP, FitConfig, entropy_lambdas, new_entropy_model, rescale_features, scene_agnostic_prior
@@ -16,6 +17,9 @@ from hemgs.io import load_scene
 from hemgs.model_store import load_model, save_model
 
 CHUNK = 256
+# One depth of the file's entropy networks: the encoder's search over depths may pick another for
+# another model, and the steps, which these networks predict, with it.
+BITS = {"chunk": CHUNK, "network_bits": NETWORK_BITS}
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +40,14 @@ def _same_anchors(a, b) -> bool:
 def test_hac_refinement_lowers_the_rate_and_codes_the_same_values(anchor_model, tmp_path):
     cfg = FitConfig(codec="hac", lam=2e-3, refine_steps=75)
     entropy = new_entropy_model(anchor_model, cfg, seed=1)
-    _, before_sections, before = hac_codec.encode(anchor_model, entropy, lam=cfg.lam, chunk=CHUNK)
+    _, before_sections, before = hac_codec.encode(anchor_model, entropy, lam=cfg.lam, **BITS)
     step_rows = entropy.mlp[2].weight.detach()[-3:].clone()
     info = refine_entropy(anchor_model, entropy, lambdas=entropy_lambdas(entropy, cfg), steps=cfg.refine_steps)
     assert torch.equal(entropy.mlp[2].weight.detach()[-3:], step_rows)  # the step outputs never move
     # an untrained head: the exact rate of the frozen symbols falls by far more than noise
     assert info["bits_after"] < 0.9 * info["bits_before"], info
     assert 0 < info["steps"] <= cfg.refine_steps and info["budget"] == cfg.refine_steps
-    _, after_sections, after = hac_codec.encode(anchor_model, entropy, lam=cfg.lam, chunk=CHUNK)
+    _, after_sections, after = hac_codec.encode(anchor_model, entropy, lam=cfg.lam, **BITS)
     assert _same_anchors(before, after)
     streams = ("features", "scaling", "offsets")
     assert sum(len(after_sections[s]) for s in streams) < sum(len(before_sections[s]) for s in streams)
@@ -60,7 +64,7 @@ def test_hemgs_refinement_keeps_every_lambda_s_values(anchor_model):
     entropy = new_entropy_model(anchor_model, cfg, seed=1)
     sa = scene_agnostic_prior()
     lams = (1e-3, 2.5e-3)
-    before = [hemgs_codec.encode(anchor_model, entropy, sa, lam=lam, chunk=CHUNK)[2] for lam in lams]
+    before = [hemgs_codec.encode(anchor_model, entropy, sa, lam=lam, **BITS)[2] for lam in lams]
     frozen = {k: v.clone() for k, v in entropy.state_dict().items() if not k.startswith("head.")}
     info = refine_entropy(anchor_model, entropy, lambdas=entropy_lambdas(entropy, cfg), steps=cfg.refine_steps,
                           sa_feat=sa.features(anchor_model.coords.numpy()))
@@ -68,7 +72,7 @@ def test_hemgs_refinement_keeps_every_lambda_s_values(anchor_model):
     state = entropy.state_dict()
     assert all(torch.equal(state[k], v) for k, v in frozen.items())  # grid, priors, step predictor
     for lam, b in zip(lams, before):
-        assert _same_anchors(b, hemgs_codec.encode(anchor_model, entropy, sa, lam=lam, chunk=CHUNK)[2])
+        assert _same_anchors(b, hemgs_codec.encode(anchor_model, entropy, sa, lam=lam, **BITS)[2])
 
 
 @pytest.mark.parametrize("codec", ["hac", "hemgs"])
@@ -78,11 +82,11 @@ def test_fixed_symbols_are_what_the_file_decodes_to(anchor_model, codec):
     entropy = new_entropy_model(anchor_model, FitConfig(codec=codec), seed=1)
     if codec == "hac":
         fixed, _ = fixed_symbols_hac(anchor_model, entropy)
-        decoded = hac_codec.encode(anchor_model, entropy, lam=1e-3, chunk=CHUNK)[2]
+        decoded = hac_codec.encode(anchor_model, entropy, lam=1e-3, **BITS)[2]
     else:
         sa = scene_agnostic_prior()
         fixed, _ = fixed_symbols_hemgs(anchor_model, entropy, 2e-3, sa.features(anchor_model.coords.numpy()))
-        decoded = hemgs_codec.encode(anchor_model, entropy, sa, lam=2e-3, chunk=CHUNK)[2]
+        decoded = hemgs_codec.encode(anchor_model, entropy, sa, lam=2e-3, **BITS)[2]
     # the file's anchors come in the location coder's order: match them by coordinates
     order = {tuple(c): i for i, c in enumerate(decoded.model.coords.tolist())}
     rows = torch.tensor([order[tuple(c)] for c in anchor_model.coords.tolist()])

@@ -33,7 +33,7 @@ from .cameras import Camera, scene_views, split_views
 from .entropy.hac import AnchorAttrs, HacEntropyModel
 from .entropy.hashgrid import HashGridConfig
 from .entropy.hemgs import LAMBDAS, HemgsConfig, HemgsEntropyModel
-from .entropy.refine import refine_entropy
+from .entropy.refine import init_from_anchors, refine_entropy
 from .errors import InputError, SceneError
 from .metrics import ssim_loss_term
 from .render import render
@@ -74,6 +74,9 @@ class FitConfig:
     # entropy refinement after the fine-tune (hemgs.entropy.refine): at most this many steps, fewer
     # once the rate stops improving; None: REFINE_PER_STEP per render step; 0: none
     refine_steps: int | None = None
+    # when the rate joins: start the entropy model's means and scales at each channel's mean and
+    # spread (hemgs.entropy.refine.init_from_anchors) instead of N(0, 0.69)
+    init_entropy: bool = True
 
     def validate(self) -> None:
         lo, hi = LAMBDA_RANGE
@@ -342,6 +345,8 @@ def render_finetune(model: AnchorModel, entropy, views: list[Camera], targets: l
             rng.shuffle(order)
         i = order.pop()
         cam, target = views[i], targets[i]
+        if step == rate_from and cfg.init_entropy:
+            init_from_anchors(model, entropy)
         vis = visible_anchors(model, cam)
         if not bool(vis.any()):
             report("render", step + 1, cfg.steps, {})  # (a skipped step is still one done)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..codec.weights import round_to_half
+from ..codec.weights import ENTROPY_BITS, round_networks
 from ..coding.steps import snap_steps, step_values
 from .hac import BASE_STEP, GROUPS, HacEntropyModel
 from .hemgs import HemgsEntropyModel
@@ -89,26 +89,17 @@ def snap(values: torch.Tensor, q: torch.Tensor, base: torch.Tensor, coded: torch
     return FixedPart(vals, steps_t, coded.clone())
 
 
-def stored_bits() -> int | None:
-    """The bit depth of the entropy networks in an anchor-mode file: the codec's (codec/weights.py
-    NETWORK_BITS: rendering MLPs, entropy networks) where it quantizes them, None for float16."""
-    from ..codec import weights
-
-    bits = getattr(weights, "NETWORK_BITS", None)
-    return None if bits is None else bits[1]
+def stored_bits() -> int:
+    """The bit depth of the entropy networks in an anchor-mode file: the first depth the encoder
+    tries (codec/weights.py ENTROPY_BITS; its search goes on to deeper ones only while the file
+    shrinks, and a refinement trained at this depth keeps it there)."""
+    return ENTROPY_BITS
 
 
 def round_as_stored(modules: dict[str, torch.nn.Module]) -> None:
     """Round entropy networks in place to what an anchor-mode file holds, as its encoder does
     before it computes any step."""
-    from ..codec import weights
-
-    bits = stored_bits()
-    if bits is None:
-        for module in modules.values():
-            round_to_half(module)
-    else:
-        weights.round_networks([modules], (bits,))
+    round_networks([modules], (stored_bits(),))
 
 
 class _AsStored(torch.nn.Module):
@@ -116,13 +107,13 @@ class _AsStored(torch.nn.Module):
     float16 step, else float16; codec/weights.py quantize_weights), with a straight-through
     gradient, so the refinement trains the heads the decoder will have."""
 
-    def __init__(self, bits: int | None):
+    def __init__(self, bits: int):
         super().__init__()
         self.bits = bits
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            if self.bits is None or w.ndim != 2:
+            if w.ndim != 2:
                 q = w.to(torch.float16).to(w.dtype)
             else:
                 top = (1 << (self.bits - 1)) - 1
@@ -209,22 +200,23 @@ def stage_b(fixed: dict[str, FixedPart]) -> FixedPart:
 
 def hemgs_stage_params(entropy: HemgsEntropyModel, stage: str, prior: torch.Tensor, decoded: torch.Tensor,
                        ctx_index: torch.Tensor | None, ctx_offsets: torch.Tensor | None, rows: torch.Tensor):
-    """(mean, scale) of one stage for `rows`: its head on the prior and, with the AR part, on the
-    decoded values of the context anchors (`decoded` (N, A), the values the decoder has)."""
+    """(mean, scale) of one stage for `rows`: its head on their prior (len(rows), P) and, with the
+    AR part, on the decoded values of their context anchors (`decoded` (N, A) of all anchors,
+    the values the decoder has)."""
     ctx = None
     if entropy.cfg.ar:
         idx = ctx_index[rows]
         ok = idx >= 0
         neigh = decoded[idx.clamp_min(0)] * ok[..., None]
         ctx = entropy.head[stage].ctx(neigh, ctx_offsets[rows], ok)
-    return entropy.head[stage](prior[rows], ctx)
+    return entropy.head[stage](prior, ctx)
 
 
 def hemgs_bits(entropy: HemgsEntropyModel, priors: dict, fa: FixedPart, fb: FixedPart, ctx, rows) -> dict:
     """Bits per part of `rows` (sums) under the HEMGS heads; `fa`, `fb` float32 FixedParts of the
     two stages, `priors` {"a", "b"} float32, `ctx` (index, offsets) or (None, None)."""
-    ma, sa = hemgs_stage_params(entropy, "a", priors["a"], fa.values, *ctx, rows)
-    mb, sb = hemgs_stage_params(entropy, "b", priors["b"], fb.values, *ctx, rows)
+    ma, sa = hemgs_stage_params(entropy, "a", priors["a"][rows], fa.values, *ctx, rows)
+    mb, sb = hemgs_stage_params(entropy, "b", priors["b"][rows], fb.values, *ctx, rows)
     bb = part_bits(fb, mb, sb, rows)
     return {"features": part_bits(fa, ma, sa, rows).sum(), "scaling": bb[:, :6].sum(), "offsets": bb[:, 6:].sum()}
 
@@ -233,6 +225,48 @@ def hac_bits(entropy: HacEntropyModel, raw: torch.Tensor, fixed: dict[str, Fixed
     """Bits per part of `rows` (sums) from the HAC MLP's raw output for those rows."""
     params = entropy.split(raw)
     return {p: part_bits(fixed[p], params[p].mean, params[p].scale, rows).sum() for p in PARTS}
+
+
+@torch.no_grad()
+def channel_stats(values: dict[str, torch.Tensor], coded: dict[str, torch.Tensor]) -> dict:
+    """Per part, each channel's mean and softplus⁻¹ of its spread over the `coded` elements of
+    `values` (N, A): the raw outputs that code it under its own Gaussian."""
+    stats = {}
+    for k in PARTS:
+        c = coded[k].to(values[k].dtype)
+        n = c.sum(0).clamp_min(1)
+        m = (values[k] * c).sum(0) / n
+        sd = (((values[k] - m) ** 2 * c).sum(0) / n).sqrt().clamp_min(1e-4)
+        stats[k] = (m, torch.log(torch.expm1(sd)))  # the heads' scale is softplus(raw)
+    return stats
+
+
+@torch.no_grad()
+def init_output_biases(entropy, values: dict[str, torch.Tensor], coded: dict[str, torch.Tensor]) -> None:
+    """Start the entropy model's means and scales at each channel's mean and spread of `values`
+    (channel_stats): the output layer's biases, so that before any training every element is coded
+    under its channel's own Gaussian, not N(0, 0.69) (scalings sit near -3 in log space)."""
+    stats = channel_stats(values, coded)
+    if isinstance(entropy, HemgsEntropyModel):
+        for stage, parts in (("a", ["features"]), ("b", ["scaling", "offsets"])):
+            bias = entropy.head[stage].fuse[2].bias
+            m = torch.cat([stats[k][0] for k in parts]).to(bias)
+            bias[:m.numel()], bias[m.numel():] = m, torch.cat([stats[k][1] for k in parts]).to(bias)
+        return
+    bias, at = entropy.mlp[2].bias, 0  # HAC: per part [mean | scale], then the steps
+    for k in PARTS:
+        m, raw = stats[k]
+        bias[at:at + m.numel()], bias[at + m.numel():at + 2 * m.numel()] = m.to(bias), raw.to(bias)
+        at += 2 * m.numel()
+
+
+def init_from_anchors(model, entropy) -> None:
+    """`init_output_biases` from the anchor model's current attributes (offsets where their slot
+    is on): what hemgs.fit does when the rate joins the fine-tune."""
+    v = anchor_values(model)
+    ones = torch.ones_like(v["features"], dtype=torch.bool)
+    init_output_biases(entropy, {k: v[k] for k in PARTS},
+                       {"features": ones, "scaling": torch.ones_like(v["scaling"], dtype=torch.bool), "offsets": v["mask3"]})
 
 
 # ---- the refinement --------------------------------------------------------------------------------
