@@ -59,9 +59,8 @@ from hemgs.device import set_threads  # noqa: E402
 from hemgs.entropy.context import assign_groups, select_context  # noqa: E402
 from hemgs.codec.hemgs_codec import encode as hemgs_encode  # noqa: E402
 from hemgs.entropy.hemgs import HemgsEntropyModel  # noqa: E402
-from hemgs.entropy.refine import (PARTS, FixedPart, fixed_symbols_hac, fixed_symbols_hemgs,  # noqa: E402
-                                  channel_stats, hemgs_stage_params, init_output_biases, part_bits,
-                                  stage_b)
+from hemgs.entropy.refine import (PARTS, FixedPart, Plateau, channel_stats, fixed_symbols_hac,  # noqa: E402
+                                  fixed_symbols_hemgs, init_output_biases, part_bits, stage_b)
 from hemgs.fit import FitConfig, fit, new_entropy_model, scene_agnostic_prior  # noqa: E402
 from hemgs.io import load_scene  # noqa: E402
 from hemgs.model_store import load_model, save_model  # noqa: E402
@@ -78,7 +77,7 @@ MODELS = ["iid", "hac", *HEMGS_VARIANTS]
 # The paper's Table 5 (DeepBlending, MB): HAC and HEMGS per component.
 PAPER = {"locations": (0.897, 0.736), "features": (1.366, 1.244), "scaling": (0.716, 0.648),
          "offsets": (0.974, 0.640), "others": (0.362, 0.402), "total": (4.318, 3.670)}
-REL_TOL, PATIENCE, BATCH, LR = 2e-4, 3, 2048, 5e-3
+BATCH, LR = 2048, 5e-3
 
 
 # ---- the anchor model and its symbols ---------------------------------------------------------------
@@ -176,8 +175,8 @@ class Subject:
         hyper = e.hyper(grid, None if self.sa is None else self.sa[rows])
         prior_a = e.stage_prior("a", hyper, None)
         prior_b = e.stage_prior("b", hyper, self.prior_feat[rows])
-        ma, sa = hemgs_stage_params(e, "a", prior_a, self.fixed["features"].values, *self.ctx, rows)
-        mb, sb = hemgs_stage_params(e, "b", prior_b, self.fb.values, *self.ctx, rows)
+        ma, sa = e.stage_params("a", prior_a, self.fixed["features"].values, *self.ctx, rows)
+        mb, sb = e.stage_params("b", prior_b, self.fb.values, *self.ctx, rows)
         return {"features": (ma, sa), "scaling": (mb[:, :6], sb[:, :6]), "offsets": (mb[:, 6:], sb[:, 6:])}
 
     def bits(self, rows: torch.Tensor) -> dict:
@@ -221,8 +220,8 @@ def train(subject: Subject, train_rows, held_rows, max_steps: int, eval_every: i
         with torch.no_grad():
             return float(sum(b.sum() for b in subject.bits(held_rows).values()))
 
-    best, stale, curve = held(), 0, []
-    best_state = {k: v.clone() for k, v in subject.ent.state_dict().items()}
+    curve = []
+    plateau = Plateau(opt, held(), lambda: {k: v.clone() for k, v in subject.ent.state_dict().items()})
     t0, done = time.perf_counter(), 0
     for step in range(max_steps):
         rows = train_rows[torch.randperm(len(train_rows), generator=gen)[:BATCH]]
@@ -234,17 +233,9 @@ def train(subject: Subject, train_rows, held_rows, max_steps: int, eval_every: i
         if done % eval_every == 0 or done == max_steps:
             now = held()
             curve.append((done, now / len(held_rows)))
-            if now < best * (1 - REL_TOL):
-                stale = 0
-            else:
-                stale += 1
-                for g in opt.param_groups:
-                    g["lr"] *= 0.5
-            if now < best:
-                best, best_state = now, {k: v.clone() for k, v in subject.ent.state_dict().items()}
-            if stale >= PATIENCE:
+            if plateau.update(now):
                 break
-    subject.ent.load_state_dict(best_state)
+    subject.ent.load_state_dict(plateau.best_state)
     return {"steps": done, "seconds": time.perf_counter() - t0, "curve": curve}
 
 

@@ -215,14 +215,21 @@ class HemgsEntropyModel(nn.Module):
         hat = AnchorAttrs(f_render, b_render[:, :6], b_render[:, 6:].reshape(n, k, 3), attrs.mask)
         return hat, bits
 
-    def _stage_bits(self, stage, prior, hat, values, q, ctx_index, ctx_offsets, rows, coded):
+    def stage_params(self, stage: str, prior: torch.Tensor, decoded: torch.Tensor, ctx_index: torch.Tensor | None,
+                     ctx_offsets: torch.Tensor | None, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, scale) of one stage for `rows`: its head on their prior (len(rows), P) and, with
+        the AR part, on the decoded values of their context anchors (`decoded` (N, A) of all
+        anchors, the values the decoder has)."""
         ctx = None
         if self.cfg.ar:
             idx = ctx_index[rows]
             ok = idx >= 0
-            neigh = hat[idx.clamp_min(0)] * ok[..., None]
+            neigh = decoded[idx.clamp_min(0)] * ok[..., None]
             ctx = self.head[stage].ctx(neigh, ctx_offsets[rows], ok)
-        mean, scale = self.head[stage](prior[rows], ctx)
+        return self.head[stage](prior, ctx)
+
+    def _stage_bits(self, stage, prior, hat, values, q, ctx_index, ctx_offsets, rows, coded):
+        mean, scale = self.stage_params(stage, prior[rows], hat, ctx_index, ctx_offsets, rows)
         b = gaussian_bits(quantize(values[rows], q[rows], "noise"), mean, scale, q[rows])
         return b if coded is None else b * coded[rows]
 

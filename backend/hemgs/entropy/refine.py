@@ -198,25 +198,11 @@ def stage_b(fixed: dict[str, FixedPart]) -> FixedPart:
     return FixedPart(torch.cat([s.values, o.values], 1), torch.cat([s.steps, o.steps], 1), torch.cat([s.coded, o.coded], 1))
 
 
-def hemgs_stage_params(entropy: HemgsEntropyModel, stage: str, prior: torch.Tensor, decoded: torch.Tensor,
-                       ctx_index: torch.Tensor | None, ctx_offsets: torch.Tensor | None, rows: torch.Tensor):
-    """(mean, scale) of one stage for `rows`: its head on their prior (len(rows), P) and, with the
-    AR part, on the decoded values of their context anchors (`decoded` (N, A) of all anchors,
-    the values the decoder has)."""
-    ctx = None
-    if entropy.cfg.ar:
-        idx = ctx_index[rows]
-        ok = idx >= 0
-        neigh = decoded[idx.clamp_min(0)] * ok[..., None]
-        ctx = entropy.head[stage].ctx(neigh, ctx_offsets[rows], ok)
-    return entropy.head[stage](prior, ctx)
-
-
 def hemgs_bits(entropy: HemgsEntropyModel, priors: dict, fa: FixedPart, fb: FixedPart, ctx, rows) -> dict:
     """Bits per part of `rows` (sums) under the HEMGS heads; `fa`, `fb` float32 FixedParts of the
     two stages, `priors` {"a", "b"} float32, `ctx` (index, offsets) or (None, None)."""
-    ma, sa = hemgs_stage_params(entropy, "a", priors["a"][rows], fa.values, *ctx, rows)
-    mb, sb = hemgs_stage_params(entropy, "b", priors["b"][rows], fb.values, *ctx, rows)
+    ma, sa = entropy.stage_params("a", priors["a"][rows], fa.values, *ctx, rows)
+    mb, sb = entropy.stage_params("b", priors["b"][rows], fb.values, *ctx, rows)
     bb = part_bits(fb, mb, sb, rows)
     return {"features": part_bits(fa, ma, sa, rows).sum(), "scaling": bb[:, :6].sum(), "offsets": bb[:, 6:].sum()}
 
@@ -274,6 +260,28 @@ EVAL_EVERY = 25  # steps between two measurements of the whole rate
 REL_TOL = 2e-4  # a measurement that gains less than this on the best halves the learning rate ...
 PATIENCE = 3  # ... and this many in a row end the refinement
 BATCH = 2048  # anchors per step
+
+
+class Plateau:
+    """The stopping rule of a rate-only training: a measurement that gains less than REL_TOL on
+    the best so far halves the learning rate, PATIENCE of them in a row stop it; the state of the
+    best measurement is kept (`state()` takes a copy)."""
+
+    def __init__(self, opt: torch.optim.Optimizer, first: float, state):
+        self.opt, self.best, self.state, self.stale = opt, first, state, 0
+        self.best_state = state()
+
+    def update(self, now: float) -> bool:
+        """Take a measurement; True when the training should stop."""
+        if now < self.best * (1.0 - REL_TOL):
+            self.stale = 0
+        else:
+            self.stale += 1
+            for g in self.opt.param_groups:
+                g["lr"] *= 0.5
+        if now < self.best:
+            self.best, self.best_state = now, self.state()
+        return self.stale >= PATIENCE
 
 
 class _Problem:
@@ -338,9 +346,10 @@ def refine_entropy(model, entropy, *, lambdas, steps: int, lr: float = 3e-3, sa_
                    seed: int = 0, progress=None) -> dict:
     """Train the parts of `entropy` that do not feed a quantization step on the exact rate of the
     symbols `model` codes (the mean over `lambdas` for a variable-rate model), for at most `steps`
-    steps; a measurement of the whole rate that gains less than REL_TOL on the best halves the
-    learning rate, and PATIENCE of them in a row stop it. The best state is kept. Returns bits before/after (all anchors), steps done and seconds.
-    `progress(stage, step, total, info)` hears stage "refine"."""
+    steps, measuring the whole rate every EVAL_EVERY steps and stopping by `Plateau`'s rule; the
+    best state is kept. Returns bits before/after (all anchors), steps done, budget, seconds (also
+    set as `entropy.refinement`, which the model file records). `progress(stage, step, total,
+    info)` hears stage "refine"."""
     t0 = time.perf_counter()
     report = progress or (lambda *a: None)
     was_training = entropy.training
@@ -352,11 +361,11 @@ def refine_entropy(model, entropy, *, lambdas, steps: int, lr: float = 3e-3, sa_
         with torch.no_grad():
             return float(sum(prob.bits(all_rows).values()))
 
-    before = best = measure()
-    best_state = [p.detach().clone() for p in prob.params]
+    before = measure()
     opt = torch.optim.Adam(prob.params, lr=lr)
+    plateau = Plateau(opt, before, lambda: [p.detach().clone() for p in prob.params])
     gen = torch.Generator().manual_seed(seed)
-    done, stale = 0, 0
+    done = 0
     for step in range(steps):
         rows = all_rows[torch.randperm(prob.n, generator=gen)[:BATCH]] if prob.n > BATCH else all_rows
         case = step % len(prob.cases) if prob.hemgs else None
@@ -371,19 +380,13 @@ def refine_entropy(model, entropy, *, lambdas, steps: int, lr: float = 3e-3, sa_
         done = step + 1
         if done % EVAL_EVERY == 0 or done == steps:
             now = measure()
-            if now < best * (1.0 - REL_TOL):
-                stale = 0
-            else:
-                stale += 1
-                for g in opt.param_groups:
-                    g["lr"] *= 0.5
-            if now < best:
-                best, best_state = now, [p.detach().clone() for p in prob.params]
+            stop = plateau.update(now)
             report("refine", done, steps, {"bits_per_param": now / max(prob.coded, 1)})
-            if stale >= PATIENCE:
+            if stop:
                 break
+    best = plateau.best
     with torch.no_grad():
-        for p, b in zip(prob.params, best_state):
+        for p, b in zip(prob.params, plateau.best_state):
             p.copy_(b)
     _as_stored(prob.trained, False)
     entropy.train(was_training)
