@@ -26,7 +26,6 @@ same symbols.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass
 
@@ -50,10 +49,6 @@ class FixedPart:
     values: torch.Tensor
     steps: torch.Tensor
     coded: torch.Tensor
-
-    @property
-    def symbols(self) -> torch.Tensor:
-        return torch.round(self.values / self.steps).to(torch.int64)
 
     def to32(self, device=None) -> "FixedPart":
         return FixedPart(self.values.to(device, torch.float32), self.steps.to(device, torch.float32),
