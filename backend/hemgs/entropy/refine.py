@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..codec.weights import ENTROPY_BITS, round_networks
+from ..codec.weights import ENTROPY_BITS, _row_steps, _top, round_networks
 from ..coding.steps import snap_steps, step_values
 from .hac import BASE_STEP, GROUPS, HacEntropyModel
 from .hemgs import HemgsEntropyModel
@@ -110,10 +110,8 @@ class _AsStored(torch.nn.Module):
         with torch.no_grad():
             if w.ndim != 2:
                 q = w.to(torch.float16).to(w.dtype)
-            else:
-                top = (1 << (self.bits - 1)) - 1
-                step = (w.abs().amax(dim=1, keepdim=True) / top).clamp_max(65504.0).to(torch.float16).to(w.dtype)
-                step = torch.where(step > 0, step, torch.ones_like(step))
+            else:  # codec/weights.py quantize_weights, on one tensor
+                step, top = _row_steps(w, self.bits), _top(self.bits)
                 q = torch.round(w / step).clamp(-top, top) * step
         return w + (q - w).detach()
 
