@@ -103,7 +103,7 @@ def write_report(runs: list[dict]) -> None:
         "Written by `benchmarks/bench_anchor_codec.py`. PSNR/SSIM: renders of the decoded `.hgs`",
         "(view-dependent anchor model) and of its baked PLY against the source's renders, on the",
         "held-out views (every 8th sampled view). Times in seconds on the CPU; train = teacher renders +",
-        "warm start + render-space fine-tune. Sizes in bytes; `net` = float16 networks + hash grid.", "",
+        "warm start + render-space fine-tune. Sizes in bytes; `net` = networks (quantized, as the file stores them) + hash grid.", "",
         "| scene | λ | anchors | size | ratio | loc b/anchor | features | scaling | offsets | mask | net | PSNR | SSIM | PSNR baked | train | encode | decode | bake |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -378,6 +378,8 @@ def refine_entropy(model, entropy, *, lambdas, steps: int, lr: float = 3e-3, sa_
             if stop:
                 break
     best = plateau.best
+    if 0 < done < steps:  # stopped early: the stage is complete at `done` steps (progress bars reach their end)
+        report("refine", done, done, {"bits_per_param": best / max(prob.coded, 1)})
     with torch.no_grad():
         for p, b in zip(prob.params, plateau.best_state):
             p.copy_(b)
