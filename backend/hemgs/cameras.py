@@ -391,13 +391,18 @@ def split_views(cameras: list[Camera], every: int = 8) -> tuple[list[Camera], li
     return train, heldout
 
 
+def _cameras_beside(source_path) -> Path | None:
+    """The Inria cameras.json that sits next to a scene file (None without a path)."""
+    return Path(source_path).with_name("cameras.json") if source_path else None
+
+
 def own_cameras(source_path, cameras_file=None) -> list[Camera]:
     """A scene's own cameras: `cameras_file` (cameras.json or transforms.json), else the
     cameras.json beside `source_path`. InputError when there are none: coding a scene for its own
     cameras is an explicit choice, never a silent fallback."""
-    path = Path(cameras_file) if cameras_file else (Path(source_path).with_name("cameras.json") if source_path else None)
+    path = Path(cameras_file) if cameras_file else _cameras_beside(source_path)
     if path is None or not path.is_file():
-        where = f"{cameras_file}" if cameras_file else f"no cameras.json beside {source_path}"
+        where = f"{cameras_file} is not a file" if cameras_file else f"no cameras.json beside {source_path}"
         raise InputError(f"coding for the scene's own cameras needs them: {where} (give a cameras.json or "
                          "transforms.json)")
     cams = load_cameras(path)
@@ -413,7 +418,7 @@ def scene_views(scene, source_path, n: int = 16, width: int = 256, height: int =
     Own cameras are resized to `width` (height keeps their aspect); when there are more than
     `n`, `n` of them are taken evenly spaced.
     """
-    cams_file = Path(source_path).with_name("cameras.json") if source_path else None
+    cams_file = _cameras_beside(source_path)
     if cams_file is not None and cams_file.is_file():
         cams = load_cameras(cams_file)
         if len(cams) > n:

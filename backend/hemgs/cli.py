@@ -201,8 +201,10 @@ def _load(path: str):
     return scene
 
 
-def _views(scene, args, n: int, source_path: str | None = None):
-    from .cameras import load_cameras, scene_views
+def _views(scene, args, n: int, source_path: str | None = None, *, evaluation: bool = False):
+    """`--cameras`, else the scene's own or sampled views, or with `evaluation` the whole-sphere
+    views no encoder uses (what an orbiting artist sees)."""
+    from .cameras import evaluation_views, load_cameras, scene_views
 
     height = args.height or args.width
     if args.cameras:
@@ -210,6 +212,8 @@ def _views(scene, args, n: int, source_path: str | None = None):
         if not cams:
             raise InputError(f"{args.cameras} holds no usable camera")
         return cams
+    if evaluation:
+        return evaluation_views(scene, n=n, width=args.width, height=height)
     return scene_views(scene, source_path, n=n, width=args.width, height=height)
 
 
@@ -382,12 +386,7 @@ def _print_eval(res: dict, cams) -> None:
 def cmd_eval(args) -> int:
     device = _setup_torch(args)
     source = _load(args.source)
-    if args.cameras:
-        cams = _views(source, args, n=args.views, source_path=args.source)
-    else:  # the whole sphere, disjoint from the encoder's views: what an orbiting artist sees
-        from .cameras import evaluation_views
-
-        cams = evaluation_views(source, n=args.views, width=args.width, height=args.height)
+    cams = _views(source, args, n=args.views, source_path=args.source, evaluation=True)
     res = evaluate(args.source, args.other, cams, device)
     if args.json:
         print(json.dumps(res, indent=2))

@@ -15,14 +15,22 @@ import numpy as np
 LPIPS_UNAVAILABLE = "LPIPS unavailable: its network weights are not shipped for offline use"
 
 
-def psnr(a, b, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB; inf for identical images."""
+def mse(a, b) -> float:
+    """Mean squared error of two images of the same shape, in float64."""
     a64 = np.asarray(_np(a), dtype=np.float64)
     b64 = np.asarray(_np(b), dtype=np.float64)
     if a64.shape != b64.shape:
         raise ValueError(f"images differ in shape: {a64.shape} vs {b64.shape}")
-    mse = float(np.mean((a64 - b64) ** 2))
-    return math.inf if mse == 0.0 else 10.0 * math.log10(data_range**2 / mse)
+    return float(np.mean((a64 - b64) ** 2))
+
+
+def _psnr_of(m: float, data_range: float = 1.0) -> float:
+    return math.inf if m == 0.0 else 10.0 * math.log10(data_range**2 / m)
+
+
+def psnr(a, b, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB; inf for identical images."""
+    return _psnr_of(mse(a, b), data_range)
 
 
 def ssim(a, b, data_range: float = 1.0) -> float:
@@ -55,15 +63,15 @@ def compare_images(refs, others) -> dict:
     and the per-view values (images in [0, 1])."""
     if len(refs) != len(others) or not refs:
         raise ValueError("need the same, non-zero number of reference and test images")
-    p = [psnr(r, o) for r, o in zip(refs, others)]
+    errors = [mse(r, o) for r, o in zip(refs, others)]
+    p = [_psnr_of(m) for m in errors]
     s = [ssim(r, o) for r, o in zip(refs, others)]
     finite = [v for v in p if math.isfinite(v)]
-    mse = [float(np.mean((_np(r).astype(np.float64) - _np(o).astype(np.float64)) ** 2)) for r, o in zip(refs, others)]
     # Mean PSNR over views as the 3DGS papers report it; identical views (inf) are listed, not averaged.
     # The PSNR of the mean MSE and the worst view: a view that fails cannot hide in the mean.
     return {
         "psnr": float(np.mean(finite)) if finite else math.inf,
-        "psnr_of_mean_mse": float(-10.0 * np.log10(np.mean(mse))) if np.mean(mse) > 0 else math.inf,
+        "psnr_of_mean_mse": _psnr_of(float(np.mean(errors))),
         "worst_psnr": float(min(p)),
         "ssim": float(np.mean(s)),
         "psnr_per_view": p,

@@ -94,16 +94,10 @@ def splat_sizes(log_scales: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return np.minimum(SIZE_SIGMAS * sigma_mid, _size_cap(positions)).astype(np.float32)
 
 
-def opacity_from_logits(logits: np.ndarray) -> np.ndarray:
-    """sigmoid(logits) without overflow: ±inf (and ±1000) give exactly 1 and 0, with no warning."""
-    logits = np.asarray(logits, np.float32)
-    return np.exp(-np.logaddexp(np.float32(0), -logits)).astype(np.float32)
-
-
 def preview_from_scene(scene: GaussianScene) -> SplatPreview:
     """Preview arrays of a 3DGS scene (colour from the DC term, opacity, size from the scales)."""
     meta = {"kind": "gaussians", **{k: scene.meta[k] for k in ("path", "source_format") if k in scene.meta}}
-    return SplatPreview(scene.means, scene.colors_dc, opacity_from_logits(scene.opacity_logits),
+    return SplatPreview(scene.means, scene.colors_dc, scene.opacities,
                         splat_sizes(scene.log_scales, scene.means), meta)
 
 

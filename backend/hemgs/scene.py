@@ -90,7 +90,9 @@ class GaussianScene:
 
     @property
     def opacities(self) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.opacity_logits))
+        # exp overflows to inf for logits below about -88 (-inf included): 1/inf is the exact 0
+        with np.errstate(over="ignore"):
+            return 1.0 / (1.0 + np.exp(-self.opacity_logits))
 
     @property
     def colors_dc(self) -> np.ndarray:
@@ -154,12 +156,11 @@ def sanitize(scene: GaussianScene) -> tuple[GaussianScene, list[str]]:
     """
     warnings: list[str] = []
     n = len(scene)
-    with np.errstate(invalid="ignore"):
-        finite = (
-            np.isfinite(scene.means).all(1) & np.isfinite(scene.quats).all(1)
-            & ~np.isnan(scene.log_scales).any(1) & ~(scene.log_scales == np.inf).any(1)
-            & ~np.isnan(scene.opacity_logits) & np.isfinite(scene.sh).all((1, 2))
-        )
+    finite = (
+        np.isfinite(scene.means).all(1) & np.isfinite(scene.quats).all(1)
+        & ~(np.isnan(scene.log_scales) | np.isposinf(scene.log_scales)).any(1)
+        & ~np.isnan(scene.opacity_logits) & np.isfinite(scene.sh).all((1, 2))
+    )
     if not finite.all():
         warnings.append(f"dropped {int((~finite).sum())} of {n} Gaussians with NaN/Inf attributes")
     with np.errstate(invalid="ignore", over="ignore"):

@@ -13,6 +13,7 @@ half-written output is ever left under an output's final name.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -327,11 +328,10 @@ def _stage_reporter(cfg, progress: Callable) -> Callable:
     from .progress import STAGE_NAMES
 
     n_teacher = cfg.views - (cfg.views + 7) // 8  # every 8th view is held out
-    work = {"teacher": n_teacher * _STAGE_COST["teacher"], "warm": cfg.warm_steps * _STAGE_COST["warm"],
-            "render": cfg.steps * _STAGE_COST["render"], "refine": cfg.refine_budget * _STAGE_COST["refine"]}
+    steps = {"teacher": n_teacher, "warm": cfg.warm_steps, "render": cfg.steps, "refine": cfg.refine_budget}
+    work = {stage: n * _STAGE_COST[stage] for stage, n in steps.items()}  # in the fit's order
     total_work = sum(work.values()) or 1.0
-    before = {"teacher": 0.0, "warm": work["teacher"], "render": work["teacher"] + work["warm"],
-              "refine": work["teacher"] + work["warm"] + work["render"]}
+    before = dict(zip(work, itertools.accumulate(work.values(), initial=0.0)))
     last = {"t": 0.0}
 
     def report(stage: str, step: int, total: int, info: dict) -> None:

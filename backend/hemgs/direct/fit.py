@@ -60,7 +60,6 @@ def scene_agnostic_for(cfg: DirectConfig):
 
 IMPORTANCE_VIEWS = 12  # views at 128² for the render weights (not the evaluation's views)
 IMPORTANCE_SIZE = 128
-IMPORTANCE_SPHERE = True  # views over the whole sphere (else the spiral band of cameras.sample_views)
 IMPORTANCE_POWER = 1.0  # how the views' importances combine (attributes.visibility)
 
 
@@ -71,7 +70,7 @@ def importance_views(scene: GaussianScene, cameras: list | None = None) -> list:
     """The views each Gaussian's importance is measured from: by default the whole sphere, since an
     artist orbits freely, at the encoder's phase (no evaluation view is among them); with
     `cameras` (the scene's own, chosen explicitly), those only, at IMPORTANCE_SIZE wide."""
-    from ..cameras import ENCODER_PHASE, sample_views, sphere_views
+    from ..cameras import ENCODER_PHASE, sphere_views
 
     if not len(scene):
         return []
@@ -79,10 +78,7 @@ def importance_views(scene: GaussianScene, cameras: list | None = None) -> list:
         if len(cameras) > MAX_CAMERA_VIEWS:
             cameras = [cameras[i] for i in np.linspace(0, len(cameras) - 1, MAX_CAMERA_VIEWS).round().astype(int)]
         return [c.resized(IMPORTANCE_SIZE) for c in cameras]
-    if IMPORTANCE_SPHERE:
-        return sphere_views(scene, n=IMPORTANCE_VIEWS, width=IMPORTANCE_SIZE, height=IMPORTANCE_SIZE,
-                            phase=ENCODER_PHASE)
-    return sample_views(scene, n=IMPORTANCE_VIEWS, width=IMPORTANCE_SIZE, height=IMPORTANCE_SIZE)
+    return sphere_views(scene, n=IMPORTANCE_VIEWS, width=IMPORTANCE_SIZE, height=IMPORTANCE_SIZE, phase=ENCODER_PHASE)
 
 
 def _stage_values(prep: Prepared, scene: GaussianScene, cfg: DirectConfig, stages=None,
