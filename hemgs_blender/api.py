@@ -286,17 +286,18 @@ def compress(sources: str | os.PathLike | Iterable[str | os.PathLike],
              lambdas: float | Iterable[float] | None = None, output_dir: str | os.PathLike | None = None,
              preset: str = "quick", eval_views: int = 16, eval_width: int = 256, reuse_models: bool = True,
              on_result: Callable[[dict], None] | None = None, codec: str = "hemgs", variable_rate: bool = True,
-             mode: str = "anchor", **train_args) -> list[dict]:
+             mode: str = "direct", **train_args) -> list[dict]:
     """Batch: every file of `sources` at every λ of `lambdas` -> `<stem>.<lamtag>.hgs` in `output_dir`
     (default: beside each source), each measured against its source over `eval_views` views at
     `eval_width` pixels (0 views: sizes only).
 
-    `mode="direct"`: anchor-free, no model: each file is fitted once (in the worker; `train_args`
+    `mode="direct"` (default; the better mode at every rate measured so far, docs/anchor-model.md):
+    anchor-free, no model: each file is fitted once (in the worker; `train_args`
     may hold iters, scene_agnostic, ar, acs) and coded at every λ of `lambdas` (direct units,
     default 1.0) -> `<stem>.direct.<lamtag>.hgs`. Rows: source, lambda, mode, fitted (bool: this
     λ's request fitted the source), output, bytes, source_bytes, ratio, psnr, ssim, sections.
 
-    `mode="anchor"` (default; `lambdas` default 1e-3):
+    `mode="anchor"` (`lambdas` default 1e-3):
 
     A variable-rate model (the default) is trained ONCE per file, with `preset` (and `train_args`:
     steps, warm_steps, width, views, scene_agnostic, ar, acs, lambdas), kept as
@@ -311,6 +312,8 @@ def compress(sources: str | os.PathLike | Iterable[str | os.PathLike],
     written, overwritten or made (`output_dir` included)."""
     if mode not in ("anchor", "direct"):
         raise ValueError(f"unknown mode {mode!r}: use 'anchor' or 'direct'")
+    if mode == "direct" and codec != "hemgs":
+        raise ValueError(f"codec={codec!r} applies to mode='anchor'; direct mode is HEMGS only")
     srcs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     if lambdas is None:
         lambdas = (1.0,) if mode == "direct" else (1e-3,)

@@ -13,11 +13,12 @@ LAMBDA_MIN, LAMBDA_MAX = 1e-4, 1e-1
 # Entropy models Train can make (the backend's codecs): HEMGS is variable-rate by default.
 CODECS = [("HEMGS", "HEMGS", "The HEMGS hybrid entropy model (scene-agnostic prior, autoregressive context)"),
           ("HAC", "HAC", "The HAC baseline: hash-grid context only, one λ per model")]
-# Coding modes (= hemgs.modes.MODES). Direct needs no Train step: Compress fits the source itself.
-MODES = [("ANCHOR", "Anchor (HEMGS, trained)", "Train an anchor model (minutes), then code it at any λ it serves: "
-          "the smallest files"),
-         ("DIRECT", "Direct (anchor-free, near-lossless)", "Code the source's own Gaussians: no training step, the "
-          "entropy model is fitted in seconds to a minute; near-lossless, larger files")]
+# Coding modes (= hemgs.modes.MODES), the default first (= hemgs.modes.DEFAULT_MODE). Direct needs no
+# Train step: Compress fits the source itself.
+MODES = [("DIRECT", "Direct (anchor-free)", "Code the source's own Gaussians: no training step, the entropy model "
+          "is fitted in seconds to a minute; the better mode at every rate measured so far"),
+         ("ANCHOR", "Anchor (HEMGS, trained)", "The paper's method: train an anchor model (minutes), then code it "
+          "at any λ it serves. Today larger and lower in PSNR than Direct (docs/anchor-model.md)")]
 # Direct mode's λ, in its own units (= hemgs.modes.DIRECT_LAMBDA_RANGE / DIRECT_LAMBDA_DEFAULT). The
 # slider is log2(λ).
 DIRECT_LAMBDA_MIN, DIRECT_LAMBDA_MAX, DIRECT_LAMBDA_DEFAULT = 0.015625, 16.0, 1.0
@@ -45,7 +46,7 @@ class HEMGS_SceneProps(bpy.types.PropertyGroup):
         name="Size", description="Width of the PSNR/SSIM renders, in pixels", default=256, min=16, max=4096)
 
     mode: bpy.props.EnumProperty(  # type: ignore[valid-type]
-        name="Mode", description="How the scene is coded", items=MODES, default="ANCHOR")
+        name="Mode", description="How the scene is coded", items=MODES, default="DIRECT")
     # ---- direct mode ----
     direct_log_lambda: bpy.props.FloatProperty(  # type: ignore[valid-type]
         name="λ", description="Direct mode's rate-distortion weight, as log2(λ): larger is a smaller file, lower "

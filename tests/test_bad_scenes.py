@@ -116,7 +116,8 @@ def test_empty_scene(base, tmp_path, capsys):
     assert rc == 0 and "Gaussians:  0" in out
     rc, err, image = _render(capsys, empty, tmp_path, "empty")
     assert rc == 0 and image.max() == 0  # nothing to draw: a black frame, not an error
-    rc, _, err = _cli(capsys, "compress", path, "-o", tmp_path / "e.hgs", "--steps", 1, "--warm-steps", 1)
+    rc, _, err = _cli(capsys, "compress", path, "-o", tmp_path / "e.hgs", "--mode", "anchor", "--steps", 1,
+                      "--warm-steps", 1)
     assert rc == 2 and err.strip() == "hemgs: error: the scene has no Gaussians to fit"
     assert not (tmp_path / "e.hgs").exists()
 
@@ -209,7 +210,7 @@ def test_the_trained_lambda_is_accepted(model_path, tmp_path, capsys):
 # ---- faults --------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_killed_compress_leaves_no_partial_output(tmp_path):
-    """`hemgs compress` of a PLY (which trains first) killed mid-run, by SIGKILL and by Ctrl-C."""
+    """`hemgs compress` of a PLY (direct mode: it fits first) killed mid-run, by SIGKILL and by Ctrl-C."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HEMGS_THREADS="1", PYTHONPATH=str(REPO / "backend"))
     procs = {}
     for sig in (signal.SIGKILL, signal.SIGINT):
@@ -218,7 +219,7 @@ def test_killed_compress_leaves_no_partial_output(tmp_path):
         procs[sig] = (folder, subprocess.Popen(
             [sys.executable, "-m", "hemgs.cli", "compress", str(DEMO_PLY), "-o", str(folder / "out.hgs")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    time.sleep(4)  # imports done, training under way (it takes minutes on this scene)
+    time.sleep(4)  # imports done, the fit under way (it takes tens of seconds on this scene)
     for sig, (folder, proc) in procs.items():
         assert proc.poll() is None, "compress finished before it could be interrupted"
         proc.send_signal(sig)

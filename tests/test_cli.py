@@ -79,7 +79,7 @@ def test_truncated_ply_is_refused_with_exit_2(tmp_path):
 
 @pytest.mark.parametrize("command", [
     ["train", DEMO_PLY, "-o", "{missing}/m.safetensors"],
-    ["compress", DEMO_PLY, "-o", "{missing}/x.hgs"],  # (anchor mode: would train for a minute and more)
+    ["compress", DEMO_PLY, "-o", "{missing}/x.hgs", "--mode", "anchor"],  # (would train for a minute and more)
     ["compress", DEMO_PLY, "-o", "{missing}/x.hgs", "--mode", "direct"],
     ["decompress", REPO / "tests" / "golden" / "tiny_direct.hgs", "-o", "{missing}/x.ply"],
     ["convert", DEMO_PLY, "{missing}/x.spz"],

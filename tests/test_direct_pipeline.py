@@ -61,7 +61,7 @@ def test_constants_agree_across_backend_worker_and_addon():
     assert modes.DIRECT_TRAINED_LAMBDAS == tuple(LAMBDAS)
     lo, hi = modes.DIRECT_LAMBDA_RANGE
     assert lo < min(LAMBDAS) and max(LAMBDAS) < hi and lo <= modes.DIRECT_LAMBDA_DEFAULT <= hi
-    assert CODEC["modes"] == ["anchor", "direct"] and CODEC["default_mode"] == "anchor"
+    assert CODEC["modes"] == ["anchor", "direct"] and CODEC["default_mode"] == modes.DEFAULT_MODE == "direct"
     assert CODEC["direct"] == {"lambdas": list(LAMBDAS), "lambda_range": [lo, hi],
                                "lambda_default": modes.DIRECT_LAMBDA_DEFAULT,
                                "switch_defaults": modes.DIRECT_SWITCH_DEFAULTS}
@@ -75,6 +75,10 @@ def test_constants_agree_across_backend_worker_and_addon():
                 consts = dict(zip(names, ast.literal_eval(node.value)))
     assert consts == {"DIRECT_LAMBDA_MIN": lo, "DIRECT_LAMBDA_MAX": hi,
                       "DIRECT_LAMBDA_DEFAULT": modes.DIRECT_LAMBDA_DEFAULT}
+    # ... and opens the panel on the same mode (its Mode property's default)
+    mode_prop = next(node.annotation for node in ast.walk(tree) if isinstance(node, ast.AnnAssign)
+                     and isinstance(node.target, ast.Name) and node.target.id == "mode")
+    assert next(k.value.value for k in mode_prop.keywords if k.arg == "default") == modes.DEFAULT_MODE.upper()
     # The direct-mode part switches: DirectConfig, the worker and the add-on's toggles default alike.
     from hemgs.direct import DirectConfig
 
@@ -169,8 +173,11 @@ def test_direct_mode_refuses_anchor_inputs(tiny, tmp_path, capsys):
     model.write_bytes((2).to_bytes(8, "little") + b"{}")  # what detect_format calls a trained model
     assert main(["compress", str(model), "-o", str(out), "--mode", "direct"]) == 2
     assert "trained anchor-mode model" in _one_error_line(capsys)
-    assert main(["compress", str(tiny), "-o", str(out), "--iters", "5"]) == 2  # anchor mode has no --iters
+    assert main(["compress", str(tiny), "-o", str(out), "--mode", "anchor", "--iters", "5"]) == 2
     assert "--iters applies to --mode direct" in _one_error_line(capsys)
+    # a 3DGS scene is coded in direct mode unless anchor mode is named: its training options say so
+    assert main(["compress", str(tiny), "-o", str(out), "--steps", "5", "--train-width", "32"]) == 2
+    assert "--steps, --train-width train an anchor model: add --mode anchor" in _one_error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
 
 

@@ -61,7 +61,7 @@ def test_handshake_and_info(client):
 
     assert hello["codec"] == {"default": "hemgs", "codecs": ["hemgs", "hac"], "variable_rate": True,
                               "lambdas": list(LAMBDAS), "lambda_margin": LAMBDA_MARGIN,
-                              "modes": ["anchor", "direct"], "default_mode": "anchor",
+                              "modes": ["anchor", "direct"], "default_mode": "direct",
                               "direct": {"lambdas": list(DIRECT_LAMBDAS), "lambda_range": list(DIRECT_LAMBDA_RANGE),
                                          "lambda_default": DIRECT_LAMBDA_DEFAULT,
                                          "switch_defaults": {"scene_agnostic": False, "ar": False, "acs": True,

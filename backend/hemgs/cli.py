@@ -109,11 +109,13 @@ def _build_parser() -> argparse.ArgumentParser:
     fit_args = argparse.ArgumentParser(add_help=False)
     fit_args.add_argument("--lambda", dest="lam", type=float, default=None,
                           help="rate-distortion weight λ (default 1e-3; larger = smaller file)")
-    fit_args.add_argument("--steps", type=int, default=300, help="render-space training steps")
+    fit_args.add_argument("--steps", type=int, default=None, help="render-space training steps (default 300)")
     fit_args.add_argument("--warm-steps", type=int, default=None,
                           help="attribute-space warm-start steps (default: about 250 visits per anchor)")
-    fit_args.add_argument("--train-width", dest="width", type=int, default=256, help="training render size")
-    fit_args.add_argument("--views", type=int, default=32, help="sampled training views (every 8th held out)")
+    fit_args.add_argument("--train-width", dest="width", type=int, default=None,
+                          help="training render size (default 256)")
+    fit_args.add_argument("--views", type=int, default=None,
+                          help="sampled training views (default 32, every 8th held out)")
     fit_args.add_argument("--codec", choices=["hemgs", "hac"], default="hemgs",
                           help="entropy model: HEMGS (default) or the HAC baseline")
     fit_args.add_argument("--no-scene-agnostic", action="store_true", help="HEMGS without the pre-trained point-network prior")
@@ -147,10 +149,12 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="trained model, or a source to train first (as for train); optional with --images; "
                         "--mode direct: a 3DGS PLY/SPZ")
     s.add_argument("-o", "--output", required=True, help="output .hgs")
-    s.add_argument("--mode", choices=list(MODES), default=DEFAULT_MODE,
-                   help="anchor (default): HEMGS on a trained anchor model; direct: anchor-free, the entropy model "
-                        "is fitted to the scene's own Gaussians in seconds (near-lossless), λ "
-                        f"{DIRECT_LAMBDA_RANGE[0]:g} to {DIRECT_LAMBDA_RANGE[1]:g} (default {DIRECT_LAMBDA_DEFAULT:g})")
+    s.add_argument("--mode", choices=list(MODES), default=None,
+                   help=f"{DEFAULT_MODE} (the default for a 3DGS PLY/SPZ): anchor-free, the entropy model is fitted "
+                        "to the scene's own Gaussians in seconds to a minute, λ "
+                        f"{DIRECT_LAMBDA_RANGE[0]:g} to {DIRECT_LAMBDA_RANGE[1]:g} (default {DIRECT_LAMBDA_DEFAULT:g}); "
+                        "anchor (the default for a trained model, --images or --mlps): HEMGS on a trained anchor "
+                        "model, λ 1e-3 to 4e-3")
     s.add_argument("--iters", type=int, default=None,
                    help="--mode direct: fitting iterations (default: hemgs.direct.DirectFitConfig's)")
     s.add_argument("--for-cameras", nargs="?", const="", default=None, metavar="CAMERAS",
@@ -398,9 +402,10 @@ def cmd_eval(args) -> int:
 def _fit_config(args):
     from .fit import FitConfig
 
-    cfg = FitConfig(lam=args.lam, width=args.width, steps=args.steps, warm_steps=args.warm_steps, views=args.views,
-                    codec=args.codec, scene_agnostic=not args.no_scene_agnostic, ar=not args.no_ar,
-                    acs=not args.no_acs, variable_rate=not args.fixed_rate)
+    given = {k: v for k, v in (("width", args.width), ("steps", args.steps), ("views", args.views)) if v is not None}
+    cfg = FitConfig(lam=args.lam, warm_steps=args.warm_steps, codec=args.codec,
+                    scene_agnostic=not args.no_scene_agnostic, ar=not args.no_ar, acs=not args.no_acs,
+                    variable_rate=not args.fixed_rate, **given)
     cfg.validate()
     return cfg
 
@@ -468,6 +473,11 @@ def _check_direct_args(args) -> None:
         raise InputError(f"--codec {args.codec} applies to anchor mode; direct mode is HEMGS only")
     if args.downscale != 1.0:
         raise InputError("--downscale applies to --images only")
+    training = [flag for flag, v in (("--steps", args.steps), ("--warm-steps", args.warm_steps),
+                                     ("--train-width", args.width), ("--views", args.views)) if v is not None]
+    if training:
+        raise InputError(f"{', '.join(training)} train an anchor model: add --mode anchor (direct mode has no "
+                         "training step; --iters sets its fit)")
     if args.iters is not None and not 1 <= args.iters <= 100000:
         raise InputError(f"--iters must be 1..100000, got {args.iters}")
     if detect_format(args.src) == "model":
@@ -514,7 +524,12 @@ def cmd_compress(args) -> int:
     from .io import detect_format
     from .pipeline import compress, compress_model, train
 
+    from .modes import mode_for
+
     _check_output(args.output)
+    anchor_input = args.images is not None or args.mlps is not None or (
+        args.src is not None and detect_format(args.src) in ("model", "scaffold_ply"))
+    args.mode = mode_for(args.mode, anchor_input=anchor_input)
     if args.mode == "direct":
         return cmd_compress_direct(args)
     if args.iters is not None:
@@ -559,23 +574,55 @@ def cmd_decompress(args) -> int:
     return 0
 
 
+DEMO_SMALL_LAMBDA = 16.0  # the demo's second direct file: direct mode's smallest, near the anchor file's size
+
+
 def cmd_demo(args) -> int:
-    """The main job on a scene: summary, a render, then train, compress, decode and measure."""
-    from .cameras import scene_views
-    from .fit import FitConfig
-    from .pipeline import compress_model, train
+    """The main job on a scene: summary and a render; then direct mode (the default path) at its
+    default λ and at its smallest, and anchor mode (train, compress), each decoded and measured on
+    the evaluation views, with a table of both modes and the pictures side by side."""
+    import numpy as np
+
+    from .cameras import evaluation_views, scene_views
+    from .fit import FitConfig, render_views_anchor
+    from .pipeline import compress_direct, compress_model, encode_direct, train
     from .render import render
 
     device = _setup_torch(args)
     scene = _load(args.file)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    _print_info({"file": args.file, "format": "ply", "bytes": os.path.getsize(args.file), **scene.summary()})
+    source_bytes = os.path.getsize(args.file)
+    _print_info({"file": args.file, "format": "ply", "bytes": source_bytes, **scene.summary()})
     cam = scene_views(scene, args.file, n=DEFAULT_VIEWS, width=512, height=512)[0]
     t0 = time.perf_counter()
-    _save_png(render(scene, cam, device=device), str(out / "source.png"))
+    pictures = {"source": render(scene, cam, device=device)}
+    _save_png(pictures["source"], str(out / "source.png"))
     print(f"rendered {out / 'source.png'} (512x512) in {time.perf_counter() - t0:.2f} s on {device.type}")
+    cams = evaluation_views(scene, n=DEFAULT_VIEWS, width=256)
+    rows = []
 
+    def measure(mode: str, lam: float, path: Path, seconds: float, picture) -> None:
+        res = evaluate(args.file, str(path), cams, device)
+        _print_eval(res, cams)
+        name = f"decoded_{path.stem}"
+        _save_png(picture, str(out / f"{name}.png"))
+        pictures[path.stem] = picture
+        rows.append((mode, lam, path, res, seconds))
+
+    print(f"\ndirect mode (the default): fit the scene's own Gaussians, code at λ={DIRECT_LAMBDA_DEFAULT:g}")
+    t0 = time.perf_counter()
+    with Reporter() as stages:
+        report = compress_direct(args.file, out / "direct.hgs", lam=DIRECT_LAMBDA_DEFAULT, stages=stages)
+    measure("direct", DIRECT_LAMBDA_DEFAULT, out / "direct.hgs", time.perf_counter() - t0,
+            render(report["decoded"].scene, cam, device=device))
+    t0 = time.perf_counter()
+    with Reporter() as stages:
+        small = encode_direct(report["fitted"], out / "direct_small.hgs", lam=DEMO_SMALL_LAMBDA, progress=stages)
+    measure("direct", DEMO_SMALL_LAMBDA, out / "direct_small.hgs", time.perf_counter() - t0,
+            render(small["decoded"].scene, cam, device=device))
+
+    print("\nanchor mode (the paper's method): train an anchor model, then code it")
     cfg = FitConfig(lam=1e-3, width=128, warm_steps=args.warm_steps, steps=args.steps)
     t0 = time.perf_counter()
     with Reporter() as stages:
@@ -583,17 +630,23 @@ def cmd_demo(args) -> int:
     print(f"trained {out / 'model.safetensors'} in {time.perf_counter() - t0:.0f} s "
           f"({fitted.model.num_anchors:,} anchors)")
     with Reporter() as stages:
-        report = compress_model(fitted.model, fitted.entropy, out / "demo.hgs", lam=cfg.lam, progress=stages)
-    _print_sizes(report, os.path.getsize(args.file))
-    from .cameras import evaluation_views
+        report = compress_model(fitted.model, fitted.entropy, out / "anchor.hgs", lam=cfg.lam, progress=stages)
+    _print_sizes(report, source_bytes)
+    measure("anchor", cfg.lam, out / "anchor.hgs", time.perf_counter() - t0,
+            render_views_anchor(report["decoded"].model, [cam])[0])
 
-    cams = evaluation_views(scene, n=DEFAULT_VIEWS, width=256)
-    res = evaluate(args.file, str(out / "demo.hgs"), cams, device)
-    _print_eval(res, cams)
-    from .fit import render_views_anchor
-
-    _save_png(render_views_anchor(report["decoded"].model, [cam])[0], str(out / "decoded.png"))
-    print(f"rendered the decoded scene to {out / 'decoded.png'}")
+    gap = np.ones((pictures["source"].shape[0], 8, 3), dtype=np.float32)
+    strip = [pictures["source"], *(pictures[p.stem] for _, _, p, _, _ in rows)]
+    _save_png(np.concatenate([x for pic in strip for x in (pic, gap)][:-1], axis=1), str(out / "compare.png"))
+    print(f"\n{out / 'compare.png'}: left to right the source, " + ", ".join(
+        f"{m} λ={lam:g}" for m, lam, _, _, _ in rows))
+    w = max(len(str(p)) for _, _, p, _, _ in rows)
+    print(f"\n{'mode':<7} {'λ':>6}  {'file':<{w}} {'size':>10} {'ratio':>7}  PSNR: mean / of mean MSE / worst view"
+          f"   time")
+    for mode, lam, path, res, seconds in rows:
+        print(f"{mode:<7} {lam:>6g}  {str(path):<{w}} {_human_bytes(res['other_bytes']):>10} "
+              f"{source_bytes / max(res['other_bytes'], 1):>6.1f}x  {res['psnr']:6.2f} / {res['psnr_of_mean_mse']:6.2f} / "
+              f"{res['worst_psnr']:6.2f} dB   {seconds:.0f} s")
     return 0
 
 

@@ -419,14 +419,15 @@ def op_model_info(args: dict, progress: Callable) -> dict:
 
 
 def op_compress(args: dict, progress: Callable) -> dict:
-    """Anchor mode (`mode` "anchor", the default): code `model` into the .hgs `output` at `lambda`
-    (a variable-rate model: any λ it serves; default and fixed-rate: the model's own λ). Direct
-    mode (`mode` "direct"): fit the anchor-free model to `source` and code it (op_compress_direct).
+    """Anchor mode (`mode` "anchor", the default when a `model` is given): code `model` into the .hgs
+    `output` at `lambda` (a variable-rate model: any λ it serves; default and fixed-rate: the model's
+    own λ). Direct mode (`mode` "direct", the default otherwise): fit the anchor-free model to
+    `source` and code it (op_compress_direct).
     Then decode the written file, measure it against `source` (PSNR/SSIM over the views `hemgs
     eval` uses) and bake its preview (`preview`)."""
-    from .modes import check_mode
+    from .modes import mode_for
 
-    mode = check_mode(_arg(args, "mode", str, DEFAULT_MODE, "compress"))
+    mode = mode_for(_opt(args, "mode", str, "compress"), anchor_input="model" in args)
     if mode == "direct":
         return op_compress_direct(args, progress)
     from .anchor.bake import bake
