@@ -379,7 +379,7 @@ def test_position_residuals_are_coded_uniformly_inside_their_voxel(fitted, monke
 def test_gaussians_the_encoder_skips_decode_transparent_and_exactly(fitted):
     from hemgs.direct.codec import SKIP_LOGIT, skip_decisions
 
-    imp = fitted.values["importance"][:, 0]
+    imp = fitted.skip_importance()  # each Gaussian's best view (DirectFitted.peak)
     counts = [int(skip_decisions(imp, lam).sum()) for lam in (1 / 64, 16.0, 256.0, 4096.0)]
     assert counts == sorted(counts) and counts[-1] > counts[0], counts  # more are left out as λ grows
     lam = 4096.0  # beyond the CLI's range: this compact patch of the demo has few faint Gaussians

@@ -68,7 +68,7 @@ def test_coding_for_the_scenes_own_cameras_is_explicit_and_recorded(scene, tmp_p
     assert main(["info", str(tmp_path / "own.hgs")]) == 0
     assert "coded for:  the scene's own cameras only" in capsys.readouterr().out
     # anchor mode refuses the switch rather than ignoring it
-    assert main(["compress", str(src), "-o", str(tmp_path / "b.hgs"), "--for-cameras"]) == 2
+    assert main(["compress", str(src), "-o", str(tmp_path / "b.hgs"), "--mode", "anchor", "--for-cameras"]) == 2
 
 
 def test_own_cameras_are_capped_and_rendered_small(scene):
@@ -77,3 +77,27 @@ def test_own_cameras_are_capped_and_rendered_small(scene):
 
     views = importance_views(scene, sample_views(scene, n=MAX_CAMERA_VIEWS + 9, width=640, height=480))
     assert len(views) == MAX_CAMERA_VIEWS and {(v.width, v.height) for v in views} == {(IMPORTANCE_SIZE, 96)}
+
+
+@pytest.mark.slow
+def test_a_gaussian_that_one_side_needs_is_not_skipped():
+    """Skips follow each Gaussian's best view, not the views' mean: on the demo scene some Gaussians
+    are too faint on average to be worth their bits at λ = 16, yet one side shows them; they are kept."""
+    from conftest import DEMO_PLY
+    from hemgs.direct import DirectConfig, DirectFitConfig, encode, fit_direct
+    from hemgs.direct.codec import skip_decisions
+    from hemgs.io import load_scene
+    from hemgs.scene import sanitize
+
+    demo, _ = sanitize(load_scene(DEMO_PLY))
+    fitted = fit_direct(demo, DirectConfig(), DirectFitConfig(iters=10))
+    mean, peak = fitted.values["importance"][:, 0], fitted.peak
+    assert (peak >= mean - 1e-9).all()  # no Gaussian's best view shows it less than the views' mean
+    by_mean, by_peak = skip_decisions(mean, 16.0), skip_decisions(peak, 16.0)
+    assert not (by_peak & ~by_mean).any()
+    spared = by_mean & ~by_peak
+    assert spared.sum() >= 5
+    _, _, dec = encode(fitted, lam=16.0)
+    alpha = dec.scene.opacities  # coding order, as the masks
+    assert (alpha[spared] > 1 / 255).all()
+    assert (alpha[by_peak] < 1e-4).all()

@@ -224,9 +224,8 @@ def scene_vectors(scene: GaussianScene, position_residual: np.ndarray, importanc
     `swing_twist`: rotations as `quat_to_swing_twist`, else as rotation vectors."""
     n = len(scene)
     quats, log_scales = canonical_orientation(scene.quats, scene.log_scales, sort_scales)
-    imp = np.log2(np.maximum(np.asarray(importance, dtype=np.float64), 2.0**-IMPORTANCE_OFFSET)) + IMPORTANCE_OFFSET
     out = {
-        "importance": np.clip(imp, 0.0, IMPORTANCE_MAX).reshape(n, 1),
+        "importance": importance_log2(importance).reshape(n, 1),
         "opacity": scene.opacity_logits.astype(np.float64).reshape(n, 1),
         "scale": log_scales,
         "rotation": quat_to_swing_twist(quats) if swing_twist else quat_to_rotvec(quats),
@@ -256,17 +255,14 @@ def scene_from_vectors(vec: dict[str, np.ndarray], centres: np.ndarray, rho: flo
 
 
 # ---- render weights ------------------------------------------------------------------------------
-def visibility(scene: GaussianScene, views, power: float = 1.0) -> np.ndarray:
-    """Each Gaussian's V: α · (sum over pixels of its blend weight α·T) per view, as a share of
-    the image, combined over `views` with the weights of `view_weights` as a power mean of order
-    `power` (1: the weighted mean; larger: towards the view where the Gaussian shows most, so one
-    that matters from one side is not starved by the views that cannot see it). One backward
-    pass per view (d image / d colour)."""
+def view_visibility(scene: GaussianScene, views) -> np.ndarray:
+    """(N, views) each Gaussian's V per view: α · (sum over pixels of its blend weight α·T), as a
+    share of the image. One backward pass per view (d image / d colour)."""
     from ..render import rasterize
 
     n = len(scene)
     if n == 0:
-        return np.zeros(0)
+        return np.zeros((0, 0))
     means = torch.as_tensor(scene.means)
     quats = torch.as_tensor(scene.quats)
     scales = torch.as_tensor(scene.scales)
@@ -279,12 +275,31 @@ def visibility(scene: GaussianScene, views, power: float = 1.0) -> np.ndarray:
         (g,) = torch.autograd.grad(img[..., 0].sum(), colors)
         per_view.append(g[:, 0].double().numpy() / (cam.width * cam.height))
     if not per_view:
-        return np.zeros(n)
-    pv = np.stack(per_view, 1) * scene.opacities.astype(np.float64)[:, None]
+        return np.zeros((n, 0))
+    return np.stack(per_view, 1) * scene.opacities.astype(np.float64)[:, None]
+
+
+def combine_views(pv: np.ndarray, power: float = 1.0) -> np.ndarray:
+    """Each Gaussian's V over the views of `pv` (N, views), with the weights of `view_weights`, as
+    a power mean of order `power` (1: the weighted mean; larger: towards the view where the
+    Gaussian shows most)."""
+    if pv.shape[1] == 0:
+        return np.zeros(pv.shape[0])
     omega = view_weights(pv)
     if power == 1.0:
         return pv @ omega / pv.shape[1]
     return (np.maximum(pv, 0.0) ** power @ omega / pv.shape[1]) ** (1.0 / power)
+
+
+def visibility(scene: GaussianScene, views, power: float = 1.0) -> np.ndarray:
+    """Each Gaussian's V (`view_visibility`) combined over `views` (`combine_views`)."""
+    return combine_views(view_visibility(scene, views), power)
+
+
+def importance_log2(v: np.ndarray) -> np.ndarray:
+    """V as the importance stage codes it: log2(V) + IMPORTANCE_OFFSET, within [0, IMPORTANCE_MAX]."""
+    imp = np.log2(np.maximum(np.asarray(v, dtype=np.float64), 2.0**-IMPORTANCE_OFFSET)) + IMPORTANCE_OFFSET
+    return np.clip(imp, 0.0, IMPORTANCE_MAX)
 
 
 def view_weights(per_view: np.ndarray, iters: int | None = None) -> np.ndarray:

@@ -168,11 +168,12 @@ def skip_decisions(importance: np.ndarray, lam: float) -> np.ndarray:
     return imp < math.log2(lam * LAMBDA_UNIT * SKIP_BITS / GEOM_WEIGHT["opacity"]) + IMPORTANCE_OFFSET
 
 
-def _skip_values(values: dict, lam: float) -> dict:
-    """The encoder's values with the skip decisions made: importance 0 for a skipped Gaussian, at
-    least 1 for a kept one (0 is what the decoder reads as skipped)."""
+def _skip_values(values: dict, lam: float, skip_importance: np.ndarray) -> dict:
+    """The encoder's values with the skip decisions made (on `skip_importance`, DirectFitted's):
+    importance 0 for a skipped Gaussian, at least 1 for a kept one (0 is what the decoder reads as
+    skipped)."""
     imp = np.asarray(values["importance"], dtype=np.float64)
-    skip = skip_decisions(imp, lam)
+    skip = skip_decisions(skip_importance, lam)
     out = dict(values)
     out["importance"] = np.where(skip[:, None], 0.0, np.maximum(imp, 1.0))
     return out
@@ -406,7 +407,7 @@ def _balance(fitted: DirectFitted, dec: dict[str, np.ndarray], lam: float,
     true = fitted.values
     views = views or balance.Views(_source(fitted))
     source = views.source
-    live = ~skip_decisions(true["importance"], lam)
+    live = ~skip_decisions(fitted.skip_importance(), lam)
     decoded = scene_from_vectors(dec, prep.centres, prep.frame.rho, fitted.sh_degree, cfg.swing_twist)
     decoded.means = prep.frame.snap(decoded.means)
     dec = dict(dec)
@@ -453,7 +454,7 @@ def _encode(fitted: DirectFitted, lam: float, header_extra: dict | None, chunk: 
         "networks": pack_quantized(model.networks()),
         "grid": encode_bits(model.grid.binary_tables().numpy()),
     }
-    values = _skip_values(fitted.values, float(lam)) if rdoq and n else fitted.values
+    values = _skip_values(fitted.values, float(lam), fitted.skip_importance()) if rdoq and n else fitted.values
     dec, stage_sections = _code_stages(_double(model), prep, float(lam), chunk, values=values, rdoq=rdoq,
                                        skips=bool(rdoq), factors=factors, progress=progress)
     sections.update(stage_sections)

@@ -22,7 +22,8 @@ import torch
 from ..entropy.rate import quantize, symbol_bits, uniform_bits
 from ..errors import InputError
 from ..scene import GaussianScene
-from .attributes import coding_log_weights, scene_vectors, step_log_weights, twist_nearest, visibility
+from .attributes import (coding_log_weights, combine_views, importance_log2, scene_vectors, step_log_weights,
+                         twist_nearest, view_visibility)
 from .geometry import frame_for, layout_for
 from .model import LAMBDA_UNIT, DirectConfig, DirectEntropyModel, set_norms
 from .prepare import Prepared, prepare
@@ -48,6 +49,12 @@ class DirectFitted:
     sa_id: str | None = None  # the scene-agnostic weights' id when that part is on
     history: dict = field(default_factory=dict)
     views: str = "sphere"  # where the importance was measured from: "sphere", or "cameras" (the scene's own)
+    # log2 importance (as values["importance"]) from the one view that shows each Gaussian most:
+    # what the skip decision reads, so that no Gaussian one view needs is left out (None: the mean)
+    peak: np.ndarray | None = None
+
+    def skip_importance(self) -> np.ndarray:
+        return self.values["importance"].reshape(-1) if self.peak is None else self.peak
 
 
 def scene_agnostic_for(cfg: DirectConfig):
@@ -82,13 +89,17 @@ def importance_views(scene: GaussianScene, cameras: list | None = None) -> list:
 
 
 def _stage_values(prep: Prepared, scene: GaussianScene, cfg: DirectConfig, stages=None,
-                  cameras: list | None = None) -> dict[str, np.ndarray]:
+                  cameras: list | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The coded values in coding order, and each Gaussian's peak importance (DirectFitted.peak)."""
     ordered = scene.subset(prep.layout.order)
     residual = (ordered.means.astype(np.float64) - prep.centres) / prep.frame.rho
     views = importance_views(ordered, cameras)
     seen = _reporting(views, stages, "importance") if stages and views else views
-    return scene_vectors(ordered, residual, visibility(ordered, seen, power=IMPORTANCE_POWER),
-                         sort_scales=cfg.scale_ranks, swing_twist=cfg.swing_twist)
+    pv = view_visibility(ordered, seen)
+    peak = importance_log2(pv.max(1) if pv.shape[1] else np.zeros(len(ordered)))
+    values = scene_vectors(ordered, residual, combine_views(pv, IMPORTANCE_POWER),
+                           sort_scales=cfg.scale_ranks, swing_twist=cfg.swing_twist)
+    return values, peak
 
 
 def _reporting(views: list, stages, stage: str):
@@ -119,7 +130,7 @@ def fit_direct(scene: GaussianScene, cfg: DirectConfig | None = None, fcfg: Dire
     frame = frame_for(scene.means)
     layout, _ = layout_for(scene.means, frame)
     prep = prepare(frame, layout, cfg, sa)
-    values = _stage_values(prep, scene, cfg, stages, cameras)
+    values, peak = _stage_values(prep, scene, cfg, stages, cameras)
     model = DirectEntropyModel(cfg, math.log(frame.rho), seed=fcfg.seed)
     set_norms(model, values)
     history = {"prepare_seconds": time.perf_counter() - t0}
@@ -127,7 +138,7 @@ def fit_direct(scene: GaussianScene, cfg: DirectConfig | None = None, fcfg: Dire
         _train(model, prep, values, cfg, fcfg, _both(progress, stages), history)
     history["fit_seconds"] = time.perf_counter() - t0
     return DirectFitted(model, prep, values, scene.sh_degree, sa.id if cfg.scene_agnostic else None, history,
-                        views="cameras" if cameras else "sphere")
+                        views="cameras" if cameras else "sphere", peak=peak)
 
 
 def _coded(x: torch.Tensor, mean: torch.Tensor, q: torch.Tensor, shifted: bool) -> torch.Tensor:
