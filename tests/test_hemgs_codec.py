@@ -31,6 +31,7 @@ SWITCHES = {
     "no_acs": {"acs": False},
     "fixed_rate": {"variable_rate": False},
     "all_off": {"scene_agnostic": False, "ar": False, "acs": False, "variable_rate": False},
+    "rate_scaled": {"rate_exponent": 1.0},  # λ scales the steps' base (HemgsConfig.rate_exponent)
 }
 
 
@@ -188,6 +189,32 @@ def test_variable_rate_model_makes_smaller_files_at_larger_lambda():
     # (-7.7%) on AVX-512, AVX2 and plain kernels alike. The whole file moves by only -0.75%, most
     # of it networks, so its order is no test: a CPU's rounding could tip it (issue 21).
     assert feats[1] < 0.98 * feats[0] and feats[2] < 0.96 * feats[0], feats
+
+
+def test_lambda_scales_the_steps_base_when_asked(encoded, anchor_model):
+    """With rate_exponent 1 the steps' base follows λ, so λ moves the rate even where the learned
+    steps sit at their bound; at 0 (files before it) the header does not name the field."""
+    sa = scene_agnostic_prior()
+    sizes = {}
+    for name in ("all_on", "rate_scaled"):
+        entropy, _, f = encoded(name)
+        assert ("rate_exponent" in f.header["hemgs"]) == (name == "rate_scaled")
+        sizes[name] = [len(encode(anchor_model, entropy, sa, lam=lam, chunk=ENC_CHUNK)[1]["features"])
+                       for lam in (1e-3, 4e-3)]
+    fixed, scaled = sizes["all_on"], sizes["rate_scaled"]
+    # 4x coarser steps: about 2 bits fewer per feature element; without the scaling, little moves
+    assert scaled[0] > 1.5 * scaled[1], scaled
+    assert scaled[0] / scaled[1] > 1.2 * fixed[0] / fixed[1], (fixed, scaled)
+
+
+def test_a_bad_rate_exponent_is_refused():
+    from hemgs.entropy.hemgs import HemgsConfig
+
+    good = HemgsConfig(rate_exponent=1.5).to_dict()
+    assert HemgsConfig.from_untrusted(good).rate_exponent == 1.5
+    for bad in (-1, 5, float("nan"), "1", True):
+        with pytest.raises(ValueError, match="rate_exponent"):
+            HemgsConfig.from_untrusted({**good, "rate_exponent": bad})
 
 
 @pytest.mark.parametrize("network_bits", ["default", None, (4, 4)])

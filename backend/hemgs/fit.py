@@ -77,6 +77,8 @@ class FitConfig:
     # when the rate joins: start the entropy model's means and scales at each channel's mean and
     # spread (hemgs.entropy.refine.init_from_anchors) instead of N(0, 0.69)
     init_entropy: bool = True
+    # HEMGS variable rate: how λ scales the steps' base (HemgsConfig.rate_exponent)
+    rate_exponent: float = 0.0
 
     def validate(self) -> None:
         lo, hi = LAMBDA_RANGE
@@ -138,7 +140,8 @@ def new_entropy_model(model: AnchorModel, cfg: FitConfig | None = None, seed: in
     sa_dim = scene_agnostic_prior().dim if cfg.scene_agnostic else 0
     hc = HemgsConfig(feat_dim=model.config.feat_dim, k=model.config.k, sa_dim=sa_dim,
                      scene_agnostic=cfg.scene_agnostic, ar=cfg.ar, acs=cfg.acs, variable_rate=cfg.variable_rate,
-                     lambdas=sorted(cfg.lambdas) if cfg.variable_rate else [cfg.lam], grid=grid.to_dict())
+                     lambdas=sorted(cfg.lambdas) if cfg.variable_rate else [cfg.lam], grid=grid.to_dict(),
+                     rate_exponent=float(cfg.rate_exponent))
     return HemgsEntropyModel(hc, lo, hi, seed=seed)
 
 

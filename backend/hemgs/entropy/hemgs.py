@@ -60,10 +60,16 @@ class HemgsConfig:
     groups: str = "parity8"
     n_context: int = 20
     lambdas: list = field(default_factory=lambda: list(LAMBDAS))
+    # variable rate: the steps' base scales as (λ / LAMBDA_REF)^rate_exponent, so that λ moves the
+    # rate even where the learned steps sit at their bound (0: files before it, a fixed base)
+    rate_exponent: float = 0.0
     grid: dict = field(default_factory=lambda: HashGridConfig().to_dict())
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["rate_exponent"]:  # absent = 0: files without the scaling stay as they were
+            del d["rate_exponent"]
+        return d
 
     @staticmethod
     def from_dict(d: dict) -> "HemgsConfig":
@@ -90,6 +96,9 @@ class HemgsConfig:
         if not isinstance(cfg.lambdas, list) or not cfg.lambdas or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in cfg.lambdas):
             raise ValueError("HEMGS config lambdas must be a list of positive numbers")
+        r = cfg.rate_exponent
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not (math.isfinite(r) and 0 <= r <= 4):
+            raise ValueError("HEMGS config rate_exponent must be a number in [0, 4]")
         if not isinstance(cfg.groups, str):
             raise ValueError("HEMGS config groups must be a scheme name")
         HashGridConfig.check_untrusted(cfg.grid, "HEMGS grid", max_levels=32, max_features=8, max_log2=22)
@@ -163,11 +172,16 @@ class HemgsEntropyModel(nn.Module):
             return torch.cat([grid_feat, sa_feat.to(grid_feat.dtype)], dim=1)
         return grid_feat
 
+    def rate_scale(self, lam: float) -> float:
+        """The factor λ puts on the steps' base (1 for a fixed-rate model or rate_exponent 0)."""
+        r = float(self.cfg.rate_exponent)
+        return (float(lam) / LAMBDA_REF) ** r if self.cfg.variable_rate and r else 1.0
+
     def steps(self, stage: str, prior: torch.Tensor, lam: float) -> torch.Tensor:
         x = prior
         if self.cfg.variable_rate:
             x = torch.cat([prior, torch.full_like(prior, lambda_feature(lam))], dim=1)
-        base = getattr(self, f"base_{stage}").to(prior.dtype)
+        base = getattr(self, f"base_{stage}").to(prior.dtype) * self.rate_scale(lam)
         # Bounded as HAC's steps are, (0, 2·base): during training only the rate and the noise
         # quantization reach the steps, and an unbounded step drifts upwards with the rate.
         return base * (1.0 + torch.tanh(self.vr[stage](x))) + 1e-4 * base
