@@ -158,7 +158,9 @@ def _split_params(res: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def skip_decisions(importance: np.ndarray, lam: float) -> np.ndarray:
-    """Which Gaussians the encoder leaves out (True = skipped): those whose loss of all opacity
+    """Which Gaussians the encoder leaves out (True = skipped), from `importance` in the coded
+    stage's log2 units (the encoder passes each one's best view, DirectFitted.skip_importance, so
+    a Gaussian one side needs is kept): those whose loss of all opacity
     (distortion GEOM_WEIGHT["opacity"]·V, the opacity stage's weight for Δα = α) costs less than
     SKIP_BITS bits at rate λ, the fit's trade-off: bits + distortion / (λ·LAMBDA_UNIT).
     Not simply every Gaussian no sampled view shows (V < 2^-30): on biker those are 15.6%, and
