@@ -132,7 +132,7 @@ def check_outputs(*paths: str | os.PathLike) -> None:
 def info(path: str | os.PathLike) -> dict:
     """The file's summary, as `hemgs info --json`: format, bytes, Gaussians, SH degree, bounds."""
     try:
-        from hemgs.cli import file_info
+        from hemgs.service import file_info
     except ImportError:
         return _worker().run("info", {"path": str(path)})
     return file_info(str(path))

@@ -7,7 +7,6 @@ on stderr and exit code 2; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -17,9 +16,10 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .errors import HemgsError, InputError
+from .errors import HemgsError, InputError, one_line
 from .modes import DEFAULT_MODE, DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE, MODES
 from .progress import Reporter
+from .service import ViewSpec, check_outputs, evaluate, load_scene_checked, save_png
 
 EXIT_USAGE = 2
 DEFAULT_VIEWS = 16  # the sampled view set of render and eval, when a scene brings no cameras
@@ -47,21 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     except (HemgsError, OSError) as exc:
         if args.debug:
             raise
-        print(f"hemgs: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"hemgs: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # a bug of ours: say so, in one line, and keep the traceback for --debug
         if args.debug:
             raise
-        print(f"hemgs: internal error: {exc.__class__.__name__}: {_one_line(exc)} (rerun with --debug and "
+        print(f"hemgs: internal error: {exc.__class__.__name__}: {one_line(exc)} (rerun with --debug and "
               "report it)", file=sys.stderr)
         return 1
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.filename is not None:
-        return f"{exc.strerror or exc.__class__.__name__}: {exc.filename}"
-    text = " ".join(str(exc).split()) or exc.__class__.__name__
-    return text
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -194,55 +187,10 @@ def _setup_torch(args):
     return resolve_device(args.device)
 
 
-def _load(path: str):
-    from .io import load_scene
-    from .scene import sanitize
-
-    scene = load_scene(path)
-    scene, warnings = sanitize(scene)
-    for w in warnings:
-        print(f"hemgs: warning: {path}: {w}", file=sys.stderr)
-    return scene
-
-
 def _views(scene, args, n: int, source_path: str | None = None, *, evaluation: bool = False):
-    """`--cameras`, else the scene's own or sampled views, or with `evaluation` the whole-sphere
-    views no encoder uses (what an orbiting artist sees)."""
-    from .cameras import evaluation_views, load_cameras, scene_views
-
-    height = args.height or args.width
-    if args.cameras:
-        cams = load_cameras(args.cameras)
-        if not cams:
-            raise InputError(f"{args.cameras} holds no usable camera")
-        return cams
-    if evaluation:
-        return evaluation_views(scene, n=n, width=args.width, height=height)
-    return scene_views(scene, source_path, n=n, width=args.width, height=height)
-
-
-def _save_png(image, path: str) -> None:
-    import numpy as np
-    from PIL import Image
-
-    from .io.atomic import atomic_write
-
-    out = Path(path)
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-    pixels = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    with atomic_write(out) as tmp:
-        Image.fromarray(pixels).save(tmp, format="PNG")
-
-
-def _check_output(path: str, make_folder: bool = False) -> None:
-    """Refuse an output that cannot be written before any long work (one line, exit 2);
-    `make_folder`: create its folder first (render makes the folders of its PNG)."""
-    from .io.atomic import check_output_path
-
-    if make_folder and str(Path(path).parent):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    check_output_path(path)
+    """--cameras, else the scene's own or sampled views (hemgs.service.ViewSpec)."""
+    return ViewSpec(n=n, width=args.width, height=args.height, cameras=args.cameras).views(
+        scene, source_path, evaluation=evaluation)
 
 
 def _human_bytes(n: int) -> str:
@@ -254,36 +202,9 @@ def _human_bytes(n: int) -> str:
 
 
 # ---- commands ---------------------------------------------------------------------------------
-def file_info(path: str) -> dict:
-    """The summary `hemgs info --json` prints (also served by the worker's `info` operation)."""
-    from .io import detect_format
-
-    fmt = detect_format(path)
-    size = os.path.getsize(path)
-    if fmt == "hgs":
-        from .container import read_hgs
-
-        hgs = read_hgs(path)
-        h = hgs.header
-        out = {"file": path, "format": "hgs", "bytes": size, "version": list(hgs.version),
-               "mode": h.get("mode"), "codec": h.get("codec"), "lambda": h.get("lambda")}
-        # The counts the header states (direct: Gaussians and SH degree; anchor: anchors).
-        for key in ("gaussians", "sh_degree", "voxels", "anchors", "importance_views", "source", "source_bytes"):
-            if key in h:
-                out[key] = h[key]
-        out.update(header=h, sections={k: len(v) for k, v in hgs.sections.items()})
-        return out
-    if fmt == "scaffold_ply":
-        from .io.scaffold import read_scaffold
-
-        anchors = read_scaffold(path)
-        return {"file": path, "format": "scaffold_ply", "bytes": size, "anchors": len(anchors.xyz),
-                "feature_dim": int(anchors.features.shape[1]), "offsets_per_anchor": int(anchors.offsets.shape[1])}
-    scene = _load(path)
-    return {"file": path, "format": fmt, "bytes": size, **scene.summary()}
-
-
 def cmd_info(args) -> int:
+    from .service import file_info
+
     info = file_info(args.file)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -324,27 +245,19 @@ def _print_info(info: dict) -> None:
 
 
 def cmd_render(args) -> int:
-    from .render import render
+    from .service import scene_and_draw
 
-    from .io import detect_format
-
-    _check_output(args.output, make_folder=True)
+    check_outputs(args.output, make_folders=True)
     device = _setup_torch(args)
-    if detect_format(args.file) == "hgs":  # decoded: a direct file's Gaussians, an anchor file's model
-        from .pipeline import scene_and_renderer
-
-        with Reporter() as report:
-            scene, draw = scene_and_renderer(args.file, device, progress=report)
-    else:
-        scene = _load(args.file)
-        draw = lambda cam: render(scene, cam, device=device)  # noqa: E731
+    with Reporter() as report:  # a .hgs: decoded (a direct file's Gaussians, an anchor file's model)
+        scene, draw = scene_and_draw(args.file, device, progress=report)
     cams = _views(scene, args, n=DEFAULT_VIEWS, source_path=args.file)
     if not 0 <= args.view < len(cams):
         raise InputError(f"--view {args.view} is out of range: this scene has views 0..{len(cams) - 1}")
     t0 = time.perf_counter()
     image = draw(cams[args.view])
     dt = time.perf_counter() - t0
-    _save_png(image, args.output)
+    save_png(image, args.output)
     print(f"wrote {args.output} ({cams[args.view].width}x{cams[args.view].height}, view {args.view}, "
           f"{len(scene):,} Gaussians, {dt:.2f} s on {device.type})")
     return 0
@@ -353,28 +266,13 @@ def cmd_render(args) -> int:
 def cmd_convert(args) -> int:
     from .io import save_scene
 
-    _check_output(args.dst)
-    scene = _load(args.src)
+    check_outputs(args.dst)
+    scene = load_scene_checked(args.src)
     kwargs = {"spz_version": args.spz_version} if args.spz_version else {}
     save_scene(scene, args.dst, **kwargs)
     a, b = os.path.getsize(args.src), os.path.getsize(args.dst)
     print(f"wrote {args.dst}: {len(scene):,} Gaussians, {_human_bytes(b)} ({a / max(b, 1):.2f}x smaller than the source)")
     return 0
-
-
-def evaluate(source: str, other: str, cams, device, progress=None) -> dict:
-    """PSNR/SSIM of OTHER's renders (a scene, or a .hgs decoded) against SOURCE's, same views.
-    `progress(stage, step, total, info)` hears "eval_source" and "eval_other" per view and
-    "decode" (default: a hemgs.progress.Reporter on stderr)."""
-    from .metrics import compare_images
-    from .pipeline import render_views
-
-    with Reporter() if progress is None else contextlib.nullcontext(progress) as report:
-        refs = render_views(source, cams, device, lambda i, n: report("eval_source", i, n, {}), stages=report)
-        tests = render_views(other, cams, device, lambda i, n: report("eval_other", i, n, {}), stages=report)
-    res = compare_images(refs, tests)
-    res.update(source=source, other=other, source_bytes=os.path.getsize(source), other_bytes=os.path.getsize(other))
-    return res
 
 
 def _print_eval(res: dict, cams) -> None:
@@ -389,7 +287,7 @@ def _print_eval(res: dict, cams) -> None:
 
 def cmd_eval(args) -> int:
     device = _setup_torch(args)
-    source = _load(args.source)
+    source = load_scene_checked(args.source)
     cams = _views(source, args, n=args.views, source_path=args.source, evaluation=True)
     res = evaluate(args.source, args.other, cams, device)
     if args.json:
@@ -419,7 +317,7 @@ def _refuse_direct_switches(args) -> None:
 def cmd_train(args) -> int:
     from .pipeline import train
 
-    _check_output(args.output)
+    check_outputs(args.output)
     _refuse_direct_switches(args)
     device = _setup_torch(args)
     cfg = _fit_config(args)
@@ -462,7 +360,8 @@ def _print_sizes(report: dict, source_bytes: int | None) -> None:
 
 def _check_direct_args(args) -> None:
     """What --mode direct refuses: anchor-mode training inputs and options."""
-    from .io import detect_format
+    from .modes import check_direct_source
+    from .service import check_iters
 
     if args.images is not None or args.mlps is not None:
         raise InputError("--mode direct codes a 3DGS PLY/SPZ's own Gaussians: --images and --mlps apply to "
@@ -478,17 +377,14 @@ def _check_direct_args(args) -> None:
     if training:
         raise InputError(f"{', '.join(training)} train an anchor model: add --mode anchor (direct mode has no "
                          "training step; --iters sets its fit)")
-    if args.iters is not None and not 1 <= args.iters <= 100000:
-        raise InputError(f"--iters must be 1..100000, got {args.iters}")
-    if detect_format(args.src) == "model":
-        raise InputError(f"{args.src} is a trained anchor-mode model; --mode direct codes a 3DGS PLY or SPZ "
-                         "(or use --mode anchor)")
+    check_iters(args.iters, "--iters")
+    check_direct_source(args.src, asked="--mode direct", model_hint=" (or use --mode anchor)")
 
 
 def cmd_compress_direct(args) -> int:
-    from .direct import DirectConfig, DirectFitConfig
     from .modes import check_direct_lambda
     from .pipeline import compress_direct
+    from .service import direct_configs, own_views
 
     lam = check_direct_lambda(args.lam if args.lam_given else DIRECT_LAMBDA_DEFAULT)  # before any work
     _check_direct_args(args)
@@ -497,15 +393,12 @@ def cmd_compress_direct(args) -> int:
 
     if (args.ar and args.no_ar) or (args.scene_agnostic and args.no_scene_agnostic):
         raise InputError("--ar/--no-ar and --scene-agnostic/--no-scene-agnostic contradict each other")
-    cfg = DirectConfig(scene_agnostic=(on["scene_agnostic"] or args.scene_agnostic) and not args.no_scene_agnostic,
-                       ar=(on["ar"] or args.ar) and not args.no_ar, acs=on["acs"] and not args.no_acs,
-                       variable_rate=on["variable_rate"] and not args.fixed_rate)
-    fcfg = DirectFitConfig() if args.iters is None else DirectFitConfig(iters=args.iters)
-    cameras = None
-    if args.for_cameras is not None:
-        from .cameras import own_cameras
-
-        cameras = own_cameras(args.src, args.for_cameras or None)
+    cfg, fcfg = direct_configs({
+        "scene_agnostic": (on["scene_agnostic"] or args.scene_agnostic) and not args.no_scene_agnostic,
+        "ar": (on["ar"] or args.ar) and not args.no_ar, "acs": on["acs"] and not args.no_acs,
+        "variable_rate": on["variable_rate"] and not args.fixed_rate}, args.iters)
+    # --for-cameras alone ("") means the cameras.json beside the source
+    cameras = own_views(args.src, None if args.for_cameras is None else args.for_cameras or True)
     with Reporter() as stages:
         report = compress_direct(args.src, args.output, lam=lam, cfg=cfg, fcfg=fcfg, stages=stages, cameras=cameras)
     for w in report["warnings"]:
@@ -522,13 +415,13 @@ def cmd_compress_direct(args) -> int:
 
 def cmd_compress(args) -> int:
     from .io import detect_format
-    from .pipeline import compress, compress_model, train
+    from .modes import anchor_only, mode_for
+    from .pipeline import compress
+    from .service import train_and_compress
 
-    from .modes import mode_for
-
-    _check_output(args.output)
+    check_outputs(args.output)
     anchor_input = args.images is not None or args.mlps is not None or (
-        args.src is not None and detect_format(args.src) in ("model", "scaffold_ply"))
+        args.src is not None and anchor_only(args.src))
     args.mode = mode_for(args.mode, anchor_input=anchor_input)
     if args.mode == "direct":
         return cmd_compress_direct(args)
@@ -540,17 +433,10 @@ def cmd_compress(args) -> int:
     _refuse_direct_switches(args)
     device = _setup_torch(args)
     if args.src is None or detect_format(args.src) != "model":
-        import tempfile
-
         cfg = _fit_config(args)
         sources = _source_args(args)
-        with tempfile.TemporaryDirectory() as tmp, Reporter() as stages:
-            fitted = train(args.src, Path(tmp) / "model.safetensors", cfg, progress=stages, device=device, **sources)
-            source_bytes = os.path.getsize(args.src) if args.src is not None else None
-            extra = ({"source": os.path.basename(args.src), "source_bytes": source_bytes} if args.src is not None
-                     else {"source": os.path.basename(str(args.images))})
-            report = compress_model(fitted.model, fitted.entropy, args.output, lam=cfg.lam, header_extra=extra,
-                                    progress=stages)
+        with Reporter() as stages:
+            fitted, report, source_bytes = train_and_compress(args.src, args.output, cfg, device, stages, **sources)
         _print_heldout(fitted)
     else:
         if args.images is not None or args.mlps is not None:
@@ -565,7 +451,7 @@ def cmd_compress(args) -> int:
 def cmd_decompress(args) -> int:
     from .pipeline import decompress
 
-    _check_output(args.output)
+    check_outputs(args.output)
     _setup_torch(args)
     with Reporter() as report:
         scene = decompress(args.file, args.output, sh_degree=args.sh_degree, progress=report)
@@ -589,7 +475,7 @@ def cmd_demo(args) -> int:
     from .render import render
 
     device = _setup_torch(args)
-    scene = _load(args.file)
+    scene = load_scene_checked(args.file)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     source_bytes = os.path.getsize(args.file)
@@ -597,7 +483,7 @@ def cmd_demo(args) -> int:
     cam = scene_views(scene, args.file, n=DEFAULT_VIEWS, width=512, height=512)[0]
     t0 = time.perf_counter()
     pictures = {"source": render(scene, cam, device=device)}
-    _save_png(pictures["source"], str(out / "source.png"))
+    save_png(pictures["source"], str(out / "source.png"))
     print(f"rendered {out / 'source.png'} (512x512) in {time.perf_counter() - t0:.2f} s on {device.type}")
     cams = evaluation_views(scene, n=DEFAULT_VIEWS, width=256)
     rows = []
@@ -606,7 +492,7 @@ def cmd_demo(args) -> int:
         res = evaluate(args.file, str(path), cams, device)
         _print_eval(res, cams)
         name = f"decoded_{path.stem}"
-        _save_png(picture, str(out / f"{name}.png"))
+        save_png(picture, str(out / f"{name}.png"))
         pictures[path.stem] = picture
         rows.append((mode, lam, path, res, seconds))
 
@@ -637,7 +523,7 @@ def cmd_demo(args) -> int:
 
     gap = np.ones((pictures["source"].shape[0], 8, 3), dtype=np.float32)
     strip = [pictures["source"], *(pictures[p.stem] for _, _, p, _, _ in rows)]
-    _save_png(np.concatenate([x for pic in strip for x in (pic, gap)][:-1], axis=1), str(out / "compare.png"))
+    save_png(np.concatenate([x for pic in strip for x in (pic, gap)][:-1], axis=1), str(out / "compare.png"))
     print(f"\n{out / 'compare.png'}: left to right the source, " + ", ".join(
         f"{m} λ={lam:g}" for m, lam, _, _, _ in rows))
     w = max(len(str(p)) for _, _, p, _, _ in rows)

@@ -22,3 +22,10 @@ class SceneError(InputError):
 
 class IntegrityError(FormatError):
     """A checksum did not match: the file was damaged after it was written."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as the one line the CLI prints and the worker sends (an OSError names its file)."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror or exc.__class__.__name__}: {exc.filename}"
+    return " ".join(str(exc).split()) or exc.__class__.__name__

@@ -29,10 +29,36 @@ def mode_for(mode: str | None, *, anchor_input: bool) -> str:
         return check_mode(mode)
     return "anchor" if anchor_input else DEFAULT_MODE
 
+
+# Inputs direct mode refuses, by hemgs.io.detect_format's name: it codes a 3DGS scene's own Gaussians.
+NOT_A_SCENE = {"model": "a trained anchor-mode model", "hgs": "a .hgs file",
+               "scaffold_ply": "a Scaffold-GS anchor PLY"}
+
+
+def anchor_only(path) -> bool:
+    """Whether only anchor mode codes the file: a trained model or a Scaffold-GS anchor PLY."""
+    from .io import detect_format  # numpy: imported when a file is checked, not with this module
+
+    return detect_format(path) in ("model", "scaffold_ply")
+
+
+def check_direct_source(path, *, asked: str = "direct mode", op: str = "", model_hint: str = "") -> None:
+    """Refuse, before any work, a source direct mode does not code (NOT_A_SCENE). `asked`: how the
+    front end names direct mode; `op`: a prefix ("compress: "); `model_hint`: added for a model."""
+    from .io import detect_format
+
+    fmt = detect_format(path)
+    if fmt in NOT_A_SCENE:
+        hint = model_hint if fmt == "model" else ""
+        raise InputError(f"{op}{path} is {NOT_A_SCENE[fmt]}; {asked} codes a 3DGS PLY or SPZ{hint}")
+
 # λ of direct mode (larger = smaller file, lower PSNR). One fit serves the whole range.
 DIRECT_LAMBDA_RANGE = (1 / 64, 16.0)
 DIRECT_LAMBDA_DEFAULT = 1.0
 DIRECT_TRAINED_LAMBDAS = (0.25, 0.5, 1.0, 2.0)  # = hemgs.direct.LAMBDAS (a test keeps them equal)
+# Anchor mode's K = 4 training λ, for the worker's torch-free handshake: = hemgs.entropy.hemgs.LAMBDAS,
+# which imports torch (a test keeps them equal).
+ANCHOR_TRAINED_LAMBDAS = (1e-3, 2e-3, 3e-3, 4e-3)
 # Direct mode's parts, on or off by default. The scene-agnostic prior and the AR context are
 # built and selectable, but off: here they move the size by ~1% either way (BD-rate on
 # playbot_lod3: all parts on +0.6%, docs/benchmarks/direct.md) and double the decode time of

@@ -22,7 +22,7 @@ from .errors import FormatError, InputError
 from .fit import FitConfig, Fitted, Progress, fit, render_views_anchor
 from .io import detect_format, load_scene, save_scene
 from .model_store import load_model, save_model
-from .modes import DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE, MODES, check_direct_lambda  # noqa: F401
+from .modes import DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE, MODES, check_direct_lambda, check_direct_source  # noqa: F401
 from .progress import step_stage
 from .scene import GaussianScene, sanitize
 
@@ -137,12 +137,7 @@ def compress_direct(source, out_hgs, *, lam: float = DIRECT_LAMBDA_DEFAULT, cfg=
     if isinstance(source, GaussianScene):
         scene = source
     else:
-        fmt = detect_format(source)
-        if fmt == "model":
-            raise InputError(f"{source}: is a trained (anchor-mode) model; direct mode codes a 3DGS PLY or SPZ "
-                             "itself (no training step)")
-        if fmt == "hgs":
-            raise InputError(f"{source}: is a .hgs file already; direct mode codes a 3DGS PLY or SPZ")
+        check_direct_source(source)
         scene, warnings = load_source(source)
         source_bytes = os.path.getsize(source)
         extra = {"source": os.path.basename(str(source)), "source_bytes": source_bytes}

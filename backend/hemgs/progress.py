@@ -36,7 +36,7 @@ STAGES: dict[str, tuple[str, str | None]] = {
     "code": ("coding", "stage"),  # direct: one step per coded stage
     "encode": ("encoding", None),  # anchor mode's encoder, one step
     "decode": ("decoding", "stage"),  # direct: per coded stage; anchor: one step
-    "eval_source": ("evaluation renders (source)", "view"),  # cli.evaluate
+    "eval_source": ("evaluation renders (source)", "view"),  # service.evaluate
     "eval_other": ("evaluation renders (other file)", "view"),
 }
 STAGE_NAMES = {stage: name for stage, (name, _) in STAGES.items()}
