@@ -32,6 +32,7 @@ from hemgs.anchor.bake import bake  # noqa: E402
 from hemgs.codec.anchor import decode, encode  # noqa: E402
 from hemgs.container import read_hgs, write_hgs  # noqa: E402
 from hemgs.device import set_threads  # noqa: E402
+from hemgs.entropy.hemgs import LAMBDAS  # noqa: E402
 from hemgs.fit import FitConfig, fit, render_views_anchor  # noqa: E402
 from hemgs.io import load_scene  # noqa: E402
 from hemgs.metrics import compare_images  # noqa: E402
@@ -124,7 +125,7 @@ def write_report(runs: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", nargs="+", default=["playbot_lod3", "playbot_lod2"])
-    ap.add_argument("--lambdas", nargs="+", type=float, default=[1e-3, 2e-3, 3e-3, 4e-3])
+    ap.add_argument("--lambdas", nargs="+", type=float, default=list(LAMBDAS))
     ap.add_argument("--steps", type=int, default=FitConfig.steps)
     ap.add_argument("--warm-steps", type=int, default=FitConfig.warm_steps)
     ap.add_argument("--width", type=int, default=FitConfig.width)

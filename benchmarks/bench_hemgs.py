@@ -36,6 +36,7 @@ import torch  # noqa: E402
 from hemgs.codec.hemgs_codec import decode, encode  # noqa: E402
 from hemgs.container import read_hgs, write_hgs  # noqa: E402
 from hemgs.device import set_threads  # noqa: E402
+from hemgs.entropy.hemgs import LAMBDAS  # noqa: E402
 from hemgs.fit import FitConfig, fit, render_views_anchor, scene_agnostic_prior  # noqa: E402
 from hemgs.io import load_scene  # noqa: E402
 from hemgs.metrics import compare_images  # noqa: E402
@@ -50,7 +51,7 @@ RUNS = {
     "no_ar": {"ar": False},
     "no_acs": {"acs": False},
 }
-FIXED = [1e-3, 2e-3, 3e-3, 4e-3]
+FIXED = list(LAMBDAS)  # the ablations code at the training λ
 
 
 def scene_path(name: str) -> Path:

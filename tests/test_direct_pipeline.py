@@ -56,9 +56,11 @@ def _one_error_line(capsys) -> str:
 def test_constants_agree_across_backend_worker_and_addon():
     from hemgs import modes
     from hemgs.direct import LAMBDAS
+    from hemgs.entropy.hemgs import LAMBDAS as ANCHOR_LAMBDAS
     from hemgs.worker import CODEC
 
     assert modes.DIRECT_TRAINED_LAMBDAS == tuple(LAMBDAS)
+    assert modes.ANCHOR_TRAINED_LAMBDAS == tuple(ANCHOR_LAMBDAS) and CODEC["lambdas"] == list(ANCHOR_LAMBDAS)
     lo, hi = modes.DIRECT_LAMBDA_RANGE
     assert lo < min(LAMBDAS) and max(LAMBDAS) < hi and lo <= modes.DIRECT_LAMBDA_DEFAULT <= hi
     assert CODEC["modes"] == ["anchor", "direct"] and CODEC["default_mode"] == modes.DEFAULT_MODE == "direct"

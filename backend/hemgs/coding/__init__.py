@@ -1,7 +1,11 @@
-"""Entropy-coding substrate of the anchor codec (needs constriction; torch only in run_deterministic).
+"""Entropy-coding substrate of the codecs, anchor and direct mode (needs constriction; torch only
+in run_deterministic).
 
-- `gaussian_coder`: integer symbols under per-element quantized Gaussians, with escapes;
+- `gaussian_coder`: integer symbols under per-element quantized Gaussians (or Laplacians), with escapes;
+- `uniform`: integers uniform over per-element ranges;
 - `exact_params`: deterministic network evaluation, snapped parameters, boundary guard, CRCs;
+- `exact_math`: log1p, expm1, sin, cos from IEEE basic operations (the same bits on every CPU);
+- `steps`: quantization steps snapped to exact values;
 - `locations`: lossless occupancy-octree coding of voxel coordinates;
 - `bits`: binary arrays and varints.
 """

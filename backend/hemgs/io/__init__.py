@@ -2,7 +2,8 @@
 
 `load_scene` / `detect_format` go by the file's content (its first bytes and, for PLY, its
 property names), never by its extension; `save_scene` goes by the extension, since there is no
-content yet.
+content yet. Submodules: `ply`, `spz`, `scaffold` (the readers and writers), `atomic` (write
+then rename, for every writer).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
 `gsplat.rasterization`; `render` is the convenience for a `GaussianScene` and a `Camera`.
 Conventions: OpenCV/COLMAP cameras (`viewmat` world->camera, x right, y down, z forward),
 pixel centres at +0.5, wxyz quaternions, activated scales and opacities.
+Submodules: `project` (projection and SH colour, gsplat's math), `tiles` (the CPU rasterizer),
+`dense` (the slow reference, for tests).
 """
 
 from __future__ import annotations
