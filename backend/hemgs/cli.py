@@ -298,14 +298,12 @@ def cmd_eval(args) -> int:
 
 
 def _fit_config(args):
-    from .fit import FitConfig
+    from .service import fit_config
 
     given = {k: v for k, v in (("width", args.width), ("steps", args.steps), ("views", args.views)) if v is not None}
-    cfg = FitConfig(lam=args.lam, warm_steps=args.warm_steps, codec=args.codec,
-                    scene_agnostic=not args.no_scene_agnostic, ar=not args.no_ar, acs=not args.no_acs,
-                    variable_rate=not args.fixed_rate, **given)
-    cfg.validate()
-    return cfg
+    return fit_config(lam=args.lam, warm_steps=args.warm_steps, codec=args.codec,
+                      scene_agnostic=not args.no_scene_agnostic, ar=not args.no_ar, acs=not args.no_acs,
+                      variable_rate=not args.fixed_rate, **given)
 
 
 def _refuse_direct_switches(args) -> None:

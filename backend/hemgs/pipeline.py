@@ -51,10 +51,16 @@ def train(source, out_model, cfg: FitConfig | None = None, progress: Progress | 
     inputs = fit_inputs(source, images=images, mlps=mlps, downscale=downscale, cfg=cfg)
     fitted = fit(cfg=cfg, progress=progress, device=device, **inputs.fit_kwargs())
     fit_info = {k: v for k, v in fitted.history.items() if k.endswith("seconds") or k in ("anchors", "heldout_psnr")}
-    save_model(out_model, fitted.model, fitted.entropy, lam=cfg.lam if cfg.lambda_range[0] <= cfg.lam <= cfg.lambda_range[1]
-               else cfg.lambda_range[0],
+    save_model(out_model, fitted.model, fitted.entropy, lam=recorded_lambda(cfg),
                extra={**inputs.describe, "fit": fit_info})
     return fitted
+
+
+def recorded_lambda(cfg: FitConfig) -> float:
+    """The λ a trained model file records as its own (its default): cfg.lam when the trained range
+    holds it, else the range's lowest."""
+    lo, hi = cfg.lambda_range
+    return cfg.lam if lo <= cfg.lam <= hi else lo
 
 
 # A variable-rate model also serves λ a little beyond the range it was trained on.

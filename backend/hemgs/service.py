@@ -12,6 +12,7 @@ Importing this module imports no torch (every heavy import is inside the functio
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -284,6 +285,60 @@ def model_lambda(model: str, lam: float | None) -> float:
 
     summary = model_summary(model)
     return check_lambda(summary["lambda"], lam, (summary["lambda_min"], summary["lambda_max"]))
+
+
+def fit_config(preset: str | None = None, **fields):
+    """A checked hemgs.fit.FitConfig (λ range within fit.LAMBDA_RANGE, codec name, sizes, steps):
+    `fields` over the budget of TRAIN_PRESETS[preset] (None: FitConfig's own defaults)."""
+    from .fit import FitConfig
+
+    cfg = FitConfig(**{**TRAIN_PRESETS.get(preset or "", {}), **fields})
+    cfg.validate()
+    return cfg
+
+
+# Rough share of a training run's time per stage (CPU, defaults), so the bar moves evenly overall.
+_STAGE_COST = {"teacher": 1.0, "warm": 0.15, "render": 3.0, "refine": 0.5}  # per step, for the overall fraction
+
+
+def _fit_events(cfg, progress: Events) -> Callable:
+    """Turn fit's progress(stage, step, total, info) into events with the whole run's fraction."""
+    from .progress import STAGE_NAMES
+
+    n_teacher = cfg.views - (cfg.views + 7) // 8  # every 8th view is held out
+    steps = {"teacher": n_teacher, "warm": cfg.warm_steps, "render": cfg.steps, "refine": cfg.refine_budget}
+    work = {stage: n * _STAGE_COST[stage] for stage, n in steps.items()}  # in the fit's order
+    total_work = sum(work.values()) or 1.0
+    before = dict(zip(work, itertools.accumulate(work.values(), initial=0.0)))
+    last = {"t": 0.0}
+
+    def report(stage: str, step: int, total: int, info: dict) -> None:
+        now = time.monotonic()
+        # At most ~10 events a second, but always the last step of a stage.
+        if step < total and now - last["t"] < 0.1:
+            return
+        last["t"] = now
+        frac = (before.get(stage, 0.0) + work.get(stage, 0.0) * step / max(total, 1)) / total_work
+        loss = info.get("loss")
+        text = STAGE_NAMES.get(stage, stage) + (f", loss {loss:.4g}" if isinstance(loss, float) else "")
+        progress(stage, done=step, total=total, message=text, fraction=min(1.0, frac))
+
+    return report
+
+
+def train_model(source: str, model: str, cfg, device, progress: Events) -> dict:
+    """Fit a model to `source` with the checked FitConfig `cfg` and write it to `model`; answers the
+    model's own summary (as model_summary reports it, so both agree) and the training budget."""
+    from .pipeline import train
+
+    progress("teacher", done=0, total=1, message="reading the source", fraction=0.0)
+    t0 = time.perf_counter()
+    fitted = train(source, model, cfg, progress=_fit_events(cfg, progress), device=device)
+    out = model_summary(model)
+    out.update(source=source, source_bytes=os.path.getsize(source), steps=cfg.steps, warm_steps=cfg.warm_steps,
+               width=cfg.width, views=cfg.views, seconds=round(time.perf_counter() - t0, 3),
+               stage_seconds={k[:-8]: round(v, 3) for k, v in fitted.history.items() if k.endswith("_seconds")})
+    return out
 
 
 def train_and_compress(src: str | None, output: str, cfg, device, progress, *, images=None, mlps=None,

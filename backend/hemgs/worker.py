@@ -13,7 +13,6 @@ half-written output is ever left under an output's final name.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -25,8 +24,8 @@ from typing import Any, Callable, TextIO
 
 from . import __version__, service
 from .errors import HemgsError, InputError, one_line
-from .modes import (ANCHOR_TRAINED_LAMBDAS, DEFAULT_MODE, DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE, DIRECT_SWITCH_DEFAULTS,
-                    DIRECT_TRAINED_LAMBDAS, MODES)
+from .modes import (ANCHOR_TRAINED_LAMBDAS, DEFAULT_MODE, DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE,
+                    DIRECT_SWITCH_DEFAULTS, DIRECT_TRAINED_LAMBDAS, MODES)
 from .service import TRAIN_PRESETS, ViewSpec
 
 # Protocol version rules (docs/protocol.md): additions a client may ignore (new optional arguments,
@@ -226,10 +225,6 @@ def op_eval(args: dict, progress: Callable) -> dict:
 
 
 # ---- the codec ---------------------------------------------------------------------------------
-# Rough share of a training run's time per stage (CPU, defaults), so the bar moves evenly overall.
-_STAGE_COST = {"teacher": 1.0, "warm": 0.15, "render": 3.0, "refine": 0.5}  # per step, for the overall fraction
-
-
 def _device(args: dict, op: str):
     from .device import resolve_device
 
@@ -237,12 +232,10 @@ def _device(args: dict, op: str):
 
 
 def _fit_config(args: dict):
-    from .fit import FitConfig
-
     preset = _arg(args, "preset", str, "standard", "train")
     if preset not in TRAIN_PRESETS:
         raise InputError(f"train: unknown preset {preset!r}; use one of {', '.join(TRAIN_PRESETS)}")
-    values = dict(TRAIN_PRESETS[preset])
+    values = {}
     for name in ("steps", "warm_steps", "width", "views"):
         if args.get(name) is not None:
             values[name] = _arg(args, name, int, op="train")
@@ -251,9 +244,7 @@ def _fit_config(args: dict):
     switches = {name: _arg(args, name, bool, True, "train") for name in ("scene_agnostic", "ar", "acs", "variable_rate")}
     if args.get("lambdas") is not None:
         values["lambdas"] = tuple(sorted(_numbers(args, "lambdas", "train")))
-    cfg = FitConfig(lam=lam, codec=codec, **switches, **values)
-    cfg.validate()  # λ (range) within fit.LAMBDA_RANGE, codec name, sizes, steps
-    return cfg
+    return service.fit_config(preset, lam=lam, codec=codec, **switches, **values)
 
 
 def _numbers(args: dict, name: str, op: str) -> list[float]:
@@ -264,42 +255,17 @@ def _numbers(args: dict, name: str, op: str) -> list[float]:
     return [float(v) for v in values]
 
 
-def _stage_reporter(cfg, progress: Callable) -> Callable:
-    """Turn fit's progress(stage, step, total, info) into protocol events with an overall fraction."""
-    from .progress import STAGE_NAMES
-
-    n_teacher = cfg.views - (cfg.views + 7) // 8  # every 8th view is held out
-    steps = {"teacher": n_teacher, "warm": cfg.warm_steps, "render": cfg.steps, "refine": cfg.refine_budget}
-    work = {stage: n * _STAGE_COST[stage] for stage, n in steps.items()}  # in the fit's order
-    total_work = sum(work.values()) or 1.0
-    before = dict(zip(work, itertools.accumulate(work.values(), initial=0.0)))
-    last = {"t": 0.0}
-
-    def report(stage: str, step: int, total: int, info: dict) -> None:
-        now = time.monotonic()
-        # At most ~10 events a second, but always the last step of a stage.
-        if step < total and now - last["t"] < 0.1:
-            return
-        last["t"] = now
-        frac = (before.get(stage, 0.0) + work.get(stage, 0.0) * step / max(total, 1)) / total_work
-        loss = info.get("loss")
-        text = STAGE_NAMES.get(stage, stage) + (f", loss {loss:.4g}" if isinstance(loss, float) else "")
-        progress(stage, done=step, total=total, message=text, fraction=min(1.0, frac))
-
-    return report
-
-
 def op_train(args: dict, progress: Callable) -> dict:
     """Fit a model to `source` and write it to `model` (.safetensors, atomically, at the end): by
     default a variable-rate HEMGS model over `lambdas`; `codec` "hac" or `variable_rate` false: a
     fixed-rate model at `lambda`. `serve`: λ values the model must code, refused before any work
     otherwise; `dry_run`: only check, and answer the λ fields of the model it would make."""
-    from .pipeline import check_lambda, train
+    from .pipeline import check_lambda, recorded_lambda
 
     source, model = _arg(args, "source", str, op="train"), _arg(args, "model", str, op="train")
     cfg = _fit_config(args)
     lo, hi = cfg.lambda_range
-    default = cfg.lam if lo <= cfg.lam <= hi else lo  # the λ pipeline.train records
+    default = recorded_lambda(cfg)
     for lam in _numbers(args, "serve", "train"):
         check_lambda(default, lam, (lo, hi))
     if _arg(args, "dry_run", bool, False, "train"):
@@ -307,17 +273,7 @@ def op_train(args: dict, progress: Callable) -> dict:
             raise InputError(f"train: {source}: no such file")
         return {"dry_run": True, "model": model, "codec": cfg.codec, **service.lambda_fields(default, lo, hi)}
     service.check_outputs(model)
-    device = _device(args, "train")
-    progress("teacher", done=0, total=1, message="reading the source", fraction=0.0)
-    t0 = time.perf_counter()
-    fitted = train(source, model, cfg, progress=_stage_reporter(cfg, progress), device=device)
-    h = fitted.history
-    # The model's own summary (as model_info reports it), so both answers agree by construction.
-    out = service.model_summary(model)
-    out.update(source=source, source_bytes=os.path.getsize(source), steps=cfg.steps, warm_steps=cfg.warm_steps,
-               width=cfg.width, views=cfg.views, seconds=round(time.perf_counter() - t0, 3),
-               stage_seconds={k[:-8]: round(v, 3) for k, v in h.items() if k.endswith("_seconds")})
-    return out
+    return service.train_model(source, model, cfg, _device(args, "train"), progress)
 
 
 def op_model_info(args: dict, progress: Callable) -> dict:
