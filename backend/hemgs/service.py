@@ -167,21 +167,28 @@ def draw_file(path: str, device, warn: Warn | None = _warn_stderr) -> Callable:
     return lambda cam: render(scene, cam, device=device)
 
 
-def compare_renders(draw_source: Callable, draw_other: Callable, cams: list,
-                    on_view: Callable[[int, int], None] | None = None) -> dict:
-    """PSNR/SSIM (hemgs.metrics.compare_images) of `draw_other`'s renders against `draw_source`'s,
-    one view at a time: `on_view(i, n)` before view i, and (n, n) when done."""
+def compare_to_source(source: str, make_draw: Callable[[], Callable], spec: ViewSpec, device, progress: Events,
+                      start: float | None = None) -> dict:
+    """hemgs.metrics.compare_images of the renders of `make_draw()` (called once the source is
+    read) against the source's over `spec`'s evaluation views, plus their width and height; a
+    "rendering" event per view, with `start` also the job's fraction from `start` to 0.9."""
     from .metrics import compare_images
+    from .render import render
 
+    scene = load_scene_checked(source, lambda m: progress("warning", message=m))
+    draw = make_draw()
+    cams = spec.views(scene, source, evaluation=True)[:spec.n]
     refs, tests = [], []
     for i, cam in enumerate(cams):
-        if on_view:
-            on_view(i, len(cams))
-        refs.append(draw_source(cam))
-        tests.append(draw_other(cam))
-    if on_view:
-        on_view(len(cams), len(cams))
-    return compare_images(refs, tests)
+        fraction = None if start is None else start + (0.9 - start) * i / len(cams)
+        progress("rendering", done=2 * i, total=2 * len(cams), message=f"view {i + 1} of {len(cams)}",
+                 fraction=fraction)
+        refs.append(render(scene, cam, device=device))
+        tests.append(draw(cam))
+    progress("rendering", done=2 * len(cams), total=2 * len(cams), fraction=None if start is None else 0.9)
+    res = compare_images(refs, tests)
+    res.update(width=cams[0].width, height=cams[0].height)
+    return res
 
 
 def evaluate(source: str, other: str, cams, device, progress=None) -> dict:
@@ -206,28 +213,15 @@ def measure(out: dict, source: str | None, draw: Callable, spec: ViewSpec, devic
     """Into `out` (a coding report with "bytes"), with `source`: its size, the ratio and PSNR/SSIM
     of `draw`'s renders (the decoded file) against the source's over `spec.n` evaluation views
     (0: none); progress events from fraction `start` to 0.9."""
-    from .render import render
-
     if source is None:
         return
     out["source"], out["source_bytes"] = source, os.path.getsize(source)
     out["ratio"] = out["source_bytes"] / max(out["bytes"], 1)
     if spec.n <= 0:
         return
-    scene = load_scene_checked(source, lambda m: progress("warning", message=m))
-    cams = spec.views(scene, source, evaluation=True)[:spec.n]
-
-    def on_view(i: int, n: int) -> None:
-        if i < n:
-            progress("rendering", done=2 * i, total=2 * n, message=f"view {i + 1} of {n}",
-                     fraction=start + (0.9 - start) * i / n)
-        else:
-            progress("rendering", done=2 * n, total=2 * n, fraction=0.9)
-
-    res = compare_renders(lambda cam: render(scene, cam, device=device), draw, cams, on_view)
+    res = compare_to_source(source, lambda: draw, spec, device, progress, start)
     out.update({k: res[k] for k in ("psnr", "psnr_of_mean_mse", "worst_psnr", "ssim", "psnr_per_view",
-                                    "ssim_per_view", "views") if k in res})
-    out.update(width=cams[0].width, height=cams[0].height)
+                                    "ssim_per_view", "views", "width", "height") if k in res})
 
 
 def preview(out: dict, preview_out: str | None, scene_fn: Callable, progress: Events) -> None:

@@ -200,23 +200,15 @@ def op_eval(args: dict, progress: Callable) -> dict:
     """PSNR/SSIM of `other`'s renders against `source`'s over the same views, one progress event
     per rendered view; with `output`, the report is also written there as JSON (atomically)."""
     from .io.atomic import write_bytes_atomic
-    from .render import render
 
     source, other = _arg(args, "source", str, op="eval"), _arg(args, "other", str, op="eval")
     output = _opt(args, "output", str, "eval")
     device = _arg(args, "device", str, "auto", "eval")
     service.check_outputs(output)
-    a = service.load_scene_checked(source, _warn(progress))
-    draw_other = service.draw_file(other, device, _warn(progress))
     spec = _view_spec(args, "eval")
-    cams = spec.views(a, source, evaluation=True)[:spec.n]
-
-    def on_view(i: int, n: int) -> None:
-        progress("rendering", done=2 * i, total=2 * n, message=f"view {i + 1} of {n}" if i < n else None)
-
-    res = service.compare_renders(lambda cam: render(a, cam, device=device), draw_other, cams, on_view)
-    res.update(source=source, other=other, source_bytes=os.path.getsize(source),
-               other_bytes=os.path.getsize(other), width=cams[0].width, height=cams[0].height)
+    res = service.compare_to_source(source, lambda: service.draw_file(other, device, _warn(progress)), spec,
+                                    device, progress)
+    res.update(source=source, other=other, source_bytes=os.path.getsize(source), other_bytes=os.path.getsize(other))
     res = _finite(res)
     if output:
         write_bytes_atomic(output, json.dumps(res, indent=2).encode("utf-8"))
