@@ -17,9 +17,11 @@ from pathlib import Path
 
 from . import __version__
 from .errors import HemgsError, InputError, one_line
-from .modes import DEFAULT_MODE, DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE, MODES
+from .modes import (DEFAULT_MODE, DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE, MODES, anchor_only, check_direct_source,
+                    mode_for)
 from .progress import Reporter
-from .service import ViewSpec, check_outputs, evaluate, load_scene_checked, save_png
+from .service import (ViewSpec, check_iters, check_outputs, direct_configs, evaluate, file_info, fit_config,
+                      load_scene_checked, own_views, save_png, scene_and_draw, train_and_compress)
 
 EXIT_USAGE = 2
 DEFAULT_VIEWS = 16  # the sampled view set of render and eval, when a scene brings no cameras
@@ -203,8 +205,6 @@ def _human_bytes(n: int) -> str:
 
 # ---- commands ---------------------------------------------------------------------------------
 def cmd_info(args) -> int:
-    from .service import file_info
-
     info = file_info(args.file)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -245,8 +245,6 @@ def _print_info(info: dict) -> None:
 
 
 def cmd_render(args) -> int:
-    from .service import scene_and_draw
-
     check_outputs(args.output, make_folders=True)
     device = _setup_torch(args)
     with Reporter() as report:  # a .hgs: decoded (a direct file's Gaussians, an anchor file's model)
@@ -298,8 +296,6 @@ def cmd_eval(args) -> int:
 
 
 def _fit_config(args):
-    from .service import fit_config
-
     given = {k: v for k, v in (("width", args.width), ("steps", args.steps), ("views", args.views)) if v is not None}
     return fit_config(lam=args.lam, warm_steps=args.warm_steps, codec=args.codec,
                       scene_agnostic=not args.no_scene_agnostic, ar=not args.no_ar, acs=not args.no_acs,
@@ -358,9 +354,6 @@ def _print_sizes(report: dict, source_bytes: int | None) -> None:
 
 def _check_direct_args(args) -> None:
     """What --mode direct refuses: anchor-mode training inputs and options."""
-    from .modes import check_direct_source
-    from .service import check_iters
-
     if args.images is not None or args.mlps is not None:
         raise InputError("--mode direct codes a 3DGS PLY/SPZ's own Gaussians: --images and --mlps apply to "
                          "anchor mode (--mode anchor)")
@@ -382,7 +375,6 @@ def _check_direct_args(args) -> None:
 def cmd_compress_direct(args) -> int:
     from .modes import check_direct_lambda
     from .pipeline import compress_direct
-    from .service import direct_configs, own_views
 
     lam = check_direct_lambda(args.lam if args.lam_given else DIRECT_LAMBDA_DEFAULT)  # before any work
     _check_direct_args(args)
@@ -413,9 +405,7 @@ def cmd_compress_direct(args) -> int:
 
 def cmd_compress(args) -> int:
     from .io import detect_format
-    from .modes import anchor_only, mode_for
     from .pipeline import compress
-    from .service import train_and_compress
 
     check_outputs(args.output)
     anchor_input = args.images is not None or args.mlps is not None or (

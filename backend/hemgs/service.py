@@ -41,6 +41,20 @@ def _warn_stderr(message: str) -> None:
     print(f"hemgs: warning: {message}", file=sys.stderr)
 
 
+def _event_gate() -> Callable[[int, int], bool]:
+    """Whether a progress event is due: at most ~10 a second, but always a stage's last step."""
+    last = {"t": 0.0}
+
+    def due(done: int, total: int) -> bool:
+        now = time.monotonic()
+        if done < total and now - last["t"] < 0.1:
+            return False
+        last["t"] = now
+        return True
+
+    return due
+
+
 # ---- files --------------------------------------------------------------------------------------
 def load_scene_checked(path: str, warn: Warn | None = _warn_stderr):
     """A PLY/SPZ read and sanitized; each repair is reported as `warn("PATH: what")`."""
@@ -304,14 +318,11 @@ def _fit_events(cfg, progress: Events) -> Callable:
     work = {stage: n * _STAGE_COST[stage] for stage, n in steps.items()}  # in the fit's order
     total_work = sum(work.values()) or 1.0
     before = dict(zip(work, itertools.accumulate(work.values(), initial=0.0)))
-    last = {"t": 0.0}
+    due = _event_gate()
 
     def report(stage: str, step: int, total: int, info: dict) -> None:
-        now = time.monotonic()
-        # At most ~10 events a second, but always the last step of a stage.
-        if step < total and now - last["t"] < 0.1:
+        if not due(step, total):
             return
-        last["t"] = now
         frac = (before.get(stage, 0.0) + work.get(stage, 0.0) * step / max(total, 1)) / total_work
         loss = info.get("loss")
         text = STAGE_NAMES.get(stage, stage) + (f", loss {loss:.4g}" if isinstance(loss, float) else "")
@@ -430,15 +441,12 @@ def compress_direct_measured(source: str, output: str, *, lam: float, switches: 
         _DIRECT_FIT.update(key=None, fitted=None, extra=None)  # free the old one before fitting
         progress("reading", done=0, total=1, message="reading the source", fraction=0.0)
         scene = load_scene_checked(source, lambda m: progress("warning", message=m))
-        last = {"t": 0.0}
+        due = _event_gate()
 
         def fit_progress(done: int, total: int) -> None:
-            now = time.monotonic()
-            if done < total and now - last["t"] < 0.1:  # at most ~10 a second, always the last
-                return
-            last["t"] = now
-            progress("fitting", done=done, total=total, message="fitting (direct mode)",
-                     fraction=0.02 + 0.58 * done / max(total, 1))
+            if due(done, total):
+                progress("fitting", done=done, total=total, message="fitting (direct mode)",
+                         fraction=0.02 + 0.58 * done / max(total, 1))
 
         fitted = fit_direct(scene, cfg, fcfg, progress=fit_progress, cameras=cameras)
         extra = {"source": os.path.basename(source), "source_bytes": st.st_size}

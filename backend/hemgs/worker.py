@@ -25,7 +25,8 @@ from typing import Any, Callable, TextIO
 from . import __version__, service
 from .errors import HemgsError, InputError, one_line
 from .modes import (ANCHOR_TRAINED_LAMBDAS, DEFAULT_MODE, DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE,
-                    DIRECT_SWITCH_DEFAULTS, DIRECT_TRAINED_LAMBDAS, MODES)
+                    DIRECT_SWITCH_DEFAULTS, DIRECT_TRAINED_LAMBDAS, MODES, check_direct_lambda, check_direct_source,
+                    mode_for)
 from .service import TRAIN_PRESETS, ViewSpec
 
 # Protocol version rules (docs/protocol.md): additions a client may ignore (new optional arguments,
@@ -280,8 +281,6 @@ def op_compress(args: dict, progress: Callable) -> dict:
     `source` and code it (op_compress_direct).
     Then decode the written file, measure it against `source` (PSNR/SSIM over the views `hemgs
     eval` uses) and bake its preview (`preview`)."""
-    from .modes import mode_for
-
     mode = mode_for(_opt(args, "mode", str, "compress"), anchor_input="model" in args)
     if mode == "direct":
         return op_compress_direct(args, progress)
@@ -307,8 +306,6 @@ def op_compress_direct(args: dict, progress: Callable) -> dict:
     `lambda` (DIRECT_LAMBDA_RANGE, default DIRECT_LAMBDA_DEFAULT) into `output`, then measure
     and preview the file as written (decoded again). A fit of the same source file and settings
     is reused from the previous request (`fitted`: false)."""
-    from .modes import check_direct_lambda, check_direct_source
-
     op = "compress"
     if args.get("model") is not None:
         raise InputError("compress: mode 'direct' fits the source itself; it takes no 'model' (that is anchor mode)")
