@@ -343,11 +343,12 @@ def _print_heldout(fitted) -> None:
               "before quantization)")
 
 
-def _print_sizes(report: dict, source_bytes: int | None) -> None:
+def _print_sizes(report: dict, source_bytes: int | None, what: str = "") -> None:
+    """The written file: its size, its ratio to the source's, `what` it holds, and its sections."""
     total = report["bytes"]
     ratio = f" ({source_bytes / total:.1f}x smaller than the source)" if source_bytes else ""
-    print(f"wrote {report['path']}: {_human_bytes(total)}{ratio}, {report['anchors']:,} anchors, "
-          f"encoded in {report['seconds']:.2f} s")
+    what = what or f"{report['anchors']:,} anchors, "
+    print(f"wrote {report['path']}: {_human_bytes(total)}{ratio}, {what}encoded in {report['seconds']:.2f} s")
     for name, n in report["sections"].items():
         print(f"  {name:<10} {n:>10,} bytes  {100 * n / total:5.1f}%")
 
@@ -393,13 +394,8 @@ def cmd_compress_direct(args) -> int:
         report = compress_direct(args.src, args.output, lam=lam, cfg=cfg, fcfg=fcfg, stages=stages, cameras=cameras)
     for w in report["warnings"]:
         print(f"hemgs: warning: {args.src}: {w}", file=sys.stderr)
-    total, source_bytes = report["bytes"], report["source_bytes"]
-    ratio = f" ({source_bytes / total:.1f}x smaller than the source)" if source_bytes else ""
-    print(f"wrote {args.output}: {_human_bytes(total)}{ratio}, direct mode at λ={lam:g}, "
-          f"{report['gaussians']:,} Gaussians, fitted in {report['fit_seconds']:.1f} s, "
-          f"encoded in {report['seconds']:.2f} s")
-    for name, n in report["sections"].items():
-        print(f"  {name:<10} {n:>10,} bytes  {100 * n / total:5.1f}%")
+    _print_sizes(report, report["source_bytes"], f"direct mode at λ={lam:g}, {report['gaussians']:,} Gaussians, "
+                                                 f"fitted in {report['fit_seconds']:.1f} s, ")
     return 0
 
 

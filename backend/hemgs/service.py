@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from . import __version__
 from .errors import InputError
 from .modes import DIRECT_SWITCH_DEFAULTS
 
@@ -53,6 +54,28 @@ def _event_gate() -> Callable[[int, int], bool]:
         return True
 
     return due
+
+
+def backend_versions() -> dict:
+    """What the add-on's "Check backend" shows: hemgs, Python, torch, CUDA and gsplat versions (torch
+    and gsplat None where missing)."""
+    out: dict[str, Any] = {"hemgs": __version__, "python": sys.version.split()[0], "executable": sys.executable}
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+        out["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
+        out["cuda_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        out["torch"] = None
+        out["cuda"] = None
+    try:
+        from importlib.metadata import version
+
+        out["gsplat"] = version("gsplat")
+    except Exception:  # noqa: BLE001 - any failure means "not installed" here
+        out["gsplat"] = None
+    return out
 
 
 # ---- files --------------------------------------------------------------------------------------

@@ -124,24 +124,8 @@ def _view_spec(args: dict, op: str, *, none_ok: bool = False) -> ViewSpec:
 # ---- operations ----------------------------------------------------------------------------
 # Each takes (args, progress) and returns a JSON-able dict. progress(stage, done=, total=, message=)
 def op_versions(args: dict, progress: Callable) -> dict:
-    """What the "Check backend" button shows: hemgs, Python, torch, CUDA and gsplat versions."""
-    out: dict[str, Any] = {"hemgs": __version__, "python": sys.version.split()[0], "executable": sys.executable}
-    try:
-        import torch
-
-        out["torch"] = torch.__version__
-        out["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
-        out["cuda_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        out["torch"] = None
-        out["cuda"] = None
-    try:
-        from importlib.metadata import version
-
-        out["gsplat"] = version("gsplat")
-    except Exception:  # noqa: BLE001 - any failure means "not installed" here
-        out["gsplat"] = None
-    return out
+    """What the "Check backend" button shows (service.backend_versions)."""
+    return service.backend_versions()
 
 
 def op_info(args: dict, progress: Callable) -> dict:
