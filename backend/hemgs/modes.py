@@ -60,8 +60,8 @@ DIRECT_TRAINED_LAMBDAS = (0.25, 0.5, 1.0, 2.0)  # = hemgs.direct.LAMBDAS (a test
 # which imports torch (a test keeps them equal).
 ANCHOR_TRAINED_LAMBDAS = (1e-3, 2e-3, 3e-3, 4e-3)
 # Direct mode's parts, on or off by default. The scene-agnostic prior and the AR context are
-# built and selectable, but off: here they move the size by ~1% either way (BD-rate on
-# playbot_lod3: all parts on +0.6%, docs/benchmarks/direct.md) and double the decode time of
+# built and selectable, but off: here they do not pay for themselves (BD-rate on playbot_lod3, all
+# parts on: +2.9%; docs/direct-mode.md, "Defaults") and double the decode time of
 # playbot_lod2 (6.5 s against 3.3 s on 2 cores), past the 5 s a near-lossless format needs.
 DIRECT_SWITCH_DEFAULTS = {"scene_agnostic": False, "ar": False, "acs": True, "variable_rate": True}
 
