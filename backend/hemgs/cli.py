@@ -69,8 +69,13 @@ def _build_parser() -> argparse.ArgumentParser:
     common.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: HEMGS_THREADS or torch's)")
     p.set_defaults(debug=False)
     sub = p.add_subparsers(title="commands")
+    # The file formats these texts name come from the format registry (hemgs.io.formats).
+    from .io import formats
 
-    s = sub.add_parser("info", parents=[common], help="summarise a PLY, SPZ or .hgs file")
+    scenes = "/".join(f.label for f in formats.readable() if f.label)  # "PLY/SPZ"
+    written = formats.writable()
+
+    s = sub.add_parser("info", parents=[common], help=f"summarise a {formats.labels(formats.listed())} file")
     s.add_argument("file")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_info)
@@ -86,7 +91,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--view", type=int, default=0, help="index of the view (default 0)")
     s.set_defaults(func=cmd_render)
 
-    s = sub.add_parser("convert", parents=[common], help="convert between PLY and SPZ (by extension)")
+    s = sub.add_parser("convert", parents=[common],
+                       help=f"convert between {formats.labels(written, 'and')} (by extension)")
     s.add_argument("src")
     s.add_argument("dst")
     s.add_argument("--spz-version", type=int, default=None, choices=[2, 3, 4])
@@ -134,7 +140,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", parents=[common, fit_args], help="fit a model to a 3DGS scene (train once, export many)")
     s.add_argument("src", nargs="?", default=None,
-                   help="3DGS PLY/SPZ, or Scaffold-GS anchor PLY (with --mlps); optional with --images")
+                   help=f"3DGS {scenes}, or Scaffold-GS anchor PLY (with --mlps); optional with --images")
     s.add_argument("-o", "--output", required=True, help="model file (.safetensors)")
     s.set_defaults(func=cmd_train)
 
@@ -142,10 +148,10 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="write a .hgs from a trained model (or a PLY: trains first; --mode direct: no training)")
     s.add_argument("src", nargs="?", default=None,
                    help="trained model, or a source to train first (as for train); optional with --images; "
-                        "--mode direct: a 3DGS PLY/SPZ")
+                        f"--mode direct: a 3DGS {scenes}")
     s.add_argument("-o", "--output", required=True, help="output .hgs")
     s.add_argument("--mode", choices=list(MODES), default=None,
-                   help=f"{DEFAULT_MODE} (the default for a 3DGS PLY/SPZ): anchor-free, the entropy model is fitted "
+                   help=f"{DEFAULT_MODE} (the default for a 3DGS {scenes}): anchor-free, the entropy model is fitted "
                         "to the scene's own Gaussians in seconds to a minute, λ "
                         f"{DIRECT_LAMBDA_RANGE[0]:g} to {DIRECT_LAMBDA_RANGE[1]:g} (default {DIRECT_LAMBDA_DEFAULT:g}); "
                         "anchor (the default for a trained model, --images or --mlps): HEMGS on a trained anchor "
@@ -158,9 +164,10 @@ def _build_parser() -> argparse.ArgumentParser:
                         "recorded in the file")
     s.set_defaults(func=cmd_compress)
 
-    s = sub.add_parser("decompress", parents=[common], help="decode a .hgs to a 3DGS PLY or SPZ (baked)")
+    s = sub.add_parser("decompress", parents=[common],
+                       help=f"decode a .hgs to a 3DGS {formats.labels(written)} (baked)")
     s.add_argument("file")
-    s.add_argument("-o", "--output", required=True, help="output .ply or .spz")
+    s.add_argument("-o", "--output", required=True, help=f"output {formats.extension_list(written)}")
     s.add_argument("--sh-degree", type=int, default=None, choices=[0, 1, 2, 3],
                    help="anchor files: SH degree of the baked colours (default 1); direct files keep their own "
                         "degree, and a lower one given here truncates it")

@@ -20,7 +20,7 @@ from .cameras import Camera
 from .container import read_hgs, write_hgs
 from .errors import FormatError, InputError
 from .fit import FitConfig, Fitted, Progress, fit, render_views_anchor
-from .io import detect_format, load_scene, save_scene
+from .io import detect_format, formats, load_scene, save_scene
 from .model_store import load_model, save_model
 from .modes import DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE, MODES, check_direct_lambda, check_direct_source  # noqa: F401
 from .progress import step_stage
@@ -219,8 +219,10 @@ def decompress(hgs_path, out_path, *, sh_degree: int | None = None, progress: Pr
     """Decode `hgs_path` and save its Gaussians to `out_path` (.ply/.spz), as decoded_scene says:
     an anchor file baked (SH degree `sh_degree`, default BAKE_SH_DEGREE), a direct file as coded
     (`sh_degree` only truncates)."""
-    if os.path.splitext(str(out_path))[1].lower() not in (".ply", ".spz"):
-        raise InputError(f"{out_path}: decompress writes .ply or .spz (the extension picks the format)")
+    written = formats.writable()  # the registry's writers (hemgs.io.formats)
+    if os.path.splitext(str(out_path))[1].lower() not in formats.extensions(written):
+        raise InputError(f"{out_path}: decompress writes {formats.extension_list(written)} "
+                         "(the extension picks the format)")
     if sh_degree is not None and not (isinstance(sh_degree, int) and 0 <= sh_degree <= 3):
         raise InputError(f"SH degree must be 0..3, got {sh_degree}")
     scene = decoded_scene(decode_file(hgs_path, progress), sh_degree)

@@ -320,13 +320,14 @@ def op_decompress(args: dict, progress: Callable) -> dict:
     """Decode the .hgs `path` and write its baked Gaussians to `output` (.ply or .spz)."""
     from pathlib import Path
 
-    from .io import save_scene
+    from .io import formats, save_scene
     from .pipeline import decode_file, decoded_scene
 
     path, output = _arg(args, "path", str, op="decompress"), _arg(args, "output", str, op="decompress")
     sh_degree = _opt(args, "sh_degree", int, "decompress")
-    if Path(output).suffix.lower() not in (".ply", ".spz"):  # say so before decoding, not after
-        raise InputError(f"decompress: {output}: the output must be a .ply or .spz file")
+    written = formats.writable()
+    if Path(output).suffix.lower() not in formats.extensions(written):  # say so before decoding, not after
+        raise InputError(f"decompress: {output}: the output must be a {formats.extension_list(written)} file")
     if sh_degree is not None and not 0 <= sh_degree <= 3:
         raise InputError(f"decompress: sh_degree must be 0..3, got {sh_degree}")
     service.check_outputs(output)

@@ -152,6 +152,11 @@ def is_scaffold_names(names: list[str]) -> bool:
     return any(n.startswith("f_anchor_feat_") for n in names)
 
 
+def sniff_ply(head: bytes, path: Path) -> bool:
+    """The registry's content test (io/formats.py): a PLY of any kind; Scaffold-GS's is tested first."""
+    return head.startswith(PLY_MAGIC)
+
+
 def read_ply_vertices(path: str | os.PathLike) -> tuple[PlyHeader, np.ndarray]:
     """Header plus the raw structured array of the 'vertex' element (mapped errors)."""
     path = Path(path)

@@ -21,7 +21,7 @@ import plyfile
 
 from ..errors import FormatError, InputError
 from .atomic import atomic_write
-from .ply import read_ply_vertices
+from .ply import PLY_MAGIC, is_scaffold_names, read_ply_header, read_ply_vertices
 
 _BASE = ["x", "y", "z", "opacity"]
 
@@ -88,6 +88,12 @@ def _numbered(names: list[str], prefix: str, path: Path) -> list[str]:
     if idx != list(range(len(idx))):
         raise FormatError(f"{path}: {prefix}* properties are not numbered 0..{len(idx) - 1}")
     return [f"{prefix}{i}" for i in idx]
+
+
+def sniff_scaffold_ply(head: bytes, path: Path) -> bool:
+    """The registry's content test (io/formats.py): a PLY whose vertices are anchors (by property
+    name, so the header is read; a truncated or foreign header raises the PLY reader's error)."""
+    return head.startswith(PLY_MAGIC) and is_scaffold_names(read_ply_header(path).property_names("vertex"))
 
 
 def read_scaffold_ply(path: str | os.PathLike, mlp_path: str | os.PathLike | None = None) -> ScaffoldAnchors:

@@ -372,11 +372,20 @@ def encode_spz(scene: GaussianScene, *, version: int = 4, sh1_bits: int = 5, sh_
     return gzip.compress(head + b"".join(streams), compresslevel=9, mtime=0)
 
 
-def write_spz(scene: GaussianScene, path: str | os.PathLike, *, version: int = 4, **options) -> None:
-    """Write `scene` as an SPZ file (v4 zstd by default; `version=3` for gzip); see `encode_spz`.
+def sniff_spz(head: bytes, path: Path) -> bool:
+    """The registry's content test (io/formats.py): v2/v3 are gzip streams, v4 starts with 'NGSP'."""
+    return head.startswith(GZIP_MAGIC) or head.startswith(MAGIC_BYTES)
+
+
+def write_spz(scene: GaussianScene, path: str | os.PathLike, *, version: int = 4, spz_version: int | None = None,
+              **options) -> None:
+    """Write `scene` as an SPZ file (v4 zstd by default; `version=3` for gzip; `spz_version` is the
+    CLI's and the worker's name for it, passed through `save_scene`); see `encode_spz`.
 
     The file appears atomically (temp file + rename); on any error nothing is left behind.
     """
+    if spz_version is not None:
+        version = spz_version
     write_bytes_atomic(path, encode_spz(scene, version=version, **options))
 
 
