@@ -159,7 +159,7 @@ def test_colours_are_coded_luma_first_then_chroma_given_it(fitted, monkeypatch):
     luma as decoded; a decoder that gets other luma values gets other chroma distributions (and
     fails loudly on its checksums rather than decoding garbage)."""
     from hemgs.codec import streams
-    from hemgs.codec.hemgs_codec import _read_part
+    from hemgs.codec.hemgs_codec import read_part
     from hemgs.direct.model import chain_parts
 
     assert chain_parts("dc", 3) == ([0], [1, 2]) and chain_parts("scale", 3) is None
@@ -168,8 +168,8 @@ def test_colours_are_coded_luma_first_then_chroma_given_it(fitted, monkeypatch):
     header, sections, enc = encode(fitted, lam=0.5)
     groups = fitted.prep.n_groups
     for stage in ("dc", "sh"):
-        assert len(_read_part(sections[stage], stage, 2 * groups)[1]) == 2 * groups
-    assert len(_read_part(sections["opacity"], "opacity", groups)[1]) == groups
+        assert len(read_part(sections[stage], stage, 2 * groups)[1]) == 2 * groups
+    assert len(read_part(sections["opacity"], "opacity", groups)[1]) == groups
     assert same(decode(header, sections).scene, enc.scene)
     real = streams.decode_values
 

@@ -105,7 +105,7 @@ def _stage(geo: _Geometry, stage: str, prior: torch.Tensor, lam: float, coded: n
             idx, guard = snap_steps(q_raw[:, sl][c], base[:, sl][c])
             out_sections[name] = [guard]
         else:
-            guard, readers[name] = _read_part(sections[name], name, geo.n_groups)
+            guard, readers[name] = read_part(sections[name], name, geo.n_groups)
             idx = steps_from_guard(q_raw[:, sl][c], base[:, sl][c], guard)
         part_q = q[:, sl].copy()
         part_q[c] = step_values(idx, base[:, sl][c])
@@ -135,18 +135,22 @@ def _stage(geo: _Geometry, stage: str, prior: torch.Tensor, lam: float, coded: n
             block[c] = dec
             decoded[rows, sl] = block
     if values is not None:
-        out_sections = {k: _write_part(v[0], v[1:]) for k, v in out_sections.items()}
+        out_sections = {k: write_part(v[0], v[1:]) for k, v in out_sections.items()}
     return decoded, out_sections
 
 
-def _write_part(step_guard: bytes, group_streams: list[bytes]) -> bytes:
+def write_part(step_guard: bytes, group_streams: list[bytes]) -> bytes:
+    """One part's section (the layout above): its step guard, then one stream per group (also
+    direct mode's stages, direct/stages.py)."""
     out = [struct.pack("<I", len(step_guard)), step_guard, struct.pack("<I", len(group_streams))]
     for s in group_streams:
         out += [struct.pack("<I", len(s)), s]
     return b"".join(out)
 
 
-def _read_part(data: bytes, name: str, n_groups: int) -> tuple[bytes, list]:
+def read_part(data: bytes, name: str, n_groups: int) -> tuple[bytes, list]:
+    """(step guard, each group's stream) of a section `write_part` wrote, which must hold
+    `n_groups` groups; errors name the section."""
     def take(pos, n, what):
         if pos + n > len(data):
             raise FormatError(f"section {name}: truncated in its {what}")

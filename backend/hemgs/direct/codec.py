@@ -23,7 +23,7 @@ import torch
 
 from ..codec import streams
 from ..codec.anchor import CHUNK
-from ..codec.hemgs_codec import _read_part, _write_part
+from ..codec.hemgs_codec import read_part, write_part
 from ..codec.weights import pack_quantized, quantize_weights, unpack_quantized, unpack_weights
 from ..coding.bits import decode_bits, encode_bits
 from ..coding.exact_params import run_deterministic
@@ -207,7 +207,7 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
             idx, guard = snap_steps(q_raw, STEP_BASE)
             group_streams = []
         else:
-            guard, readers = _read_part(sections[s], s, prep.n_groups * (1 if st.rest is None else 2))
+            guard, readers = read_part(sections[s], s, prep.n_groups * (1 if st.rest is None else 2))
             idx = steps_from_guard(q_raw, STEP_BASE, guard)
         q = step_values(idx, STEP_BASE).reshape(n, a)
         half = prep.frame.residual_half if st.family == "uniform" else None
@@ -299,7 +299,7 @@ def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int
         if s == "importance" and skips:
             live = cur[:, 0] >= 0.5
         if values is not None:
-            out[s] = _write_part(guard, group_streams)
+            out[s] = write_part(guard, group_streams)
             if palette is not None:
                 out[repeats.SECTION] = b"".join(rep_records)
         elif palette is not None and rep_pos != len(sections[repeats.SECTION]):
