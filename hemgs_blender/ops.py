@@ -1,5 +1,6 @@
-"""Operators: File > Import of splat files and .hgs, File > Export .hgs, loading the panel's source,
-training, loading a model, compressing and measuring (the last ones run in the backend worker)."""
+"""Operators: File > Import of splat files and .hgs (one importer: several files at once, drag and
+drop on the viewport), File > Export .hgs, loading the panel's source, training, loading a model,
+compressing and measuring (the last ones run in the backend worker)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 from pathlib import Path
 
 import bpy
-from bpy_extras.io_utils import ExportHelper, ImportHelper
+from bpy_extras.io_utils import ExportHelper, ImportHelper, poll_file_object_drop
 
 from . import api, jobs, props as hprops
 from .worker_client import error_text
@@ -25,14 +26,15 @@ def _import(op, context, path: str, stand_up: bool):
 
 
 def _start(op, context, name: str, args: dict, outputs=(), on_done=None):
-    """Start a worker job (blocking in background mode); errors become a report and the panel's
-    message. Outputs that cannot be written are refused before the job starts."""
+    """Start a worker job (blocking in background mode); errors become a report (when `op` is
+    given) and the panel's message. Outputs that cannot be written are refused before the job starts."""
     try:
         api.check_outputs(*outputs)
         jobs.run(context, name, args, outputs, on_done=on_done)
     except Exception as exc:  # noqa: BLE001 - shown in the panel
         jobs.state.message, jobs.state.is_error = error_text(exc), True
-        op.report({"ERROR"}, jobs.state.message)
+        if op is not None:  # None: a job started after its operator returned (the operator is gone)
+            op.report({"ERROR"}, jobs.state.message)
         return {"CANCELLED"}
     return {"FINISHED"}
 
@@ -40,34 +42,6 @@ def _start(op, context, name: str, args: dict, outputs=(), on_done=None):
 def _stand_up_prop():
     """The import option (File > Import's side panel; the sidebar has it as a scene setting)."""
     return bpy.props.BoolProperty(name=hprops.STAND_UP_NAME, description=hprops.STAND_UP_DESCRIPTION, default=True)
-
-
-class HEMGS_OT_import_ply(bpy.types.Operator, ImportHelper):  # type: ignore[misc]  # stub-only clash
-    """Import a 3DGS or Scaffold-GS PLY as a splat preview (colour, opacity and size per point)"""
-
-    bl_idname = "hemgs.import_ply"
-    bl_label = "Import 3DGS / Scaffold PLY"
-    bl_options = {"REGISTER", "UNDO"}
-    filename_ext = ".ply"
-    filter_glob: bpy.props.StringProperty(default="*.ply", options={"HIDDEN"})  # type: ignore[valid-type]
-    stand_up: _stand_up_prop()  # type: ignore[valid-type]
-
-    def execute(self, context):
-        return _import(self, context, self.filepath, self.stand_up)
-
-
-class HEMGS_OT_import_spz(bpy.types.Operator, ImportHelper):  # type: ignore[misc]  # stub-only clash
-    """Import a Niantic SPZ file as a splat preview"""
-
-    bl_idname = "hemgs.import_spz"
-    bl_label = "Import SPZ splats"
-    bl_options = {"REGISTER", "UNDO"}
-    filename_ext = ".spz"
-    filter_glob: bpy.props.StringProperty(default="*.spz", options={"HIDDEN"})  # type: ignore[valid-type]
-    stand_up: _stand_up_prop()  # type: ignore[valid-type]
-
-    def execute(self, context):
-        return _import(self, context, self.filepath, self.stand_up)
 
 
 def _show_preview_npz(npz: str, path: str, stand_up: bool, beside: str = "") -> object:
@@ -105,21 +79,105 @@ def _place_beside(context, obj, source: str) -> None:
             src.hide_viewport = True
 
 
-class HEMGS_OT_import_hgs(bpy.types.Operator, ImportHelper):  # type: ignore[misc]  # stub-only clash
+# The files the importer takes: hemgs.io.formats.preview_extensions(), kept here as a literal since
+# registering the operators must not import the backend (tests/test_formats.py keeps them equal).
+IMPORT_EXTENSIONS = (".ply", ".spz", ".hgs")
+IMPORT_GLOB = ";".join(f"*{ext}" for ext in IMPORT_EXTENSIONS)
+
+
+def _import_hgs_files(op, context, paths: list[str], stand_up: bool):
+    """Decode .hgs files in the worker, one job after the other (the panel runs one job at a time);
+    each preview appears when its file is decoded. With a UI the later jobs start after `op` has
+    returned, so their errors go to the panel only."""
+    path, rest = paths[0], paths[1:]
+    npz = str(api.preview_cache_path("hgs"))
+
+    def done(res: dict) -> None:
+        _show_preview_npz(npz, path, stand_up)
+        if rest:
+            _import_hgs_files(op if bpy.app.background else None, bpy.context, rest, stand_up)
+
+    return _start(op, context, "load_preview", {"path": path, "output": npz}, [npz], on_done=done)
+
+
+class _SplatImport(ImportHelper):
+    """What every import operator shares: one or several files (File > Import's multi-select, a drop
+    on the 3D viewport), PLY/SPZ read here, .hgs files decoded in the backend."""
+
+    bl_options = {"REGISTER", "UNDO"}
+    filter_glob: bpy.props.StringProperty(default=IMPORT_GLOB, options={"HIDDEN"})  # type: ignore[valid-type]
+    # Blender's multi-file convention: the file browser and a drop fill `directory` + `files`.
+    files: bpy.props.CollectionProperty(  # type: ignore[valid-type]
+        type=bpy.types.OperatorFileListElement, options={"HIDDEN", "SKIP_SAVE"})
+    directory: bpy.props.StringProperty(subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})  # type: ignore[valid-type]
+    stand_up: _stand_up_prop()  # type: ignore[valid-type]
+
+    def invoke(self, context, event):
+        # A drop sets the path: ask for the options only; otherwise the file browser.
+        return self.invoke_popup(context)
+
+    def paths(self) -> list[str]:
+        names = [f.name for f in self.files if f.name]
+        if names and self.directory:
+            return [os.path.join(self.directory, name) for name in names]
+        path = self.filepath  # type: ignore[attr-defined]  # ImportHelper's, missing from its stub
+        return [path] if path else []
+
+    def execute(self, context):
+        paths = self.paths()
+        if not paths:
+            self.report({"ERROR"}, "no file to import")
+            return {"CANCELLED"}
+        hgs = [p for p in paths if p.lower().endswith(".hgs")]
+        results = [_import(self, context, p, self.stand_up) for p in paths if p not in hgs]
+        if hgs:
+            results.append(_import_hgs_files(self, context, hgs, self.stand_up))
+        return {"FINISHED"} if {"FINISHED"} in results else {"CANCELLED"}
+
+
+class HEMGS_OT_import_splats(bpy.types.Operator, _SplatImport):  # type: ignore[misc]  # stub-only clash
+    """Import Gaussian-splat files (3DGS/Scaffold PLY, SPZ, HEMGS .hgs) as splat previews"""
+
+    bl_idname = "hemgs.import_splats"
+    bl_label = "Import Gaussian Splats"
+
+
+# The importers of earlier versions, for scripts that call them: the same operator, one extension.
+class HEMGS_OT_import_ply(bpy.types.Operator, _SplatImport):  # type: ignore[misc]  # stub-only clash
+    """Import a 3DGS or Scaffold-GS PLY as a splat preview (colour, opacity and size per point)"""
+
+    bl_idname = "hemgs.import_ply"
+    bl_label = "Import 3DGS / Scaffold PLY"
+    filter_glob: bpy.props.StringProperty(default="*.ply", options={"HIDDEN"})  # type: ignore[valid-type]
+
+
+class HEMGS_OT_import_spz(bpy.types.Operator, _SplatImport):  # type: ignore[misc]  # stub-only clash
+    """Import a Niantic SPZ file as a splat preview"""
+
+    bl_idname = "hemgs.import_spz"
+    bl_label = "Import SPZ splats"
+    filter_glob: bpy.props.StringProperty(default="*.spz", options={"HIDDEN"})  # type: ignore[valid-type]
+
+
+class HEMGS_OT_import_hgs(bpy.types.Operator, _SplatImport):  # type: ignore[misc]  # stub-only clash
     """Decode a HEMGS .hgs file in the backend and import its Gaussians as a splat preview"""
 
     bl_idname = "hemgs.import_hgs"
     bl_label = "Import HEMGS"
-    bl_options = {"REGISTER", "UNDO"}
-    filename_ext = ".hgs"
     filter_glob: bpy.props.StringProperty(default="*.hgs", options={"HIDDEN"})  # type: ignore[valid-type]
-    stand_up: _stand_up_prop()  # type: ignore[valid-type]
 
-    def execute(self, context):
-        path, stand_up = self.filepath, self.stand_up
-        npz = str(api.preview_cache_path("hgs"))
-        return _start(self, context, "load_preview", {"path": path, "output": npz}, [npz],
-                      on_done=lambda res: _show_preview_npz(npz, path, stand_up))
+
+class HEMGS_FH_splats(bpy.types.FileHandler):
+    """Drag and drop: a .ply, .spz or .hgs dropped on the 3D viewport (or the outliner) is imported."""
+
+    bl_idname = "HEMGS_FH_splats"
+    bl_label = "Gaussian splats"
+    bl_import_operator = HEMGS_OT_import_splats.bl_idname
+    bl_file_extensions = ";".join(IMPORT_EXTENSIONS)
+
+    @classmethod
+    def poll_drop(cls, context):
+        return poll_file_object_drop(context)
 
 
 class HEMGS_OT_load_source(bpy.types.Operator):
@@ -328,17 +386,16 @@ class HEMGS_OT_export_hgs(bpy.types.Operator, ExportHelper):  # type: ignore[mis
 
 
 def menu_import(self, context):
-    self.layout.operator(HEMGS_OT_import_ply.bl_idname, text="3DGS / Scaffold PLY (.ply)")
-    self.layout.operator(HEMGS_OT_import_spz.bl_idname, text="Gaussian Splats SPZ (.spz)")
-    self.layout.operator(HEMGS_OT_import_hgs.bl_idname, text="HEMGS (.hgs)")
+    self.layout.operator(HEMGS_OT_import_splats.bl_idname, text=f"Gaussian Splats ({', '.join(IMPORT_EXTENSIONS)})")
 
 
 def menu_export(self, context):
     self.layout.operator(HEMGS_OT_export_hgs.bl_idname, text="HEMGS (.hgs)")
 
 
-classes = (HEMGS_OT_import_ply, HEMGS_OT_import_spz, HEMGS_OT_import_hgs, HEMGS_OT_load_source, HEMGS_OT_evaluate,
-           HEMGS_OT_train, HEMGS_OT_load_model, HEMGS_OT_compress, HEMGS_OT_export_hgs)
+classes = (HEMGS_OT_import_splats, HEMGS_OT_import_ply, HEMGS_OT_import_spz, HEMGS_OT_import_hgs, HEMGS_FH_splats,
+           HEMGS_OT_load_source, HEMGS_OT_evaluate, HEMGS_OT_train, HEMGS_OT_load_model, HEMGS_OT_compress,
+           HEMGS_OT_export_hgs)
 
 
 def register():

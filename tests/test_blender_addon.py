@@ -167,6 +167,18 @@ res["api_decoded_name"] = api.load_preview(p.output_path).name
 res["decoded_rotations"] = [list(o.rotation_euler) for o in dec + imported]
 res["import_points"] = [len(o.data.points) for o in imported]
 res["export_hgs"] = list(bpy.ops.hemgs.export_hgs(filepath=os.path.join(work, "exported.hgs")))
+# The one importer, two files at once (as File > Import's multi-select passes them): a PLY read here
+# and a .hgs the worker decodes; then they are removed again. A real drop on the viewport cannot run
+# headless: the drag-and-drop handler is checked by its registration.
+before = set(bpy.data.objects)
+res["import_two"] = list(bpy.ops.hemgs.import_splats(directory=work, files=[{"name": "tiny.ply"},
+                                                                            {"name": "panel.hgs"}]))
+two = [o for o in bpy.data.objects if o not in before]
+res["import_two_objects"] = sorted([os.path.basename(o["hemgs_path"]), len(o.data.points)] for o in two)
+for o in two:
+    bpy.data.objects.remove(o)
+fh = getattr(bpy.types, "HEMGS_FH_splats", None)
+res["file_handler"] = fh and [fh.bl_import_operator, fh.bl_file_extensions, bpy.ops.hemgs.import_splats.idname()]
 # The same model at the slider's high end: a second file, from the same model.
 p.rate_position, p.output_path = 1.0, os.path.join(work, "panel_hi.hgs")
 res["compress_lambda"].append(props_mod.compress_lambda(p))
@@ -384,6 +396,9 @@ def test_train_and_compress_from_the_panel_show_results_and_decoded_preview(blen
     assert x > max(r["source_x"])
     # File > Import HEMGS (.hgs): a second decoded object, the same baked Gaussians.
     assert r["import_hgs"] == ["FINISHED"] and r["import_points"] == [points]
+    # Two files through the one importer; the drag-and-drop handler takes the registry's extensions.
+    assert r["import_two"] == ["FINISHED"] and r["import_two_objects"] == [["panel.hgs", points], ["tiny.ply", 3000]]
+    assert r["file_handler"] == ["hemgs.import_splats", ".ply;.spz;.hgs", "HEMGS_OT_import_splats"]
     assert r["export_hgs"] == ["FINISHED"] and detect_format(hgs.with_name("exported.hgs")) == "hgs"
     assert r["load_model"] == ["FINISHED"]
     assert not list(hgs.parent.glob(".*.tmp"))

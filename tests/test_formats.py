@@ -2,13 +2,14 @@
 help and the Blender importer's extensions. A format defined in this file, registered for one test,
 goes through all of them; nothing of it is left after."""
 
+import ast
 import json
 import struct
 
 import numpy as np
 import pytest
 
-from conftest import DEMO_PLY
+from conftest import DEMO_PLY, REPO
 from hemgs import cli
 from hemgs.errors import FormatError, InputError
 from hemgs.io import detect_format, formats, load_scene, save_scene
@@ -104,3 +105,17 @@ def test_a_trained_model_is_named_as_one_by_load_scene(tmp_path):
     assert detect_format(model) == "model"
     with pytest.raises(FormatError, match="m.safetensors: is a trained model"):
         load_scene(model)
+
+
+def _literal(path, name):
+    """The value of the module-level assignment `name = <literal>` in `path`, read without importing it."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{path} has no {name}")
+
+
+def test_the_blender_importer_takes_the_registrys_extensions():
+    # The add-on never imports hemgs to register its operators, so it keeps the list as a literal.
+    exts = _literal(REPO / "hemgs_blender" / "ops.py", "IMPORT_EXTENSIONS")
+    assert list(exts) == formats.preview_extensions()
