@@ -129,7 +129,7 @@ def test_the_twist_is_coded_as_its_representative_nearest_the_prediction():
     from types import SimpleNamespace
 
     from hemgs.direct.attributes import quat_to_swing_twist, twist_nearest
-    from hemgs.direct.codec import _round_stage
+    from hemgs.direct.stages import _round_stage
     from hemgs.direct.fit import _twist_near_mean
 
     rng = np.random.default_rng(5)

@@ -21,43 +21,31 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..codec import streams
 from ..codec.anchor import CHUNK
-from ..codec.hemgs_codec import read_part, write_part
 from ..codec.weights import pack_quantized, quantize_weights, unpack_quantized, unpack_weights
 from ..coding.bits import decode_bits, encode_bits
-from ..coding.exact_params import run_deterministic
-from ..coding.gaussian_coder import estimate_bits
 from ..coding.locations import decode_locations, encode_locations
-from ..coding.steps import snap_steps, step_values, steps_from_guard
-from ..entropy.ar import pack_context
 from ..entropy.context import num_groups
 from ..errors import FormatError, HemgsError, InputError
 from ..scene import GaussianScene
-from .attributes import (GEOM_WEIGHT, IMPORTANCE_OFFSET, coding_log_weights, scene_from_vectors, swing_target,
-                         twist_nearest)
+from .attributes import GEOM_WEIGHT, IMPORTANCE_OFFSET, coding_log_weights, scene_from_vectors, swing_target
 from .fit import DirectFitted
 from .geometry import MAX_LATTICE_BITS, Frame, decode_counts, encode_counts, layout_from_counts
 from .model import LAMBDA_UNIT, DirectConfig, DirectEntropyModel
 from .prepare import Prepared, prepare
+from .stages import choose_values, decode_stages, encode_stages, min_position_steps
+from .stages import LATTICE_STEP, SKIP_LOGIT  # noqa: F401 (the format's constants; docs/hgs-format.md names them here)
 from . import balance, repeats
 
 MODE = "direct"
 CODEC = "hemgs"
 NETWORKS_LAYOUT = "quantized"  # codec/weights.py: pack_quantized
-STEP_BASE = 1.0
 MAX_PER_VOXEL = 64  # Gaussians a voxel may hold on average (bounds a lying header's count)
 MAX_GAUSSIANS = 1 << 26
-# Skipped Gaussians (the encoder's choice, see `skip_decisions`): coded importance 0, nothing else
-# coded; they decode transparent, with each later stage's mean value, so the count and the order
-# of the source's Gaussians stay as they were.
-SKIP_LOGIT = -12.0  # α ≈ 6e-6: below every renderer's cut-off (1/255)
 # Bits a Gaussian's later stages cost, for the skip decision (calibrated on playbot_lod3 and
 # biker: docs/direct-mode.md); the distortion of skipping is the opacity weight of losing all α.
+# A skipped Gaussian decodes transparent (stages.SKIP_LOGIT).
 SKIP_BITS = 6.0
-# The smallest position step on a source's lattice, in lattice spacings: below 1 so that a step
-# snapped to the step grid (2^(1/16) apart) still keeps errors within half a spacing.
-LATTICE_STEP = 0.95
 
 
 @dataclass
@@ -66,95 +54,6 @@ class DecodedDirect:
     header: dict
     context_counts: np.ndarray | None = None  # context voxels per coded voxel (paper Table 4)
     values: dict | None = None  # the decoded stage values, coding order
-
-
-def _run(fn, x: torch.Tensor, chunk: int) -> torch.Tensor:
-    # Small batches use the smallest power-of-two chunk that holds them (both sides see the same rows).
-    c = min(chunk, max(64, 1 << max(0, int(x.shape[0]) - 1).bit_length()))
-    return run_deterministic(fn, x, chunk=c)
-
-
-def _prior(e64: DirectEntropyModel, prep: Prepared, chunk: int) -> torch.Tensor:
-    m = prep.xyz01.shape[0]
-    if m == 0:
-        return torch.zeros((0, e64.cfg.prior_dim), dtype=torch.float64)
-    grid = run_deterministic(e64.grid, prep.xyz01, chunk=chunk)
-    return _run(e64.prior, e64.hyper(grid, prep.sa_feat), chunk)[torch.as_tensor(prep.layout.voxel_of)]
-
-
-def _rd_round(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray, log_w: np.ndarray,
-              lam: float, family: str = "gaussian", shifted: bool = False) -> np.ndarray:
-    """Encoder-side rate-distortion rounding: of the two grid points around each value, the one
-    with the lower bits + w·error²/(λ·u) (the fit's loss), bits under the element's model. The
-    decoder is unchanged: it only ever sees symbols. Returns the chosen values (symbol × q)."""
-    m, sd = mean / q, scale / q
-    shift = m if shifted else 0.0
-    t = x / q - shift
-    lo = np.floor(t)
-    k = np.exp(log_w) * q * q / (lam * LAMBDA_UNIT)
-    j_lo = estimate_bits(lo, m - shift, sd, family) + k * (t - lo) ** 2
-    j_hi = estimate_bits(lo + 1, m - shift, sd, family) + k * (lo + 1 - t) ** 2
-    return (np.where(j_lo <= j_hi, lo, lo + 1) + shift) * q
-
-
-def _rd_cost(x: np.ndarray, x_hat: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
-             log_w: np.ndarray, lam: float, family: str, shifted: bool) -> np.ndarray:
-    """Per element: bits of coding x as x_hat under the element's model + w·error²/(λ·u), the
-    trade-off `_rd_round` makes (x_hat on the element's grid)."""
-    m, sd = mean / q, scale / q
-    shift = m if shifted else 0.0
-    bits = estimate_bits(np.rint(x_hat / q - shift), m - shift, sd, family).reshape(x.shape)
-    return bits + np.exp(log_w) * (x_hat - x) ** 2 / (lam * LAMBDA_UNIT)
-
-
-def _round_stage(stage: str, st, true: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
-                 log_w: np.ndarray | None, lam: float, swing_twist: bool,
-                 half_range: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The encoder's choice of values for one stage's rows (N, dim): rate-distortion rounding where
-    `log_w` is given, else the values as they are (the coder takes the nearest step). Returns
-    (values, the true values they stand for): with rotations as twist and swing, the twist is
-    rounded first and the swing re-expressed against it (attributes.swing_target). A stage coded
-    uniformly (`half_range`: its bound) costs the same bits at every step of its range: the nearest."""
-    if st.family == "uniform":
-        shift = mean / q if st.shifted else 0.0
-        lo, hi = streams.uniform_range(half_range, q, shift, stage, InputError)
-        return (np.clip(np.rint(true / q - shift), lo, hi) + shift) * q, true
-
-    def rd(x, cols):
-        if log_w is None:
-            return x
-        return _rd_round(x.reshape(-1), mean[:, cols].reshape(-1), scale[:, cols].reshape(-1), q[:, cols].reshape(-1),
-                         log_w[:, cols].reshape(-1), lam, st.family, st.shifted).reshape(x.shape)
-
-    if not (stage == "rotation" and swing_twist):
-        return rd(true, slice(None)), true
-    shift = mean[:, 0] / q[:, 0] if st.shifted else 0.0
-    near = twist_nearest(true[:, :1], mean[:, :1])[0]  # the twist (mod π) nearest the predicted one
-    theta = (np.rint(rd(near, slice(0, 1))[:, 0] / q[:, 0] - shift) + shift) * q[:, 0]  # as it decodes
-    target = swing_target(true, theta)
-    return np.concatenate([theta[:, None], rd(target[:, 1:], slice(1, None))], axis=1), target
-
-
-def _choose(stage: str, st, true: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
-            log_w: np.ndarray | None, lam: float, swing_twist: bool, half: float | None,
-            rest=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The encoder's values for one stage's rows and the distributions they are coded under:
-    (values, the true values they stand for, mean, scale), every channel. `mean`, `scale` are the
-    head's: of the first part for a chained stage, whose rest's distribution `rest(first values)`
-    gives (mean, scale) once the first part is rounded."""
-    if st.rest is None:
-        return (*_round_stage(stage, st, true, mean, scale, q, log_w, lam, swing_twist, half), mean, scale)
-    p0, p1 = st.first, st.rest
-    cols = (lambda c: log_w[:, c]) if log_w is not None else (lambda c: None)
-    x0 = _round_stage(stage, st, true[:, p0], mean, scale, q[:, p0], cols(p0), lam, swing_twist, half)[0]
-    m1, s1 = rest(x0)
-    x1 = _round_stage(stage, st, true[:, p1], m1, s1, q[:, p1], cols(p1), lam, swing_twist, half)[0]
-    return st.assemble(x0, x1), true, st.assemble(mean, m1), st.assemble(scale, s1)
-
-
-def _split_params(res: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    k = res.shape[1] // 2
-    return res[:, :k], res[:, k:]
 
 
 def skip_decisions(importance: np.ndarray, lam: float) -> np.ndarray:
@@ -179,136 +78,6 @@ def _skip_values(values: dict, lam: float, skip_importance: np.ndarray) -> dict:
     out = dict(values)
     out["importance"] = np.where(skip[:, None], 0.0, np.maximum(imp, 1.0))
     return out
-
-
-def _code_stages(e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int, *,
-                 values: dict | None = None, sections: dict | None = None, rdoq: bool = True,
-                 skips: bool = True, factors: dict[str, float] | None = None, progress=None) -> tuple[dict, dict]:
-    """Encode (values given) or decode (sections given) every stage, group by group. With `skips`
-    a Gaussian whose importance decodes to 0 is coded no further: its later stages hold
-    SKIP_LOGIT (opacity) or the stage's `norm_mean`, the same on both sides. `progress(stage,
-    step, total, info)` hears "code" or "decode" per stage."""
-    n = prep.n
-    live = np.ones(n, dtype=bool)
-    log_w = _encoder_log_weights(e64, values, prep, factors) if values is not None and rdoq and n else {}
-    prior = _prior(e64, prep, chunk)
-    dec: dict[str, np.ndarray] = {}
-    out: dict[str, bytes] = {}
-    for s, st in e64.stages.items():
-        a = st.dim
-        earlier = (np.concatenate([dec[t] for t, _ in st.earlier], axis=1) if st.earlier else np.zeros((n, 0)))
-        base_in = torch.cat([prior, torch.from_numpy(earlier)], dim=1)
-        q_raw = _run(st.step_rows(lam), base_in, chunk).numpy().reshape(-1) if n else np.zeros(0)
-        spacing = prep.frame.spacing(prep.centres) if s == "position" else None
-        if spacing is not None:
-            # no finer than the source's lattice: within half its spacing the snap is exact
-            q_raw = np.maximum(q_raw.reshape(n, a), LATTICE_STEP * spacing / prep.frame.rho).reshape(-1)
-        if values is not None:
-            idx, guard = snap_steps(q_raw, STEP_BASE)
-            group_streams = []
-        else:
-            guard, readers = read_part(sections[s], s, prep.n_groups * (1 if st.rest is None else 2))
-            idx = steps_from_guard(q_raw, STEP_BASE, guard)
-        q = step_values(idx, STEP_BASE).reshape(n, a)
-        half = prep.frame.residual_half if st.family == "uniform" else None
-        cur = np.zeros((n, a))
-        if not st.fixed_step:
-            cur[~live] = SKIP_LOGIT if s == "opacity" else st.norm_mean.numpy()
-        palette = repeats.Palette(n, a) if s == repeats.STAGE and e64.cfg.sh_repeats else None
-        rep_records, rep_pos = [], 0
-        for g in range(prep.n_groups):
-            rows = np.flatnonzero(prep.groups == g)
-            if not st.fixed_step:
-                rows = rows[live[rows]]
-            x = [base_in[rows]]
-            if st.use_ctx and rows.size:
-                crow, off, ok = prep.context_rows(rows)
-                neigh = cur[crow] * ok[..., None]
-                x.append(pack_context(torch.from_numpy(neigh), torch.from_numpy(off), torch.from_numpy(ok)))
-            head_in = torch.cat(x, dim=1)
-            n_first = a if st.rest is None else len(st.first)
-            res = _run(st.head_rows, head_in, chunk).numpy() if rows.size else np.zeros((0, 2 * n_first))
-            mean0, scale0 = _split_params(res)  # (the first part's, for a chained stage)
-            qg = q[rows]
-            what = f"{s} (group {g})"
-
-            def rest(x0, sel=slice(None)):  # a chained stage's rest, given its first part's values
-                if not x0.shape[0]:
-                    return np.zeros((0, a - n_first)), np.zeros((0, a - n_first))
-                rows_in = torch.cat([head_in[sel], torch.from_numpy(np.ascontiguousarray(x0, dtype=np.float64))], 1)
-                return _split_params(_run(st.rest_rows, rows_in, chunk).numpy())
-
-            if values is not None:
-                lw = log_w[s][rows] if s in log_w else None
-                x, true, mean, scale = _choose(s, st, values[s][rows], mean0, scale0, qg, lw, lam, e64.cfg.swing_twist,
-                                               half, rest)
-            rep = np.zeros(rows.size, dtype=bool)
-            if palette is not None and values is not None:
-                wsum = np.exp(lw).sum(1) if s in log_w else np.zeros(rows.size)
-                entry, owner, total = palette.references(true, wsum)
-                if s in log_w and rows.size:
-                    # repeat where the index and the referenced row's error cost less than coding
-                    # the row; the reference is an earlier group's row or this group's weightiest
-                    # of its kind
-                    lead = total > wsum
-                    if lead.any():  # rows others may repeat: their error counts for those too
-                        lw2 = lw[lead] + np.log(total[lead] / wsum[lead])[:, None]
-                        sel = torch.from_numpy(lead)
-                        x[lead], _, mean[lead], scale[lead] = _choose(
-                            s, st, true[lead], mean0[lead], scale0[lead], qg[lead], lw2, lam, e64.cfg.swing_twist,
-                            half, lambda x0: rest(x0, sel))
-                    ref = np.where((entry >= 0)[:, None], palette.entries[np.maximum(entry, 0)], x[np.maximum(owner, 0)])
-                    d_rep = (np.exp(lw) * (ref - true) ** 2).sum(1) / (lam * LAMBDA_UNIT)
-                    keep = _rd_cost(true, x, mean, scale, qg, lw, lam, st.family, st.shifted).sum(1)
-                    rep = ((entry >= 0) | (owner >= 0)) & (math.log2(palette.size + rows.size) + d_rep < keep)
-            elif palette is not None:
-                rep, index, rep_pos = repeats.decode_group(sections[repeats.SECTION], rep_pos, rows.size,
-                                                           palette.size, f"section {repeats.SECTION}, {what}")
-            new = ~rep
-            # the rows coded in full: a chained stage's first part, then its rest under the
-            # distribution its decoded first part gives (the decoder's order)
-            n_parts = 1 if st.rest is None else 2
-            coded = []
-            for j in range(n_parts):
-                if j == 0:
-                    cols, m_, s_ = st.first, mean0[new], scale0[new]
-                else:
-                    cols, (m_, s_) = st.rest, rest(coded[0], torch.from_numpy(new))
-                args = (m_.reshape(-1), s_.reshape(-1), qg[new][:, cols].reshape(-1))
-                if values is not None:
-                    data, v = streams.encode_values(x[new][:, cols].reshape(-1), *args, b"", st.family, st.shifted, half)
-                    group_streams.append(data)
-                else:
-                    label = what if n_parts == 1 else f"{s} ({('first', 'rest')[j]} part, group {g})"
-                    v = streams.decode_values(readers[g * n_parts + j], *args, label, st.family, st.shifted, half)
-                coded.append(v.reshape(-1, m_.shape[1]))
-            cur[rows[new]] = coded[0] if n_parts == 1 else st.assemble(*coded)
-            if palette is not None and values is None:
-                palette.add(cur[rows[new]])
-                cur[rows[rep]] = palette.entries[index]
-            elif palette is not None:
-                start = palette.size
-                palette.add_owners(cur[rows[new]], true[new], wsum[new])
-                in_full = start + np.cumsum(new) - 1  # the entry of each of the group's rows coded in full
-                index = np.where(entry >= 0, entry, in_full[np.maximum(owner, 0)])[rep]
-                rep_records.append(repeats.encode_group(rep, index, palette.size))
-                cur[rows[rep]] = palette.entries[index]
-        dec[s] = cur
-        if progress is not None:
-            progress("code" if values is not None else "decode", len(dec), len(e64.stages), {"stage": s})
-        if s == "importance" and skips:
-            live = cur[:, 0] >= 0.5
-        if values is not None:
-            out[s] = write_part(guard, group_streams)
-            if palette is not None:
-                out[repeats.SECTION] = b"".join(rep_records)
-        elif palette is not None and rep_pos != len(sections[repeats.SECTION]):
-            raise FormatError(f"section {repeats.SECTION}: {len(sections[repeats.SECTION]) - rep_pos} bytes after its last group")
-    return dec, out
-
-
-def _double(model: DirectEntropyModel) -> DirectEntropyModel:
-    return copy.deepcopy(model).double().eval()
 
 
 def encode(fitted: DirectFitted, *, lam: float, header_extra: dict | None = None,
@@ -380,9 +149,9 @@ def _approximate_values(fitted: DirectFitted, lam: float,
         for s, st in model.stages.items():
             earlier = torch.cat([dec[t] for t, _ in st.earlier], 1) if st.earlier else prior.new_zeros((prep.n, 0))
             q = torch.exp(st.log_steps(prior, earlier, lam))
-            spacing = prep.frame.spacing(prep.centres) if s == "position" else None
-            if spacing is not None:
-                q = torch.maximum(q, torch.as_tensor(LATTICE_STEP * spacing / prep.frame.rho, dtype=q.dtype))
+            floor = min_position_steps(prep) if s == "position" else None
+            if floor is not None:
+                q = torch.maximum(q, torch.as_tensor(floor, dtype=q.dtype))
             mean, scale = (v.double().numpy() for v in st.params(prior, earlier, None))
             q = q.double().numpy()
             x = np.asarray(fitted.values[s], dtype=np.float64)
@@ -391,7 +160,7 @@ def _approximate_values(fitted: DirectFitted, lam: float,
             def rest(x0, st=st, earlier=earlier):
                 return tuple(v.double().numpy() for v in st.params_rest(prior, earlier, None, torch.as_tensor(x0, dtype=torch.float32)))
 
-            x = _choose(s, st, x, mean, scale, q, log_w.get(s), lam, cfg.swing_twist, half, rest)[0] if s in log_w else np.rint(x)
+            x = choose_values(s, st, x, mean, scale, q, log_w.get(s), lam, cfg.swing_twist, half, rest)[0] if s in log_w else np.rint(x)
             dec[s] = torch.as_tensor(x, dtype=torch.float32)
     return {s: v.double().numpy() for s, v in dec.items()}
 
@@ -456,9 +225,13 @@ def _encode(fitted: DirectFitted, lam: float, header_extra: dict | None, chunk: 
         "networks": pack_quantized(model.networks()),
         "grid": encode_bits(model.grid.binary_tables().numpy()),
     }
-    values = _skip_values(fitted.values, float(lam), fitted.skip_importance()) if rdoq and n else fitted.values
-    dec, stage_sections = _code_stages(_double(model), prep, float(lam), chunk, values=values, rdoq=rdoq,
-                                       skips=bool(rdoq), factors=factors, progress=progress)
+    # the encoder's decisions for the whole file: skips, and the weights it rounds with
+    values, log_w = fitted.values, {}
+    if rdoq and n:
+        values = _skip_values(fitted.values, float(lam), fitted.skip_importance())
+        log_w = _encoder_log_weights(model, values, prep, factors)
+    dec, stage_sections = encode_stages(model, prep, float(lam), chunk, values, log_w, skips=bool(rdoq),
+                                        progress=progress)
     sections.update(stage_sections)
     return header, sections, _assemble(dec, prep, cfg, header)
 
@@ -543,5 +316,5 @@ def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=N
     skips = header.get("skips", False)
     if not isinstance(skips, bool):
         raise FormatError("the file's header is malformed: 'skips' must be true or false")
-    dec, _ = _code_stages(_double(model), prep, lam, chunk, sections=sections, skips=skips, progress=progress)
+    dec = decode_stages(model, prep, lam, chunk, sections, skips=skips, progress=progress)
     return _assemble(dec, prep, cfg, header)

@@ -1,0 +1,380 @@
+"""The coded stages of an anchor-free file (attributes.STAGES), group by group.
+
+Both sides compute the same distributions from what is decoded so far (`StageParams`: a stage's
+steps, and per group the means and scales, all through the exact path); the encoder's loop
+(`encode_stages`) makes its choices of values under them and writes the streams, the decoder's
+(`decode_stages`) reads them. The encoder's choices never change what the decoder computes:
+rate-distortion rounding (`choose_values`) and SH repeats (`_RepeatChoice`) per group here; the
+skip decisions and the stage balance, made once per file, in direct/codec.py.
+
+A stage's section is codec/hemgs_codec.py's part layout: the step guard, then one stream per
+group (two for a chained stage: the first part, then the rest).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..codec import streams
+from ..codec.hemgs_codec import read_part, write_part
+from ..coding.exact_params import run_deterministic
+from ..coding.gaussian_coder import estimate_bits
+from ..coding.steps import snap_steps, step_values, steps_from_guard
+from ..entropy.ar import pack_context
+from ..errors import FormatError, InputError
+from .attributes import swing_target, twist_nearest
+from .model import LAMBDA_UNIT, DirectEntropyModel, DirectStage
+from .prepare import Prepared
+from . import repeats
+
+STEP_BASE = 1.0
+# Skipped Gaussians (the encoder's choice, codec.skip_decisions): coded importance 0, nothing else
+# coded; they decode transparent, with each later stage's mean value, so the count and the order
+# of the source's Gaussians stay as they were.
+SKIP_LOGIT = -12.0  # α ≈ 6e-6: below every renderer's cut-off (1/255)
+# The smallest position step on a source's lattice, in lattice spacings: below 1 so that a step
+# snapped to the step grid (2^(1/16) apart) still keeps errors within half a spacing.
+LATTICE_STEP = 0.95
+
+
+def exact_model(model: DirectEntropyModel) -> DirectEntropyModel:
+    """The float64 copy both sides code with (the exact path)."""
+    return copy.deepcopy(model).double().eval()
+
+
+def min_position_steps(prep: Prepared) -> np.ndarray | None:
+    """The position steps' floor (N, 3), no finer than the source's lattice: within half its
+    spacing the snap to it is exact. None without a lattice."""
+    spacing = prep.frame.spacing(prep.centres)
+    return None if spacing is None else LATTICE_STEP * spacing / prep.frame.rho
+
+
+def _run(fn, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    # Small batches use the smallest power-of-two chunk that holds them (both sides see the same rows).
+    c = min(chunk, max(64, 1 << max(0, int(x.shape[0]) - 1).bit_length()))
+    return run_deterministic(fn, x, chunk=c)
+
+
+def _prior(e64: DirectEntropyModel, prep: Prepared, chunk: int) -> torch.Tensor:
+    m = prep.xyz01.shape[0]
+    if m == 0:
+        return torch.zeros((0, e64.cfg.prior_dim), dtype=torch.float64)
+    grid = run_deterministic(e64.grid, prep.xyz01, chunk=chunk)
+    return _run(e64.prior, e64.hyper(grid, prep.sa_feat), chunk)[torch.as_tensor(prep.layout.voxel_of)]
+
+
+def _mean_scale(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    k = params.shape[1] // 2
+    return params[:, :k], params[:, k:]
+
+
+# ---- what both sides compute ---------------------------------------------------------------------
+
+@dataclass
+class Group:
+    """One coding group's rows of a stage and their distributions: `mean`, `scale` of every
+    channel, or of the first part's for a chained stage (`rest` gives the rest's)."""
+    index: int
+    rows: np.ndarray  # coded rows (a skipped Gaussian's are left out)
+    inputs: torch.Tensor  # head rows: prior, earlier stages, packed context
+    mean: np.ndarray
+    scale: np.ndarray
+    steps: np.ndarray  # (rows, dim)
+    stage: "StageParams"
+
+    def rest(self, first: np.ndarray, sel=slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """A chained stage's rest: (mean, scale) given the first part's values of rows `sel`."""
+        st, rest_dim = self.stage.st, self.stage.dim - self.stage.first_dim
+        if not first.shape[0]:
+            return np.zeros((0, rest_dim)), np.zeros((0, rest_dim))
+        rows_in = torch.cat([self.inputs[sel], torch.from_numpy(np.ascontiguousarray(first, dtype=np.float64))], 1)
+        return _mean_scale(_run(st.rest_rows, rows_in, self.stage.chunk).numpy())
+
+
+class StageParams:
+    """One stage as both sides see it: its network inputs from the prior and the earlier stages'
+    decoded values, its raw steps, and its values as decoded so far (a skipped Gaussian's hold
+    SKIP_LOGIT for opacity, else the stage's `norm_mean`, the same on both sides)."""
+
+    def __init__(self, e64: DirectEntropyModel, prep: Prepared, lam: float, chunk: int, name: str,
+                 prior: torch.Tensor, decoded: dict[str, np.ndarray], live: np.ndarray):
+        st = e64.stages[name]
+        n = prep.n
+        self.name, self.st, self.cfg, self.prep, self.chunk, self.live = name, st, e64.cfg, prep, chunk, live
+        self.dim = st.dim
+        self.first_dim = st.dim if st.rest is None else len(st.first)
+        self.n_parts = 1 if st.rest is None else 2
+        self.half = prep.frame.residual_half if st.family == "uniform" else None  # the uniform range's bound
+        earlier = np.concatenate([decoded[t] for t, _ in st.earlier], axis=1) if st.earlier else np.zeros((n, 0))
+        self.inputs = torch.cat([prior, torch.from_numpy(earlier)], dim=1)
+        raw = _run(st.step_rows(lam), self.inputs, chunk).numpy().reshape(-1) if n else np.zeros(0)
+        floor = min_position_steps(prep) if name == "position" else None
+        if floor is not None:
+            raw = np.maximum(raw.reshape(n, self.dim), floor).reshape(-1)
+        self.raw_steps = raw  # flat, row-major: what the step guard snaps or checks
+        self.values = np.zeros((n, self.dim))
+        if not st.fixed_step:
+            self.values[~live] = SKIP_LOGIT if name == "opacity" else st.norm_mean.numpy()
+
+    def steps(self, index: np.ndarray) -> np.ndarray:
+        return step_values(index, STEP_BASE).reshape(-1, self.dim)
+
+    def palette(self) -> repeats.Palette | None:
+        """The SH palette, for the stage whose rows may repeat an earlier row."""
+        if self.name == repeats.STAGE and self.cfg.sh_repeats:
+            return repeats.Palette(self.prep.n, self.dim)
+        return None
+
+    def group(self, g: int, steps: np.ndarray) -> Group:
+        """Group `g`'s rows and distributions, from the values decoded in earlier groups."""
+        st, prep = self.st, self.prep
+        rows = np.flatnonzero(prep.groups == g)
+        if not st.fixed_step:
+            rows = rows[self.live[rows]]
+        inputs = [self.inputs[rows]]
+        if st.use_ctx and rows.size:
+            crow, off, ok = prep.context_rows(rows)
+            neigh = self.values[crow] * ok[..., None]
+            inputs.append(pack_context(torch.from_numpy(neigh), torch.from_numpy(off), torch.from_numpy(ok)))
+        head_in = torch.cat(inputs, dim=1)
+        params = _run(st.head_rows, head_in, self.chunk).numpy() if rows.size else np.zeros((0, 2 * self.first_dim))
+        mean, scale = _mean_scale(params)
+        return Group(g, rows, head_in, mean, scale, steps[rows], self)
+
+    def code_in_full(self, grp: Group, new: np.ndarray, code_part) -> None:
+        """Code (or decode) the group's rows `new` in full and keep their values as decoded: a
+        chained stage's first part, then its rest under the distribution its decoded first part
+        gives (the decoder's order). `code_part(part, cols, mean, scale, steps)` codes one part
+        (flat arrays) and returns its values as they decode."""
+        st, parts = self.st, []
+        for j in range(self.n_parts):
+            if j == 0:
+                cols, mean, scale = st.first, grp.mean[new], grp.scale[new]
+            else:
+                cols, (mean, scale) = st.rest, grp.rest(parts[0], torch.from_numpy(new))
+            v = code_part(j, cols, mean.reshape(-1), scale.reshape(-1), grp.steps[new][:, cols].reshape(-1))
+            parts.append(v.reshape(-1, mean.shape[1]))
+        self.values[grp.rows[new]] = parts[0] if self.n_parts == 1 else st.assemble(*parts)
+
+    def label(self, grp: Group, part: int | None = None) -> str:
+        if part is None or self.n_parts == 1:
+            return f"{self.name} (group {grp.index})"
+        return f"{self.name} ({('first', 'rest')[part]} part, group {grp.index})"
+
+
+def _stages(model: DirectEntropyModel, prep: Prepared, lam: float, chunk: int, decoded: dict[str, np.ndarray],
+            skips: bool, progress, verb: str):
+    """Each stage's StageParams in coding order; once the caller is done with one, its values join
+    `decoded` (which the later stages read). With `skips` a Gaussian whose importance decodes to 0
+    is coded no further. `progress(verb, step, total, {"stage": name})` per stage."""
+    e64 = exact_model(model)
+    prior = _prior(e64, prep, chunk)
+    live = np.ones(prep.n, dtype=bool)
+    for name in e64.stages:
+        stage = StageParams(e64, prep, lam, chunk, name, prior, decoded, live)
+        yield stage
+        decoded[name] = stage.values
+        if progress is not None:
+            progress(verb, len(decoded), len(e64.stages), {"stage": name})
+        if name == "importance" and skips:
+            live = stage.values[:, 0] >= 0.5
+
+
+# ---- the decoder ---------------------------------------------------------------------------------
+
+def decode_stages(model: DirectEntropyModel, prep: Prepared, lam: float, chunk: int, sections: dict[str, bytes],
+                  *, skips: bool, progress=None) -> dict[str, np.ndarray]:
+    """Every stage's values from the file's sections, group by group. `progress(stage, step,
+    total, info)` hears "decode" per stage."""
+    decoded: dict[str, np.ndarray] = {}
+    for stage in _stages(model, prep, lam, chunk, decoded, skips, progress, "decode"):
+        st = stage.st
+        guard, readers = read_part(sections[stage.name], stage.name, prep.n_groups * stage.n_parts)
+        steps = stage.steps(steps_from_guard(stage.raw_steps, STEP_BASE, guard))
+        palette = stage.palette()
+        rep_data, rep_pos = sections[repeats.SECTION] if palette is not None else b"", 0
+        for g in range(prep.n_groups):
+            grp = stage.group(g, steps)
+            rep = np.zeros(grp.rows.size, dtype=bool)
+            if palette is not None:
+                rep, index, rep_pos = repeats.decode_group(rep_data, rep_pos, grp.rows.size, palette.size,
+                                                           f"section {repeats.SECTION}, {stage.label(grp)}")
+
+            def decode_part(j, cols, mean, scale, steps_, grp=grp):
+                return streams.decode_values(readers[grp.index * stage.n_parts + j], mean, scale, steps_,
+                                             stage.label(grp, j), st.family, st.shifted, stage.half)
+
+            stage.code_in_full(grp, ~rep, decode_part)
+            if palette is not None:
+                palette.add(stage.values[grp.rows[~rep]])
+                stage.values[grp.rows[rep]] = palette.entries[index]
+        if palette is not None and rep_pos != len(rep_data):
+            raise FormatError(f"section {repeats.SECTION}: {len(rep_data) - rep_pos} bytes after its last group")
+    return decoded
+
+
+# ---- the encoder ---------------------------------------------------------------------------------
+
+def encode_stages(model: DirectEntropyModel, prep: Prepared, lam: float, chunk: int, values: dict[str, np.ndarray],
+                  log_weights: dict[str, np.ndarray], *, skips: bool,
+                  progress=None) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
+    """Code every stage of `values` (the encoder's, its skip decisions made), group by group.
+    `log_weights` per stage: rate-distortion rounding with these weights (codec's
+    `_encoder_log_weights`), and SH repeats chosen by rate and distortion; a stage without them is
+    rounded to its nearest steps. `progress(stage, step, total, info)` hears "code" per stage.
+    Returns (the values as they decode, the stages' sections)."""
+    sections: dict[str, bytes] = {}
+    decoded: dict[str, np.ndarray] = {}
+    for stage in _stages(model, prep, lam, chunk, decoded, skips, progress, "code"):
+        st = stage.st
+        index, guard = snap_steps(stage.raw_steps, STEP_BASE)
+        steps = stage.steps(index)
+        log_w = log_weights.get(stage.name)
+        palette = stage.palette()
+        group_streams, records = [], []
+        for g in range(prep.n_groups):
+            grp = stage.group(g, steps)
+            lw = log_w[grp.rows] if log_w is not None else None
+            x, true, mean, scale = choose_values(stage.name, st, values[stage.name][grp.rows], grp.mean, grp.scale,
+                                                 grp.steps, lw, lam, stage.cfg.swing_twist, stage.half, grp.rest)
+            choice = None
+            if palette is not None:
+                choice = _RepeatChoice.make(palette, stage, grp, x, true, mean, scale, lw, lam)
+            new = ~choice.rep if choice is not None else np.ones(grp.rows.size, dtype=bool)
+
+            def encode_part(j, cols, mean, scale, steps_, x_new=x[new]):
+                data, v = streams.encode_values(x_new[:, cols].reshape(-1), mean, scale, steps_, b"", st.family,
+                                                st.shifted, stage.half)
+                group_streams.append(data)
+                return v
+
+            stage.code_in_full(grp, new, encode_part)
+            if choice is not None:
+                records.append(choice.record(palette, stage, grp))
+        sections[stage.name] = write_part(guard, group_streams)
+        if palette is not None:
+            sections[repeats.SECTION] = b"".join(records)
+    return decoded, sections
+
+
+def _rd_round(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray, log_w: np.ndarray,
+              lam: float, family: str = "gaussian", shifted: bool = False) -> np.ndarray:
+    """Encoder-side rate-distortion rounding: of the two grid points around each value, the one
+    with the lower bits + w·error²/(λ·u) (the fit's loss), bits under the element's model. The
+    decoder is unchanged: it only ever sees symbols. Returns the chosen values (symbol × q)."""
+    m, sd = mean / q, scale / q
+    shift = m if shifted else 0.0
+    t = x / q - shift
+    lo = np.floor(t)
+    k = np.exp(log_w) * q * q / (lam * LAMBDA_UNIT)
+    j_lo = estimate_bits(lo, m - shift, sd, family) + k * (t - lo) ** 2
+    j_hi = estimate_bits(lo + 1, m - shift, sd, family) + k * (lo + 1 - t) ** 2
+    return (np.where(j_lo <= j_hi, lo, lo + 1) + shift) * q
+
+
+def _rd_cost(x: np.ndarray, x_hat: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
+             log_w: np.ndarray, lam: float, family: str, shifted: bool) -> np.ndarray:
+    """Per element: bits of coding x as x_hat under the element's model + w·error²/(λ·u), the
+    trade-off `_rd_round` makes (x_hat on the element's grid)."""
+    m, sd = mean / q, scale / q
+    shift = m if shifted else 0.0
+    bits = estimate_bits(np.rint(x_hat / q - shift), m - shift, sd, family).reshape(x.shape)
+    return bits + np.exp(log_w) * (x_hat - x) ** 2 / (lam * LAMBDA_UNIT)
+
+
+def _round_stage(stage: str, st: DirectStage, true: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
+                 log_w: np.ndarray | None, lam: float, swing_twist: bool,
+                 half_range: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The encoder's choice of values for one stage's rows (N, dim): rate-distortion rounding where
+    `log_w` is given, else the values as they are (the coder takes the nearest step). Returns
+    (values, the true values they stand for): with rotations as twist and swing, the twist is
+    rounded first and the swing re-expressed against it (attributes.swing_target). A stage coded
+    uniformly (`half_range`: its bound) costs the same bits at every step of its range: the nearest."""
+    if st.family == "uniform":
+        shift = mean / q if st.shifted else 0.0
+        lo, hi = streams.uniform_range(half_range, q, shift, stage, InputError)
+        return (np.clip(np.rint(true / q - shift), lo, hi) + shift) * q, true
+
+    def rd(x, cols):
+        if log_w is None:
+            return x
+        return _rd_round(x.reshape(-1), mean[:, cols].reshape(-1), scale[:, cols].reshape(-1), q[:, cols].reshape(-1),
+                         log_w[:, cols].reshape(-1), lam, st.family, st.shifted).reshape(x.shape)
+
+    if not (stage == "rotation" and swing_twist):
+        return rd(true, slice(None)), true
+    shift = mean[:, 0] / q[:, 0] if st.shifted else 0.0
+    near = twist_nearest(true[:, :1], mean[:, :1])[0]  # the twist (mod π) nearest the predicted one
+    theta = (np.rint(rd(near, slice(0, 1))[:, 0] / q[:, 0] - shift) + shift) * q[:, 0]  # as it decodes
+    target = swing_target(true, theta)
+    return np.concatenate([theta[:, None], rd(target[:, 1:], slice(1, None))], axis=1), target
+
+
+def choose_values(stage: str, st: DirectStage, true: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
+                  log_w: np.ndarray | None, lam: float, swing_twist: bool, half: float | None,
+                  rest=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The encoder's values for one stage's rows and the distributions they are coded under:
+    (values, the true values they stand for, mean, scale), every channel. `mean`, `scale` are the
+    head's: of the first part for a chained stage, whose rest's distribution `rest(first values)`
+    gives (mean, scale) once the first part is rounded."""
+    if st.rest is None:
+        return (*_round_stage(stage, st, true, mean, scale, q, log_w, lam, swing_twist, half), mean, scale)
+    p0, p1 = st.first, st.rest
+    cols = (lambda c: log_w[:, c]) if log_w is not None else (lambda c: None)
+    x0 = _round_stage(stage, st, true[:, p0], mean, scale, q[:, p0], cols(p0), lam, swing_twist, half)[0]
+    m1, s1 = rest(x0)
+    x1 = _round_stage(stage, st, true[:, p1], m1, s1, q[:, p1], cols(p1), lam, swing_twist, half)[0]
+    return st.assemble(x0, x1), true, st.assemble(mean, m1), st.assemble(scale, s1)
+
+
+@dataclass
+class _RepeatChoice:
+    """The encoder's SH repeats for one group (direct/repeats.py): `rep` marks the rows that take a
+    palette row; `entry`, `owner` say which (Palette.references); `weight` is each row's summed
+    coding weight, `true` its source values."""
+    rep: np.ndarray
+    entry: np.ndarray
+    owner: np.ndarray
+    weight: np.ndarray
+    true: np.ndarray
+
+    @staticmethod
+    def make(palette: repeats.Palette, stage: StageParams, grp: Group, x: np.ndarray, true: np.ndarray,
+             mean: np.ndarray, scale: np.ndarray, log_w: np.ndarray | None, lam: float) -> "_RepeatChoice":
+        """Repeat where the index and the referenced row's error cost less than coding the row;
+        the reference is an earlier group's row or this group's weightiest of its kind. Rows that
+        others may repeat are rounded again with those rows' error counted too (their `x`, `mean`,
+        `scale` change in place). Without weights (no rate-distortion choices) nothing repeats."""
+        st, n_rows = stage.st, grp.rows.size
+        weight = np.exp(log_w).sum(1) if log_w is not None else np.zeros(n_rows)
+        entry, owner, total = palette.references(true, weight)
+        rep = np.zeros(n_rows, dtype=bool)
+        if log_w is not None and n_rows:
+            lead = total > weight
+            if lead.any():
+                lead_log_w = log_w[lead] + np.log(total[lead] / weight[lead])[:, None]
+                sel = torch.from_numpy(lead)
+                x[lead], _, mean[lead], scale[lead] = choose_values(
+                    stage.name, st, true[lead], grp.mean[lead], grp.scale[lead], grp.steps[lead], lead_log_w, lam,
+                    stage.cfg.swing_twist, stage.half, lambda first: grp.rest(first, sel))
+            ref = np.where((entry >= 0)[:, None], palette.entries[np.maximum(entry, 0)], x[np.maximum(owner, 0)])
+            d_rep = (np.exp(log_w) * (ref - true) ** 2).sum(1) / (lam * LAMBDA_UNIT)
+            keep = _rd_cost(true, x, mean, scale, grp.steps, log_w, lam, st.family, st.shifted).sum(1)
+            rep = ((entry >= 0) | (owner >= 0)) & (math.log2(palette.size + n_rows) + d_rep < keep)
+        return _RepeatChoice(rep, entry, owner, weight, true)
+
+    def record(self, palette: repeats.Palette, stage: StageParams, grp: Group) -> bytes:
+        """Once the group's other rows are coded in full: they join the palette, the repeats take
+        their rows; returns the group's record of the repeats section."""
+        new = ~self.rep
+        start = palette.size
+        palette.add_owners(stage.values[grp.rows[new]], self.true[new], self.weight[new])
+        in_full = start + np.cumsum(new) - 1  # the entry of each of the group's rows coded in full
+        index = np.where(self.entry >= 0, self.entry, in_full[np.maximum(self.owner, 0)])[self.rep]
+        stage.values[grp.rows[self.rep]] = palette.entries[index]
+        return repeats.encode_group(self.rep, index, palette.size)
