@@ -249,7 +249,21 @@ def _assemble(dec: dict, prep: Prepared, cfg: DirectConfig, header: dict) -> Dec
     return DecodedDirect(scene, header, counts, dec)
 
 
-def _header(header: dict) -> tuple[DirectConfig, Frame, float, int, int, int]:
+@dataclass
+class _FileHeader:
+    cfg: DirectConfig
+    frame: Frame
+    lam: float
+    gaussians: int
+    voxels: int
+    networks: str  # the networks section's layout
+    skips: bool  # importance 0 means skipped
+
+
+def _read_header(header: dict) -> _FileHeader:
+    """The header's fields, checked. Keys that later files added may be missing, which means the
+    behaviour before them: `position_lattice` and `position_log_lattice` (no snap), `networks`
+    (float16 safetensors), `skips` (none); and DirectConfig.from_untrusted's config fields."""
     try:
         cfg = DirectConfig.from_untrusted(header["direct"])
         num_groups(cfg.groups)
@@ -278,7 +292,14 @@ def _header(header: dict) -> tuple[DirectConfig, Frame, float, int, int, int]:
                 raise ValueError("position_log_lattice must hold finite ranges (low < high), without position_lattice")
     except (KeyError, TypeError, ValueError, HemgsError) as exc:
         raise FormatError(f"the file's header is incomplete or malformed: {' '.join(str(exc).split())}"[:300]) from None
-    return cfg, Frame(np.asarray(origin, dtype=np.float64), span, bits, lattice, log_lat), lam, n, m, deg
+    networks = header.get("networks", "float16")
+    if networks not in (NETWORKS_LAYOUT, "float16"):
+        raise FormatError(f"the file's networks are in an unknown layout {str(networks)[:40]!r}")
+    skips = header.get("skips", False)
+    if not isinstance(skips, bool):
+        raise FormatError("the file's header is malformed: 'skips' must be true or false")
+    frame = Frame(np.asarray(origin, dtype=np.float64), span, bits, lattice, log_lat)
+    return _FileHeader(cfg, frame, lam, n, m, networks, skips)
 
 
 def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=None, progress=None) -> DecodedDirect:
@@ -286,7 +307,8 @@ def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=N
     step, total, info)` hears "decode" per stage."""
     if header.get("mode") != MODE or header.get("codec") != CODEC:
         raise FormatError(f"not an anchor-free HEMGS file (mode {header.get('mode')!r}, codec {header.get('codec')!r})"[:200])
-    cfg, frame, lam, n, m, deg = _header(header)
+    h = _read_header(header)
+    cfg, frame, n, m = h.cfg, h.frame, h.gaussians, h.voxels
     needed = (repeats.SECTION,) if cfg.sh_repeats and repeats.STAGE in cfg.dims else ()
     for name in ("locations", "counts", "networks", "grid", *cfg.dims, *needed):
         if name not in sections:
@@ -304,17 +326,9 @@ def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=N
         raise FormatError(f"a voxel lies outside the header's {frame.bits}-bit grid")
     counts = decode_counts(sections["counts"], n, m) if n else np.zeros(0, np.int64)
     model = DirectEntropyModel(cfg, math.log(frame.rho))
-    layout = header.get("networks", "float16")
-    if layout == NETWORKS_LAYOUT:
-        unpack_quantized(sections["networks"], model.networks())
-    elif layout == "float16":
-        unpack_weights(sections["networks"], model.networks())
-    else:
-        raise FormatError(f"the file's networks are in an unknown layout {str(layout)[:40]!r}")
+    unpack = unpack_quantized if h.networks == NETWORKS_LAYOUT else unpack_weights
+    unpack(sections["networks"], model.networks())
     model.grid.load_binary_tables(torch.as_tensor(decode_bits(sections["grid"], model.grid.num_bits())))
     prep = prepare(frame, layout_from_counts(coords, counts), cfg, sa)
-    skips = header.get("skips", False)
-    if not isinstance(skips, bool):
-        raise FormatError("the file's header is malformed: 'skips' must be true or false")
-    dec = decode_stages(model, prep, lam, chunk, sections, skips=skips, progress=progress)
+    dec = decode_stages(model, prep, h.lam, chunk, sections, skips=h.skips, progress=progress)
     return _assemble(dec, prep, cfg, header)
