@@ -81,7 +81,7 @@ def _place_beside(context, obj, source: str) -> None:
 
 # The files the importer takes: hemgs.io.formats.preview_extensions(), kept here as a literal since
 # registering the operators must not import the backend (tests/test_formats.py keeps them equal).
-IMPORT_EXTENSIONS = (".ply", ".spz", ".hgs")
+IMPORT_EXTENSIONS = (".ply", ".spz", ".glb", ".hgs")
 IMPORT_GLOB = ";".join(f"*{ext}" for ext in IMPORT_EXTENSIONS)
 
 

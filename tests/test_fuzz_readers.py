@@ -1,4 +1,4 @@
-"""Fuzzing every reader of untrusted bytes: .hgs (container + anchor decoder), PLY, SPZ, model files.
+"""Fuzzing every reader of untrusted bytes: .hgs (container + anchor decoder), PLY, SPZ, glTF (.glb), model files.
 
 A file from a stranger may only ever give a result or one of our own errors (hemgs.errors.*) with
 a one-line message; each case finishes within CASE_CPU_S of CPU time (a watchdog alarm catches
@@ -123,6 +123,16 @@ def spz_files():
 
 
 @pytest.fixture(scope="module")
+def glb_files():
+    """Small real .glb files (KHR_gaussian_splatting): SH degree 2 and 0."""
+    from hemgs.io import load_scene
+    from hemgs.io.gltf import encode_glb
+
+    scene = load_scene(DEMO_PLY).subset(slice(0, 20))
+    return Quiet([encode_glb(scene.with_sh_degree(2)), encode_glb(scene.with_sh_degree(0))])
+
+
+@pytest.fixture(scope="module")
 def model_file(work_dir):
     import torch
 
@@ -229,8 +239,9 @@ def open_hgs(data: bytes):
     return decode(f.header, f.sections)
 
 
-def test_the_unmutated_inputs_decode(hgs_file, ply_files, spz_files, model_file, work_dir):
+def test_the_unmutated_inputs_decode(hgs_file, ply_files, spz_files, glb_files, model_file, work_dir):
     """The fuzz seeds are valid: a failure below is the mutation's doing, not a broken seed."""
+    from hemgs.io.gltf import decode_glb
     from hemgs.io.spz import decode_spz
     from hemgs.model_store import load_model
 
@@ -240,6 +251,8 @@ def test_the_unmutated_inputs_decode(hgs_file, ply_files, spz_files, model_file,
         assert len(_read_ply_bytes(raw, work_dir / f"seed{i}.ply")) > 0
     for raw in spz_files:
         assert len(decode_spz(raw)) == 20
+    for raw in glb_files:
+        assert len(decode_glb(raw)) == 20
     assert load_model(_write(work_dir / "seed.safetensors", model_file[0]))[2]["kind"] == "hemgs-model"
 
 
@@ -389,6 +402,37 @@ def test_fuzz_spz_headers_behind_valid_compression(spz_files, data):
     run_case("spz header", decode_spz, mutated)
 
 
+@FUZZ
+@given(data=st.data())
+def test_fuzz_glb_bytes(glb_files, data):
+    from hemgs.io.gltf import decode_glb
+
+    base = data.draw(st.sampled_from(glb_files))
+    run_case("glb bytes", decode_glb, data.draw(byte_mutations(base)))
+
+
+def _glb_parts(raw: bytes) -> tuple[dict, bytes]:
+    (n,) = struct.unpack_from("<I", raw, 12)
+    return json.loads(raw[20:20 + n]), raw[28 + n:]
+
+
+def _glb_join(doc: dict, binary: bytes) -> bytes:
+    text = json.dumps(doc, allow_nan=True).encode()
+    text += b" " * (-len(text) % 4)
+    return (struct.pack("<4sII", b"glTF", 2, 28 + len(text) + len(binary)) + struct.pack("<II", len(text), 0x4E4F534A)
+            + text + struct.pack("<II", len(binary), 0x004E4942) + binary)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_glb_json(glb_files, data):
+    """A well-formed GLB container whose glTF JSON (accessors, views, nodes, the extension) lies."""
+    from hemgs.io.gltf import decode_glb
+
+    doc, binary = _glb_parts(data.draw(st.sampled_from(glb_files)))
+    run_case("glb json", decode_glb, _glb_join(mutate_json(data.draw, doc), binary))
+
+
 def _load_model_bytes(data: bytes, path: Path):
     from hemgs.model_store import load_model
 
@@ -483,6 +527,19 @@ cases["ply 1e9 vertices in 1 kB"] = ply
 def spz3():
     decode_spz(gzip.compress(struct.pack("<IIIBBBB", 0x5053474E, 3, 2**28, 3, 12, 0, 0) + bytes(1000)))
 cases["spz v3 2^28 points"] = spz3
+def glb():
+    import numpy as np
+    from hemgs.io.gltf import decode_glb, encode_glb
+    from hemgs.scene import GaussianScene
+    raw = encode_glb(GaussianScene(np.zeros((10, 3)), np.ones((10, 4)), np.zeros((10, 3)), np.zeros(10), np.zeros((10, 1, 3))))
+    n = struct.unpack_from("<I", raw, 12)[0]
+    doc = json.loads(raw[20:20 + n])
+    for acc in doc["accessors"]:
+        acc["count"] = 10**9
+    text = json.dumps(doc).encode(); text += b" " * (-len(text) % 4)
+    body = raw[20 + n:]
+    decode_glb(struct.pack("<4sII", b"glTF", 2, 20 + len(text) + len(body)) + struct.pack("<II", len(text), 0x4E4F534A) + text + body)
+cases["glb accessors of 1e9 elements"] = glb
 def model_meta():
     n = struct.unpack_from("<Q", model_raw)[0]
     head = json.loads(model_raw[8:8 + n])

@@ -108,7 +108,7 @@ def test_errors_are_events_and_the_worker_goes_on(client, tmp_path):
         ("compress", {"model": str(bad), "output": str(tmp_path / "x.hgs")}, "FormatError", "broken.ply"),
         ("compress", {"model": str(tmp_path / "none.safetensors"), "output": str(tmp_path / "x.hgs")},
          "InputError", "model file not found"),
-        ("decompress", {"path": str(DEMO_PLY), "output": str(tmp_path / "x.txt")}, "InputError", ".ply or .spz"),
+        ("decompress", {"path": str(DEMO_PLY), "output": str(tmp_path / "x.txt")}, "InputError", ".ply, .spz or .glb"),
     ]:
         with pytest.raises(wc.WorkerError) as err:
             client.run(op, args, timeout=60)

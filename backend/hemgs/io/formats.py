@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 
 from ..errors import FormatError, InputError
 from ..scene import GaussianScene
+from .gltf import read_glb, sniff_glb, write_glb
 from .ply import read_ply, sniff_ply, write_ply
 from .scaffold import sniff_scaffold_ply
 from .spz import read_spz, sniff_spz, write_spz
@@ -62,6 +63,7 @@ FORMATS: list[FileFormat] = [
                            "read it with hemgs.io.scaffold.read_scaffold_ply"),
     FileFormat("ply", (".ply",), sniff_ply, label="PLY", read=read_ply, write=write_ply),
     FileFormat("spz", (".spz",), sniff_spz, label="SPZ", read=read_spz, write=write_spz),
+    FileFormat("glb", (".glb",), sniff_glb, label="glTF", read=read_glb, write=write_glb),
     FileFormat("hgs", (".hgs",), _sniff_hgs, kind="hgs", label=".hgs",
                not_a_scene="is a .hgs file; decode it with the HEMGS decoder, not load_scene"),
     FileFormat("model", (".safetensors",), _sniff_model, kind="model",
