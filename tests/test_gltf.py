@@ -265,7 +265,9 @@ def test_what_the_reader_refuses_it_names(demo_subset, tmp_path):
 
     refused(lambda d: d.__setitem__("extensionsRequired", ["KHR_gaussian_splatting_compression_spz_2"]),
             "requires extension.*compression_spz_2")
-    refused(lambda d: d["nodes"][0].__setitem__("rotation", [0, 0.7071068, 0, 0.7071068]), "rotates or scales")
+    refused(lambda d: d["nodes"][0].__setitem__("scale", [1, 2, 1]), "scales them unevenly or mirrors them")
+    refused(lambda d: d["nodes"][0].__setitem__("matrix", [-1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]),
+            "scales them unevenly or mirrors them")
     refused(lambda d: d["meshes"][0]["primitives"][0].__setitem__("mode", 4), "must be POINTS")
     refused(lambda d: d["meshes"][0]["primitives"][0].pop("extensions"), "no Gaussian splats")
     refused(lambda d: d["meshes"][0]["primitives"][0]["attributes"].pop("KHR_gaussian_splatting:SH_DEGREE_1_COEF_2"),
@@ -279,6 +281,35 @@ def test_what_the_reader_refuses_it_names(demo_subset, tmp_path):
     plain = gltf.decode_glb(pack_glb(doc, binary))
     np.testing.assert_allclose(moved.means, plain.means * 2 + [-1.0, -2.0, 3.0], rtol=1e-6)
     np.testing.assert_allclose(moved.log_scales, plain.log_scales + np.log(2), atol=1e-6)
+
+
+def test_a_rotated_parent_node_turns_positions_axes_and_sh_colour(tmp_path):
+    """Splats under a rotated, scaled, moved node read as the turned scene: checked against the
+    spec's covariance formula and SH colour, in the PLY frame (the node turn conjugated by the
+    frame's half turn about z)."""
+    scene = random_scene(10, 3, seed=3)
+    scene, _ = sanitize(scene)
+    save_scene(scene, tmp_path / "a.glb")
+    doc, binary = glb_parts(tmp_path / "a.glb")
+    q = np.array([0.3, -0.5, 0.2, 0.75])
+    q /= np.linalg.norm(q)
+    doc["nodes"] = [{"children": [1], "rotation": q.tolist(), "translation": [1.0, 0.0, -2.0]},
+                    {"mesh": 0, "scale": [1.5, 1.5, 1.5]}]
+    doc["scenes"] = [{"nodes": [0]}]
+    turned = gltf.decode_glb(pack_glb(doc, binary))
+    half = np.diag([-1.0, -1.0, 1.0])
+    rot = half @ _rotation(np.array([q[3], *q[:3]])) @ half  # the node's rotation in the PLY frame
+    shift = half @ np.array([1.0, 0.0, -2.0])
+    np.testing.assert_allclose(turned.means, 1.5 * scene.means.astype(np.float64) @ rot.T + shift, atol=1e-5)
+    np.testing.assert_allclose(turned.log_scales, scene.log_scales + np.log(1.5), atol=1e-6)
+    dirs = np.random.default_rng(2).normal(size=(6, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    for i in range(len(scene)):
+        np.testing.assert_allclose(_rotation(turned.quats[i].astype(np.float64)),
+                                   rot @ _rotation(scene.quats[i].astype(np.float64)), atol=1e-6)
+        for d in dirs:
+            np.testing.assert_allclose(_sh_colour(turned.sh[i].astype(np.float64), rot @ d),
+                                       _sh_colour(scene.sh[i].astype(np.float64), d), atol=1e-5)
 
 
 # ---- independent tools --------------------------------------------------------------------------------

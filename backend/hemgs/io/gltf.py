@@ -41,10 +41,10 @@ logit of +inf or -inf, and a zero scale as a log-scale of -inf: saturated values
 Read: the GLB container (glTF 2.0, one JSON chunk, the BIN chunk as buffer 0), every primitive
 with `KHR_gaussian_splatting` (concatenated; SH zero-padded to the highest degree among them),
 accessors of any component type the extension allows, byte strides, and node transforms that are
-translations and uniform positive scales. Refused with a one-line FormatError: not a GLB, a
+rotations, translations and uniform positive scales (the SH turned with the rotation). Refused with a one-line FormatError: not a GLB, a
 truncated or inconsistent container, bad JSON, external or data-URI buffers, sparse accessors, a
-required extension other than this one (e.g. an SPZ-compressed primitive), rotations or
-non-uniform scales on the splats' nodes (they would rotate the SH), and a glTF without splats.
+required extension other than this one (e.g. an SPZ-compressed primitive), non-uniform or negative
+scales on the splats' nodes, and a glTF without splats.
 """
 
 from __future__ import annotations
@@ -321,9 +321,9 @@ class _Reader:
                 if isinstance(ext, dict) and EXTENSION in ext:
                     found.append((m, f"meshes[{m}].primitives[{p}]", prim, ext[EXTENSION]))
         transforms = self._mesh_transforms({m for m, *_ in found})
-        parts = [self._primitive(prim, ext, where, scale, shift)
+        parts = [self._primitive(prim, ext, where, transform)
                  for m, where, prim, ext in found
-                 for scale, shift in transforms.get(m, [(1.0, np.zeros(3))])]
+                 for transform in transforms.get(m, [_IDENTITY])]
         if not parts:
             if isinstance(used, list) and EXTENSION in used and not self._list("meshes"):
                 return _empty_scene()
@@ -336,8 +336,8 @@ class _Reader:
         scene.meta["gltf_color_space"] = spaces.pop() if len(spaces) == 1 else sorted(spaces)
         return scene
 
-    def _mesh_transforms(self, meshes: set[int]) -> dict[int, list[tuple[float, np.ndarray]]]:
-        """Per mesh index in `meshes`, the (uniform scale, translation) of each node instancing it."""
+    def _mesh_transforms(self, meshes: set[int]) -> dict[int, list["_Similarity"]]:
+        """Per mesh index in `meshes`, the world transform of each node instancing it."""
         nodes = self._list("nodes")
         parent: dict[int, int] = {}
         for i, node in enumerate(nodes):
@@ -350,7 +350,7 @@ class _Reader:
                 if not _is_int(c) or not 0 <= c < len(nodes) or c in parent:
                     raise self.fail(f"glTF nodes[{i}].children has {c!r}: no node, or a node with two parents")
                 parent[c] = i
-        out: dict[int, list[tuple[float, np.ndarray]]] = {}
+        out: dict[int, list[_Similarity]] = {}
         for i, node in enumerate(nodes):
             if "mesh" not in node:
                 continue
@@ -358,22 +358,22 @@ class _Reader:
             self._item("meshes", mesh, f"glTF nodes[{i}].mesh")
             if mesh not in meshes:
                 continue
-            scale, shift, seen, at = 1.0, np.zeros(3), set(), i
+            world, seen, at = _IDENTITY, set(), i
             while True:
                 if at in seen:
                     raise self.fail(f"glTF node hierarchy has a cycle through nodes[{at}]")
                 seen.add(at)
-                s, t = self._node_transform(nodes[at], at, mesh)
-                scale, shift = s * scale, s * shift + t
+                world = world.then(self._node_transform(nodes[at], at, mesh))
                 if at not in parent:
                     break
                 at = parent[at]
-            out.setdefault(mesh, []).append((scale, shift))
+            out.setdefault(mesh, []).append(world)
         return out
 
-    def _node_transform(self, node: dict, index: int, mesh: int) -> tuple[float, np.ndarray]:
-        """A node's transform as (uniform scale, translation); anything else is refused, but only
-        when the node holds splats (a rotation would have to rotate their SH)."""
+    def _node_transform(self, node: dict, index: int, mesh: int) -> "_Similarity":
+        """A node's local transform: a rotation, a uniform positive scale and a translation;
+        anything else (non-uniform or negative scale, shear) is refused, but only for nodes above
+        splats."""
         what = f"glTF nodes[{index}]"
         try:
             if "matrix" in node:
@@ -381,8 +381,13 @@ class _Reader:
                 if mat.shape != (16,):
                     raise ValueError
                 mat = mat.reshape(4, 4).T  # column-major
-                s, t = float(mat[0, 0]), mat[:3, 3].copy()
-                rotation_ok = np.array_equal(mat[:3, :3], s * np.eye(3)) and np.array_equal(mat[3], [0, 0, 0, 1])
+                t = mat[:3, 3].copy()
+                with np.errstate(invalid="ignore", over="ignore"):
+                    det = float(np.linalg.det(mat[:3, :3])) if np.isfinite(mat).all() else float("nan")
+                    s = float(np.cbrt(det))
+                    rot = mat[:3, :3] / s if s > 0 else np.full((3, 3), np.nan)
+                ok = (np.array_equal(mat[3], [0, 0, 0, 1]) and s > 0
+                      and np.allclose(rot @ rot.T, np.eye(3), rtol=0, atol=1e-5))
             else:
                 t = np.asarray(node.get("translation", [0, 0, 0]), np.float64)
                 r = np.asarray(node.get("rotation", [0, 0, 0, 1]), np.float64)
@@ -390,16 +395,19 @@ class _Reader:
                 if t.shape != (3,) or r.shape != (4,) or sv.shape != (3,):
                     raise ValueError
                 s = float(sv[0])
-                rotation_ok = (r[:3] == 0).all() and abs(r[3]) == 1 and (sv == s).all()
-        except (TypeError, ValueError):
+                with np.errstate(invalid="ignore", over="ignore"):
+                    norm = float(np.linalg.norm(r))
+                    rot = _matrix(np.array([r[3], r[0], r[1], r[2]]) / norm)
+                ok = (sv == s).all() and abs(norm - 1.0) < 1e-3
+        except (TypeError, ValueError, OverflowError):
             raise self.fail(f"{what} has a malformed transform") from None
-        if not (rotation_ok and np.isfinite(s) and s > 0 and np.isfinite(t).all()):
-            raise self.fail(f"{what} (holding the splats of meshes[{mesh}]) rotates or scales them unevenly; "
-                            "hemgs reads splats under translations and uniform scales only")
-        return s, t
+        if not (ok and np.isfinite(s) and s > 0 and np.isfinite(t).all() and np.isfinite(rot).all()):
+            raise self.fail(f"{what} (above the splats of meshes[{mesh}]) scales them unevenly or mirrors them; "
+                            "hemgs reads splats under rotations, translations and uniform scales only")
+        return _Similarity(s, rot, t)
 
     # ---- one primitive ------------------------------------------------------------------------
-    def _primitive(self, prim: dict, ext, where: str, scale: float, shift: np.ndarray) -> GaussianScene:
+    def _primitive(self, prim: dict, ext, where: str, world: "_Similarity") -> GaussianScene:
         if not isinstance(ext, dict):
             raise self.fail(f"{where}.extensions.{EXTENSION} is not an object")
         if prim.get("mode", 4) != 0:
@@ -431,14 +439,22 @@ class _Reader:
         sh = np.stack(shs, axis=1)
 
         xyzw = cols[PREFIX + "ROTATION"]
+        means, scales = cols["POSITION"], cols[PREFIX + "SCALE"]
+        if not world.is_identity():  # the node transforms, in glTF's frame, before the frame turn
+            means = world.scale * means @ world.rotation.T + world.shift
+            scales = scales * world.scale
+            if not np.array_equal(world.rotation, np.eye(3)):
+                wxyz = _quat_mul(_quaternion(world.rotation), np.stack([xyzw[:, 3], *xyzw[:, :3].T], axis=1))
+                xyzw = np.concatenate([wxyz[:, 1:], wxyz[:, :1]], axis=1)
+                sh = _rotate_sh(sh, world.rotation)
         # r^-1 * q' (undoing the 180-degree turn about z): glTF (x', y', z', w') -> (w, x, y, z) = (z', y', -x', -w')
         quats = np.stack([xyzw[:, 2], xyzw[:, 1], -xyzw[:, 0], -xyzw[:, 3]], axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            log_scales = np.log(cols[PREFIX + "SCALE"] * scale)
+            log_scales = np.log(scales)
             p = cols[PREFIX + "OPACITY"][:, 0]
             logits = np.log(p) - np.log1p(-p)
         logits[(p < 0) | (p > 1)] = np.nan
-        means = (cols["POSITION"] * scale + shift) * _POS_SIGN
+        means = means * _POS_SIGN
         sh = sh * _SH_SIGN[: sh.shape[1], None]
         scene = GaussianScene(means, quats, log_scales, logits, sh)
         color_space = ext.get("colorSpace")
@@ -488,6 +504,87 @@ class _Reader:
         if normalized:
             arr = np.maximum(arr / _NORM[ctype], -1.0)
         return arr
+
+
+class _Similarity:
+    """x -> scale * rotation @ x + shift (a glTF node's transform, when it is one of these)."""
+
+    def __init__(self, scale: float, rotation: np.ndarray, shift: np.ndarray):
+        self.scale, self.rotation, self.shift = scale, rotation, shift
+
+    def is_identity(self) -> bool:
+        return self.scale == 1.0 and np.array_equal(self.rotation, np.eye(3)) and not self.shift.any()
+
+    def then(self, outer: "_Similarity") -> "_Similarity":
+        """`outer` after this one."""
+        return _Similarity(outer.scale * self.scale, outer.rotation @ self.rotation,
+                           outer.scale * outer.rotation @ self.shift + outer.shift)
+
+
+_IDENTITY = _Similarity(1.0, np.eye(3), np.zeros(3))
+
+
+def _matrix(wxyz: np.ndarray) -> np.ndarray:
+    """The rotation matrix of a unit quaternion (w, x, y, z)."""
+    w, x, y, z = wxyz
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
+def _quaternion(m: np.ndarray) -> np.ndarray:
+    """A unit quaternion (w, x, y, z) of a rotation matrix (from its largest diagonal term)."""
+    trace = np.trace(m)
+    k = int(np.argmax([trace, m[0, 0], m[1, 1], m[2, 2]]))
+    if k == 0:
+        q = [1 + trace, m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]]
+    elif k == 1:
+        q = [m[2, 1] - m[1, 2], 1 + m[0, 0] - m[1, 1] - m[2, 2], m[0, 1] + m[1, 0], m[0, 2] + m[2, 0]]
+    elif k == 2:
+        q = [m[0, 2] - m[2, 0], m[0, 1] + m[1, 0], 1 - m[0, 0] + m[1, 1] - m[2, 2], m[1, 2] + m[2, 1]]
+    else:
+        q = [m[1, 0] - m[0, 1], m[0, 2] + m[2, 0], m[1, 2] + m[2, 1], 1 - m[0, 0] - m[1, 1] + m[2, 2]]
+    q = np.asarray(q)
+    return q / np.linalg.norm(q)
+
+
+def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a * b for one quaternion `a` and rows `b`, all (w, x, y, z)."""
+    aw, av = a[0], a[1:]
+    bw, bv = b[:, 0], b[:, 1:]
+    return np.concatenate([(aw * bw - bv @ av)[:, None], aw * bv + bw[:, None] * av + np.cross(av, bv)], axis=1)
+
+
+def _sh_basis(d: np.ndarray) -> np.ndarray:
+    """The real SH basis of degrees 0-3 at unit directions `d` (K, 3), in the spec's order and with
+    its constants (Condon-Shortley phase): (K, 16)."""
+    x, y, z = d.T
+    xx, yy, zz = x * x, y * y, z * z
+    return np.stack([
+        np.full_like(x, 0.2820947917738781),
+        -0.4886025119029199 * y, 0.4886025119029199 * z, -0.4886025119029199 * x,
+        1.092548430592079 * x * y, -1.092548430592079 * y * z, 0.31539156525252 * (2 * zz - xx - yy),
+        -1.092548430592079 * x * z, 0.5462742152960395 * (xx - yy),
+        -0.5900435899266435 * y * (3 * xx - yy), 2.890611442640554 * x * y * z,
+        -0.4570457994644657 * y * (4 * zz - xx - yy), 0.3731763325901154 * z * (2 * zz - 3 * xx - 3 * yy),
+        -0.4570457994644657 * x * (4 * zz - xx - yy), 1.445305721320277 * z * (xx - yy),
+        -0.5900435899266435 * x * (xx - 3 * yy),
+    ], axis=1)
+
+
+def _rotate_sh(sh: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """SH coefficients (N, K, 3) of the colour turned by `rotation`: per degree, the matrix X with
+    Y(R^T d) . c = Y(d) . (X c), fitted exactly on enough directions (the degree's functions span
+    a space the rotation maps to itself)."""
+    dirs = np.random.default_rng(0).normal(size=(64, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    here, there = _sh_basis(dirs), _sh_basis(dirs @ rotation)  # rows: Y(d), Y(R^T d)
+    out = sh.copy()
+    for l in range(1, int(round(np.sqrt(sh.shape[1]))) ):
+        band = slice(l * l, (l + 1) ** 2)
+        x = np.linalg.lstsq(here[:, band], there[:, band], rcond=None)[0]  # there = here @ x
+        out[:, band] = np.einsum("ij,njc->nic", x, sh[:, band])
+    return out
 
 
 def _is_int(value) -> bool:
