@@ -36,6 +36,9 @@ def _start(op, context, name: str, args: dict, outputs=(), on_done=None):
         if op is not None:  # None: a job started after its operator returned (the operator is gone)
             op.report({"ERROR"}, jobs.state.message)
         return {"CANCELLED"}
+    finally:
+        # The panel's λ ranges and defaults follow the backend's hello (it came when the worker started).
+        hprops.remember_hello(jobs.client(context).hello)
     return {"FINISHED"}
 
 
@@ -239,6 +242,10 @@ def store_model(props, info: dict) -> None:
     props.model_variable_rate = bool(info.get("variable_rate", False))
     props.model_codec = str(info.get("codec") or "")
     props.model_anchors = int(info.get("anchors") or 0)
+    # Anchor mode's λ: a variable-rate model starts at its own λ unless the one set is in its range.
+    if props.model_variable_rate and not (props.is_property_set("log_lambda")
+                                          and hprops.model_serves(props, props.anchor_lambda)):
+        props.anchor_lambda = props.model_lambda
 
 
 def train_args(props) -> dict:
@@ -302,9 +309,9 @@ def compress_args(props, output: str) -> tuple[dict, str]:
     args: dict
     if hprops.is_direct(props):
         args = {"mode": "direct", "source": bpy.path.abspath(props.source_path), "output": output,
-                "lambda": hprops.direct_lambda(props), "views": props.views, "width": props.eval_width,
+                "lambda": hprops.direct_compress_lambda(props), "views": props.views, "width": props.eval_width,
                 "preview": npz, "scene_agnostic": props.direct_scene_agnostic, "ar": props.direct_ar,
-                "acs": props.train_acs, "variable_rate": props.train_variable_rate}
+                "acs": props.direct_acs, "variable_rate": props.direct_variable_rate}
         if props.direct_iters > 0:
             args["iters"] = props.direct_iters
         if props.direct_for_cameras:
@@ -360,7 +367,7 @@ class HEMGS_OT_compress(bpy.types.Operator):
         props = context.scene.hemgs
         output = bpy.path.abspath(props.output_path) if props.output_path else ""
         if not output and hprops.is_direct(props):
-            output = str(api.default_hgs_path(bpy.path.abspath(props.source_path), hprops.direct_lambda(props),
+            output = str(api.default_hgs_path(bpy.path.abspath(props.source_path), hprops.direct_compress_lambda(props),
                                               mode="direct"))
         elif not output:
             base = props.source_path or props.model_path

@@ -6,9 +6,16 @@ import math
 
 import bpy
 
-# The λ a model can be trained at (= hemgs.fit.LAMBDA_RANGE; the backend refuses others). The
-# slider is log10(λ): each decade gets the same travel.
-LAMBDA_MIN, LAMBDA_MAX = 1e-4, 1e-1
+# Ranges and defaults: the backend's hello (docs/protocol.md, `codec`) is their source. A property's
+# range and default are fixed when it registers, before any worker runs, so they are literals here
+# (tests/test_direct_pipeline.py keeps them equal to the hello's); at run time the panel's labels and
+# the λ it sends follow the hello of the worker in use (remember_hello, direct_range, fixed_range,
+# variable_range).
+# Anchor mode: a fixed-rate model is trained at one λ of LAMBDA_MIN..LAMBDA_MAX (hello
+# codec.fixed_rate); a variable-rate model is trained on ANCHOR_LAMBDAS together and codes any λ of
+# their range widened LAMBDA_MARGIN times each way (codec.lambdas, codec.lambda_margin).
+LAMBDA_MIN, LAMBDA_MAX, LAMBDA_DEFAULT = 1e-4, 1e-1, 1e-3
+ANCHOR_LAMBDAS, LAMBDA_MARGIN = (1e-3, 2e-3, 3e-3, 4e-3), 2.0
 # Training budget presets (the backend's TRAIN_PRESETS; CUSTOM sends the steps below).
 # Entropy models Train can make (the backend's codecs): HEMGS is variable-rate by default.
 CODECS = [("HEMGS", "HEMGS", "The HEMGS hybrid entropy model (scene-agnostic prior, autoregressive context)"),
@@ -19,8 +26,7 @@ MODES = [("DIRECT", "Direct (anchor-free)", "Code the source's own Gaussians: no
           "is fitted in seconds to a minute; the better mode at every rate measured so far"),
          ("ANCHOR", "Anchor (HEMGS, trained)", "The paper's method: train an anchor model (minutes), then code it "
           "at any λ it serves. Today larger and lower in PSNR than Direct (docs/anchor-model.md)")]
-# Direct mode's λ, in its own units (= hemgs.modes.DIRECT_LAMBDA_RANGE / DIRECT_LAMBDA_DEFAULT). The
-# slider is log2(λ).
+# Direct mode's λ, in its own units (hello codec.direct: lambda_range, lambda_default).
 DIRECT_LAMBDA_MIN, DIRECT_LAMBDA_MAX, DIRECT_LAMBDA_DEFAULT = 0.015625, 16.0, 1.0
 # The import option of every preview (File > Import and the sidebar): hemgs.preview.STAND_UP_EULER.
 STAND_UP_NAME = "Y-down scene: stand it up"
@@ -29,6 +35,93 @@ STAND_UP_DESCRIPTION = ("Rotate the preview object -90° about X so a 3DGS scene
 PRESETS = [("QUICK", "Quick", "100 + 150 warm-start steps at 128 px: a first look, minutes on a CPU"),
            ("STANDARD", "Standard", "300 + 400 warm-start steps at 256 px (hemgs train's defaults)"),
            ("CUSTOM", "Custom", "The steps set below")]
+
+
+# The hello's `codec` of the worker the panel's jobs run in (ops.py records it when a job starts):
+# the ranges and defaults the backend states. None until a worker has started.
+_hello_codec: dict | None = None
+
+
+def remember_hello(hello: dict | None) -> None:
+    global _hello_codec
+    codec = (hello or {}).get("codec")
+    if isinstance(codec, dict):
+        _hello_codec = codec
+
+
+def _codec(*keys, fallback):
+    """A field of the hello's `codec`, or `fallback` (no worker yet, or an older one without it)."""
+    value = _hello_codec
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return fallback if value is None else value
+
+
+def direct_range() -> tuple[float, float]:
+    lo, hi = _codec("direct", "lambda_range", fallback=(DIRECT_LAMBDA_MIN, DIRECT_LAMBDA_MAX))
+    return float(lo), float(hi)
+
+
+def fixed_range() -> tuple[float, float]:
+    """The λ a fixed-rate model can be trained at."""
+    lo, hi = _codec("fixed_rate", "lambda_range", fallback=(LAMBDA_MIN, LAMBDA_MAX))
+    return float(lo), float(hi)
+
+
+def variable_range() -> tuple[float, float, float]:
+    """A variable-rate model's trained λ (lowest, highest) and how far beyond them it codes."""
+    lambdas = _codec("lambdas", fallback=ANCHOR_LAMBDAS)
+    return float(min(lambdas)), float(max(lambdas)), float(_codec("lambda_margin", fallback=LAMBDA_MARGIN))
+
+
+def _rounded(lam: float, lo: float, hi: float) -> float:
+    """λ within lo..hi, to 3 significant digits where that stays within (the number the panel
+    shows, sends and names files by; more digits at an end like 1/64). The tolerance absorbs the
+    single precision Blender stores floats in."""
+    lam = min(max(lam, lo), hi)
+    for digits in range(2, 9):
+        r = float(f"{lam:.{digits}e}")
+        if lo * (1 - 1e-6) <= r <= hi * (1 + 1e-6):
+            return r
+    return lam
+
+
+# The λ properties. Blender's Python properties have no logarithmic slider (a log scale is C-only),
+# and a slider over log(λ) shows log(λ) as its number. An artist reads and types λ, so the panel's
+# λ is a property whose number is λ; it is stored as log(λ) (`direct_log_lambda`, `log_lambda`:
+# the names earlier versions stored, so scripts and saved files keep their value). Before the
+# user sets it, it reads the backend's default.
+def _get_direct_lambda(self) -> float:
+    if not self.is_property_set("direct_log_lambda"):
+        return float(_codec("direct", "lambda_default", fallback=DIRECT_LAMBDA_DEFAULT))
+    return _rounded(2.0 ** self.direct_log_lambda, DIRECT_LAMBDA_MIN, DIRECT_LAMBDA_MAX)
+
+
+def _set_direct_lambda(self, value: float) -> None:
+    self.direct_log_lambda = math.log2(min(max(value, DIRECT_LAMBDA_MIN), DIRECT_LAMBDA_MAX))
+
+
+def _get_anchor_lambda(self) -> float:
+    if not self.is_property_set("log_lambda"):
+        return float(_codec("fixed_rate", "lambda_default", fallback=LAMBDA_DEFAULT))
+    return _rounded(10.0 ** self.log_lambda, LAMBDA_MIN, LAMBDA_MAX)
+
+
+def _set_anchor_lambda(self, value: float) -> None:
+    self.log_lambda = math.log10(min(max(value, LAMBDA_MIN), LAMBDA_MAX))
+
+
+def _get_rate_position(self) -> float:
+    lo, hi = serve_range(self)
+    if not 0 < lo < hi:
+        return 0.5
+    return min(max(math.log(self.anchor_lambda / lo) / math.log(hi / lo), 0.0), 1.0)
+
+
+def _set_rate_position(self, value: float) -> None:
+    lo, hi = serve_range(self)
+    if 0 < lo < hi:  # without a variable-rate model there is no range to place λ in
+        self.anchor_lambda = lo * (hi / lo) ** value
 
 
 class HEMGS_SceneProps(bpy.types.PropertyGroup):
@@ -48,23 +141,31 @@ class HEMGS_SceneProps(bpy.types.PropertyGroup):
     mode: bpy.props.EnumProperty(  # type: ignore[valid-type]
         name="Mode", description="How the scene is coded", items=MODES, default="DIRECT")
     # ---- direct mode ----
+    direct_lambda: bpy.props.FloatProperty(  # type: ignore[valid-type]
+        name="λ", description="Direct mode's rate-distortion weight: larger λ, smaller file, lower PSNR",
+        default=DIRECT_LAMBDA_DEFAULT, min=DIRECT_LAMBDA_MIN, max=DIRECT_LAMBDA_MAX, precision=3, step=5,
+        get=_get_direct_lambda, set=_set_direct_lambda)
     direct_log_lambda: bpy.props.FloatProperty(  # type: ignore[valid-type]
-        name="λ", description="Direct mode's rate-distortion weight, as log2(λ): larger is a smaller file, lower "
-        "PSNR", default=math.log2(DIRECT_LAMBDA_DEFAULT), min=math.log2(DIRECT_LAMBDA_MIN),
-        max=math.log2(DIRECT_LAMBDA_MAX))
+        name="log2(λ)", description="Where direct_lambda is stored, as log2(λ)", default=math.log2(DIRECT_LAMBDA_DEFAULT),
+        min=math.log2(DIRECT_LAMBDA_MIN), max=math.log2(DIRECT_LAMBDA_MAX))
     direct_iters: bpy.props.IntProperty(  # type: ignore[valid-type]
         name="Fit iterations", description="Iterations of the direct-mode fit (0: the backend's default)",
         default=0, min=0, max=100000)
 
-    # ---- training ----
+    # ---- anchor mode: one λ, that fixed-rate Train trains at and Compress codes a variable-rate
+    # model at (within what the model serves) ----
+    anchor_lambda: bpy.props.FloatProperty(  # type: ignore[valid-type]
+        name="λ", description="Anchor mode's rate-distortion weight: larger λ, smaller file",
+        default=LAMBDA_DEFAULT, min=LAMBDA_MIN, max=LAMBDA_MAX, precision=6, step=1,
+        get=_get_anchor_lambda, set=_set_anchor_lambda)
     log_lambda: bpy.props.FloatProperty(  # type: ignore[valid-type]
-        name="λ", description="Rate-distortion weight a fixed-rate model is trained for, as log10(λ): larger "
-        "is a smaller file", default=math.log10(1e-3), min=math.log10(LAMBDA_MIN), max=math.log10(LAMBDA_MAX))
+        name="log10(λ)", description="Where anchor_lambda is stored, as log10(λ)", default=math.log10(LAMBDA_DEFAULT),
+        min=math.log10(LAMBDA_MIN), max=math.log10(LAMBDA_MAX))
     train_codec: bpy.props.EnumProperty(  # type: ignore[valid-type]
         name="Codec", items=CODECS, default="HEMGS")
     train_variable_rate: bpy.props.BoolProperty(  # type: ignore[valid-type]
-        name="Variable rate", description="One model for every λ of 1e-3..4e-3 (chosen at Compress); off: "
-        "one model per λ", default=True)
+        name="Variable rate", description="One model for every λ of its trained range (chosen at Compress); "
+        "off: one model per λ", default=True)
     train_scene_agnostic: bpy.props.BoolProperty(  # type: ignore[valid-type]
         name="Scene-agnostic prior", description="Use the pre-trained point-network prior", default=True)
     train_ar: bpy.props.BoolProperty(  # type: ignore[valid-type]
@@ -73,14 +174,21 @@ class HEMGS_SceneProps(bpy.types.PropertyGroup):
     train_acs: bpy.props.BoolProperty(  # type: ignore[valid-type]
         name="Adaptive context selection", description="The nearest 20 neighbours in a 25³ field (off: all "
         "in a 5³ field)", default=True)
-    # Direct mode's own part switches; defaults = the backend's hemgs.modes.DIRECT_SWITCH_DEFAULTS
-    # (the prior and the context cost bytes and decode time there; a test keeps them equal).
+    # Direct mode's own part switches, apart from Train's (train_*): defaults = the backend's
+    # hemgs.modes.DIRECT_SWITCH_DEFAULTS (the prior and the context cost bytes and decode time
+    # there; a test keeps them equal).
+    direct_variable_rate: bpy.props.BoolProperty(  # type: ignore[valid-type]
+        name="Variable-rate predictor", description="Direct mode: the step predictor also sees λ (off: the steps "
+        "follow λ by a fixed rule)", default=True)
     direct_scene_agnostic: bpy.props.BoolProperty(  # type: ignore[valid-type]
         name="Scene-agnostic prior", description="Direct mode: use the pre-trained point-network prior (off by "
         "default: about 1% either way in size, slower decoding)", default=False)
     direct_ar: bpy.props.BoolProperty(  # type: ignore[valid-type]
         name="Autoregressive context", description="Direct mode: condition each Gaussian on decoded neighbours "
         "(off by default: about 1% either way in size, twice the decode time)", default=False)
+    direct_acs: bpy.props.BoolProperty(  # type: ignore[valid-type]
+        name="Adaptive context selection", description="Direct mode: the context's nearest "
+        "decoded neighbours in a wide field (off: all in a 5³ field)", default=True)
     direct_for_cameras: bpy.props.BoolProperty(  # type: ignore[valid-type]
         name="Only the scene's cameras", description="Direct mode: code for the cameras.json beside the source "
         "only, instead of every direction around the scene (recorded in the file)", default=False)
@@ -107,11 +215,12 @@ class HEMGS_SceneProps(bpy.types.PropertyGroup):
     model_serve_min: bpy.props.FloatProperty(default=0.0)  # type: ignore[valid-type]
     model_serve_max: bpy.props.FloatProperty(default=0.0)  # type: ignore[valid-type]
     model_anchors: bpy.props.IntProperty(default=0)  # type: ignore[valid-type]
-    # Variable-rate models only: where in the λ range the model serves to code (0 = its lowest λ,
-    # 1 = its highest), on a log scale; 0.5 is the middle of its trained range.
+    # Earlier versions' λ of a variable-rate model, as its place in the range the model serves (0:
+    # lowest λ, 1: highest, log scale); kept for scripts, a view of anchor_lambda.
     rate_position: bpy.props.FloatProperty(  # type: ignore[valid-type]
-        name="λ", description="Where in the model's λ range to code (log scale): larger λ, smaller file",
-        default=0.5, min=0.0, max=1.0, subtype="FACTOR")
+        name="λ position", description="Where anchor_lambda lies in the loaded model's λ range (log scale)",
+        default=0.5, min=0.0, max=1.0, subtype="FACTOR", get=_get_rate_position,
+        set=_set_rate_position)
 
     # ---- compressing ----
     output_path: bpy.props.StringProperty(  # type: ignore[valid-type]
@@ -132,18 +241,17 @@ class HEMGS_SceneProps(bpy.types.PropertyGroup):
 
 
 def lambda_value(props) -> float:
-    """The λ Train uses (the slider)."""
-    return 10.0 ** props.log_lambda
+    """The λ a fixed-rate Train trains at (the property reads single precision: rounded again)."""
+    return _rounded(props.anchor_lambda, *fixed_range())
 
 
 def is_direct(props) -> bool:
     return props.mode == "DIRECT"
 
 
-def direct_lambda(props) -> float:
-    """The λ Compress asks for in direct mode (the log2 slider), 3 significant digits, in range."""
-    lam = float(f"{2.0 ** props.direct_log_lambda:.2e}")
-    return min(max(lam, DIRECT_LAMBDA_MIN), DIRECT_LAMBDA_MAX)
+def direct_compress_lambda(props) -> float:
+    """The λ Compress asks for in direct mode, within what the backend serves."""
+    return _rounded(props.direct_lambda, *direct_range())
 
 
 def serve_range(props) -> tuple[float, float]:
@@ -153,15 +261,19 @@ def serve_range(props) -> tuple[float, float]:
     return lo, max(hi, lo)
 
 
+def model_serves(props, lam: float) -> bool:
+    """Whether the loaded model codes at `lam` (its range is stored in single precision)."""
+    lo, hi = serve_range(props)
+    return lo * (1 - 1e-6) <= lam <= hi * (1 + 1e-6)
+
+
 def compress_lambda(props) -> float | None:
     """The λ Compress asks for: None for a fixed-rate model (it codes at its own λ); for a
-    variable-rate one, `rate_position` on a log scale over the range the model serves."""
+    variable-rate one, anchor mode's λ, within the range the model serves."""
     lo, hi = serve_range(props)
     if not props.model_variable_rate or not lo > 0:
         return None
-    # Rounded to 3 significant digits: the value the panel shows and the file name carries.
-    lam = float(f"{lo * (hi / lo) ** props.rate_position:.2e}")
-    return min(max(lam, lo), hi)  # rounding must not step outside what the backend accepts
+    return _rounded(props.anchor_lambda, lo, hi)  # the panel says so when λ lies outside
 
 
 def register():

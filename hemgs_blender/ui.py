@@ -71,9 +71,13 @@ class HEMGS_PT_main(bpy.types.Panel):
             sub.enabled = p.train_ar  # context selection matters only with the context
             sub.prop(p, "train_acs")
         if hemgs and p.train_variable_rate:
-            box.label(text="λ: 1e-3 to 4e-3, chosen at Compress (one model for all)")
+            lo, hi, margin = props.variable_range()
+            box.label(text=f"Trained on λ {lo:g} to {hi:g}; codes {lo / margin:g} to {hi * margin:g}, chosen at Compress")
+        elif p.model_path and p.model_variable_rate:
+            # Anchor mode has one λ: with a variable-rate model loaded it is set under Compress.
+            box.label(text=f"Trains at λ = {p.anchor_lambda:g} (set under Compress)")
         else:
-            box.prop(p, "log_lambda", text=f"λ = {props.lambda_value(p):.2e}  (log10)")
+            self.draw_lambda(box, p, "anchor_lambda", props.fixed_range(), "fixed-rate models train at")
         box.prop(p, "train_preset")
         if p.train_preset == "CUSTOM":
             row = box.row(align=True)
@@ -91,14 +95,15 @@ class HEMGS_PT_main(bpy.types.Panel):
         if p.model_path:
             box.label(text=f"Model: {Path(p.model_path).name} ({p.model_anchors:,} anchors)")
             if p.model_variable_rate:
-                # Variable-rate model: code anywhere in the range it serves (log-scale slider).
-                lam = props.compress_lambda(p) or p.model_lambda
-                lo, hi = props.serve_range(p)
-                box.prop(p, "rate_position", text=f"λ = {lam:.2e}  ({lo:.1e}..{hi:.1e})")
-                box.label(text=f"trained on {p.model_lambda_min:.0e}..{p.model_lambda_max:.0e}; larger λ, smaller file")
+                # Variable-rate model: code at any λ of the range it serves.
+                self.draw_lambda(box, p, "anchor_lambda", props.serve_range(p), "this model codes at")
+                if not props.model_serves(p, p.anchor_lambda):
+                    lam = props.compress_lambda(p) or p.model_lambda
+                    box.label(text=f"Compress codes at {lam:g}, the nearest λ this model serves", icon="ERROR")
+                box.label(text=f"trained on {p.model_lambda_min:g} to {p.model_lambda_max:g}")
             else:
                 # Fixed-rate (HAC mode): the model codes at the λ it was trained for, nothing else.
-                box.label(text=f"λ = {p.model_lambda:.2e} (fixed-rate model; train again for another λ)")
+                box.label(text=f"λ = {p.model_lambda:g} (fixed-rate model; train again for another λ)")
         else:
             box.label(text="Train or load a model first", icon="INFO")
         box.prop(p, "output_path")
@@ -114,23 +119,29 @@ class HEMGS_PT_main(bpy.types.Panel):
         box.label(text="Compress (direct mode)", icon="PACKAGE")
         box.label(text="No training: fitted to the source in seconds to a minute")
         col = box.column(align=True)
-        col.prop(p, "train_variable_rate", text="Variable-rate predictor")
+        col.prop(p, "direct_variable_rate")
         col.prop(p, "direct_scene_agnostic")
         col.prop(p, "direct_ar")
         sub = col.row()
         sub.enabled = p.direct_ar
-        sub.prop(p, "train_acs")
+        sub.prop(p, "direct_acs")
         box.prop(p, "direct_iters")
         box.prop(p, "direct_for_cameras")
-        lo, hi = props.DIRECT_LAMBDA_MIN, props.DIRECT_LAMBDA_MAX
-        box.prop(p, "direct_log_lambda", text=f"λ = {props.direct_lambda(p):.3g}  ({lo:g}..{hi:g}, log2)")
-        box.label(text="larger λ, smaller file, lower PSNR")
+        self.draw_lambda(box, p, "direct_lambda", props.direct_range(), "direct mode codes at")
         box.prop(p, "output_path")
         row = box.row(align=True)
         row.prop(p, "views")
         row.prop(p, "eval_width")
         box.prop(p, "side_by_side")
         box.operator("hemgs.compress", icon="EXPORT")
+
+    @staticmethod
+    def draw_lambda(layout, p, name: str, span: tuple[float, float], what: str):
+        """The mode's one λ control: its number is λ (type it, or drag), under it the range that
+        applies now and which way λ goes."""
+        col = layout.column(align=True)
+        col.prop(p, name)
+        col.label(text=f"{what} {span[0]:g} to {span[1]:g}; larger λ, smaller file")
 
     def draw_status(self, layout, p):
         box = layout.box()

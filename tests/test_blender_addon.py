@@ -5,6 +5,7 @@ worker and block until its result."""
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -130,7 +131,7 @@ work = os.path.dirname(tiny)
 p = bpy.context.scene.hemgs
 p.source_path = tiny
 bpy.ops.hemgs.load_source()
-p.log_lambda = math.log10(2e-3)
+p.anchor_lambda = 2e-3  # anchor mode's one λ (a fixed-rate Train's; this Train is variable-rate)
 p.train_preset = "CUSTOM"
 p.train_steps, p.train_warm_steps, p.train_width, p.train_views = 5, 10, 32, 8
 t = time.perf_counter()
@@ -149,8 +150,12 @@ for bad in (work, os.path.join(work, "missing", "panel.hgs")):
         pass
     res["bad_outputs"].append([bad, jobs_mod.state.message, jobs_mod.state.is_error])
 p.output_path = os.path.join(work, "panel.hgs")
-p.rate_position = 0.0  # the slider's low end: the smallest λ the model serves
+res["anchor_lambda_kept"] = p.anchor_lambda  # 2e-3: the model serves it, so loading it kept it
+p.anchor_lambda = 1e-4  # below what the model serves: Compress codes at the nearest λ it does
 res["compress_lambda"] = [props_mod.compress_lambda(p)]
+p.anchor_lambda = 5e-4  # the smallest λ the model serves, as its number
+res["compress_lambda"].append(props_mod.compress_lambda(p))
+res["anchor_lambda_store"] = [p.anchor_lambda, p.log_lambda, p.rate_position]
 n_before = len(bpy.data.objects)
 res["compress_op"] = list(bpy.ops.hemgs.compress())
 res["panel"] = {"bytes": p.result_bytes, "source_bytes": p.result_source_bytes, "psnr": p.result_psnr,
@@ -179,9 +184,11 @@ for o in two:
     bpy.data.objects.remove(o)
 fh = getattr(bpy.types, "HEMGS_FH_splats", None)
 res["file_handler"] = fh and [fh.bl_import_operator, fh.bl_file_extensions, bpy.ops.hemgs.import_splats.idname()]
-# The same model at the slider's high end: a second file, from the same model.
+# The same model at the range's high end, through the name earlier versions had (rate_position: 0..1
+# over the model's range): a second file, from the same model.
 p.rate_position, p.output_path = 1.0, os.path.join(work, "panel_hi.hgs")
 res["compress_lambda"].append(props_mod.compress_lambda(p))
+res["anchor_lambda_store"].append(p.anchor_lambda)
 res["compress_hi_op"] = list(bpy.ops.hemgs.compress())
 res["panel_hi"] = {"bytes": p.result_bytes, "file": p.result_file}
 # A λ the model does not serve: the worker's error event becomes a WorkerError, no file.
@@ -230,9 +237,16 @@ res["hgs_preview_points"] = len(api.load_preview(rows[0]["output"]).data.points)
 # Direct (anchor-free) mode: no model needed; Compress sends the source; the slider is direct λ.
 p.mode, p.model_path = "DIRECT", ""
 res["direct_poll"] = bpy.ops.hemgs.compress.poll()
-p.direct_log_lambda, p.direct_iters = 1.0, 10
+res["direct_default"] = [p.direct_lambda, p.is_property_set("direct_log_lambda")]  # the hello's default
+p.direct_lambda, p.direct_iters = 2.0, 10
 p.output_path = os.path.join(work, "direct.hgs")
-res["direct_lambda"] = props_mod.direct_lambda(p)
+res["direct_lambda"] = [props_mod.direct_compress_lambda(p), p.direct_log_lambda]
+# Direct mode's switches are its own: Train's (anchor mode) leave them as they are, and they reach Compress.
+p.train_acs = p.train_variable_rate = False
+p.direct_acs = True
+res["direct_switches"] = [p.direct_acs, p.direct_variable_rate]
+res["direct_args"] = {k: v for k, v in importlib.import_module(mod + ".ops").compress_args(p, p.output_path)[0].items()
+                      if k in ("lambda", "acs", "variable_rate", "scene_agnostic", "ar")}
 res["direct_op"] = list(bpy.ops.hemgs.compress())
 res["direct_panel"] = {"bytes": p.result_bytes, "psnr": p.result_psnr, "file": p.result_file}
 res["direct_objects"] = [len(o.data.points) for o in bpy.data.objects
@@ -379,8 +393,14 @@ def test_train_and_compress_from_the_panel_show_results_and_decoded_preview(blen
     assert model.endswith("tiny.hemgs.safetensors") and Path(model).is_file()
     assert variable is True and codec == "hemgs" and anchors > 0
     assert (lmin, lmax) == pytest.approx((1e-3, 4e-3)) and (smin, smax) == pytest.approx((5e-4, 8e-3))
-    # The slider spans what the model serves; each end codes another file, of another size.
-    assert r["compress_lambda"] == pytest.approx([5e-4, 8e-3])
+    # Anchor mode's λ shows λ: kept when the model serves it, else coded at the nearest λ the model
+    # serves; each end of that range codes another file, of another size. rate_position (earlier
+    # versions' name: 0..1 over the range) still sets it; log_lambda stores it.
+    assert r["anchor_lambda_kept"] == pytest.approx(2e-3)
+    assert r["compress_lambda"] == pytest.approx([5e-4, 5e-4, 8e-3])
+    lam, stored, position, hi = r["anchor_lambda_store"]
+    assert lam == pytest.approx(5e-4) and stored == pytest.approx(math.log10(5e-4)) and position == pytest.approx(0.0)
+    assert hi == pytest.approx(8e-3)
     assert r["compress_hi_op"] == ["FINISHED"] and Path(r["panel_hi"]["file"]).name == "panel_hi.hgs"
     assert r["panel_hi"]["bytes"] == Path(r["panel_hi"]["file"]).stat().st_size != r["panel"]["bytes"]
     kind, wkind, message = r["bad_lambda"]
@@ -398,7 +418,9 @@ def test_train_and_compress_from_the_panel_show_results_and_decoded_preview(blen
     assert r["import_hgs"] == ["FINISHED"] and r["import_points"] == [points]
     # Two files through the one importer; the drag-and-drop handler takes the registry's extensions.
     assert r["import_two"] == ["FINISHED"] and r["import_two_objects"] == [["panel.hgs", points], ["tiny.ply", 3000]]
-    assert r["file_handler"] == ["hemgs.import_splats", ".ply;.spz;.hgs", "HEMGS_OT_import_splats"]
+    from hemgs.io.formats import preview_extensions
+
+    assert r["file_handler"] == ["hemgs.import_splats", ";".join(preview_extensions()), "HEMGS_OT_import_splats"]
     assert r["export_hgs"] == ["FINISHED"] and detect_format(hgs.with_name("exported.hgs")) == "hgs"
     assert r["load_model"] == ["FINISHED"]
     assert not list(hgs.parent.glob(".*.tmp"))
@@ -429,7 +451,12 @@ def test_direct_mode_compresses_the_source_without_a_model(blender_run):
     from hemgs.container import read_hgs
 
     r = blender_run
-    assert r["direct_poll"] is True and r["direct_lambda"] == 2.0 and r["direct_op"] == ["FINISHED"]
+    assert r["direct_poll"] is True and r["direct_op"] == ["FINISHED"]
+    # The panel's λ is λ (stored as log2 λ, the earlier name), the hello's default until set.
+    assert r["direct_default"] == [1.0, False] and r["direct_lambda"] == [2.0, 1.0]
+    # Direct mode's switches are apart from Train's (which this test switched off).
+    assert r["direct_switches"] == [True, True]
+    assert r["direct_args"] == {"lambda": 2.0, "acs": True, "variable_rate": True, "scene_agnostic": False, "ar": False}
     hgs = Path(r["direct_panel"]["file"])
     h = read_hgs(hgs).header
     assert hgs.name == "direct.hgs" and h["mode"] == "direct" and h["lambda"] == 2.0
@@ -460,8 +487,6 @@ def test_every_operator_has_a_short_one_line_tooltip(blender_run):
 
 
 def test_previews_stand_up_by_default_as_a_rotation_of_the_object(blender_run):
-    import math
-
     r = blender_run
     up, as_is = pytest.approx([-math.pi / 2, 0, 0]), pytest.approx([0, 0, 0])
     assert r["rotation"] == up  # api.load_preview; the data keep the file's coordinates (test above)

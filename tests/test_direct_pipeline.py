@@ -67,16 +67,30 @@ def test_constants_agree_across_backend_worker_and_addon():
     assert CODEC["direct"] == {"lambdas": list(LAMBDAS), "lambda_range": [lo, hi],
                                "lambda_default": modes.DIRECT_LAMBDA_DEFAULT,
                                "switch_defaults": modes.DIRECT_SWITCH_DEFAULTS}
-    # The add-on (no hemgs import there for this) states the same numbers.
+    # The add-on (no hemgs import there for this) registers its properties with the hello's numbers.
     tree = ast.parse((REPO / "hemgs_blender" / "props.py").read_text())
     consts = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple):
             names = [t.id for t in node.targets[0].elts]
-            if names[0] == "DIRECT_LAMBDA_MIN":
-                consts = dict(zip(names, ast.literal_eval(node.value)))
-    assert consts == {"DIRECT_LAMBDA_MIN": lo, "DIRECT_LAMBDA_MAX": hi,
-                      "DIRECT_LAMBDA_DEFAULT": modes.DIRECT_LAMBDA_DEFAULT}
+            consts.update(zip(names, ast.literal_eval(node.value)))
+    assert {k: consts[k] for k in ("DIRECT_LAMBDA_MIN", "DIRECT_LAMBDA_MAX", "DIRECT_LAMBDA_DEFAULT")} == {
+        "DIRECT_LAMBDA_MIN": lo, "DIRECT_LAMBDA_MAX": hi, "DIRECT_LAMBDA_DEFAULT": modes.DIRECT_LAMBDA_DEFAULT}
+    # Anchor mode: the trained λ list, the margin a variable-rate model codes beyond it, and the
+    # fixed-rate training range and default (= hemgs.fit's, which the worker states as literals).
+    from hemgs.fit import LAMBDA_RANGE, FitConfig
+    from hemgs.pipeline import LAMBDA_MARGIN
+
+    assert consts["ANCHOR_LAMBDAS"] == tuple(CODEC["lambdas"]) and consts["LAMBDA_MARGIN"] == CODEC["lambda_margin"]
+    assert CODEC["lambda_margin"] == LAMBDA_MARGIN
+    assert CODEC["fixed_rate"] == {"lambda_range": list(LAMBDA_RANGE), "lambda_default": FitConfig().lam}
+    assert (consts["LAMBDA_MIN"], consts["LAMBDA_MAX"]) == LAMBDA_RANGE and consts["LAMBDA_DEFAULT"] == FitConfig().lam
+    # The λ properties default to those literals.
+    keywords = {node.target.id: {k.arg: k.value for k in node.annotation.keywords}
+                for node in ast.walk(tree) if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(node.annotation, ast.Call)}
+    assert ast.unparse(keywords["direct_lambda"]["default"]) == "DIRECT_LAMBDA_DEFAULT"
+    assert ast.unparse(keywords["anchor_lambda"]["default"]) == "LAMBDA_DEFAULT"
     # ... and opens the panel on the same mode (its Mode property's default)
     mode_prop = next(node.annotation for node in ast.walk(tree) if isinstance(node, ast.AnnAssign)
                      and isinstance(node.target, ast.Name) and node.target.id == "mode")
@@ -90,9 +104,9 @@ def test_constants_agree_across_backend_worker_and_addon():
     addon = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) \
-                and node.target.id in ("direct_scene_agnostic", "direct_ar"):
+                and node.target.id in ("direct_scene_agnostic", "direct_ar", "direct_acs", "direct_variable_rate"):
             addon[node.target.id[len("direct_"):]] = next(k.value.value for k in node.annotation.keywords if k.arg == "default")
-    assert addon == {k: modes.DIRECT_SWITCH_DEFAULTS[k] for k in ("scene_agnostic", "ar")}
+    assert addon == modes.DIRECT_SWITCH_DEFAULTS
 
 
 def test_cli_compress_direct_writes_a_direct_file(direct_hgs, tiny, capsys):

@@ -57,10 +57,12 @@ def test_handshake_and_info(client):
     # Variable-rate HEMGS by default; the numbers are the backend's own (the worker states them
     # without importing torch).
     from hemgs.direct import LAMBDAS as DIRECT_LAMBDAS
+    from hemgs.fit import LAMBDA_RANGE, FitConfig
     from hemgs.modes import DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE
 
     assert hello["codec"] == {"default": "hemgs", "codecs": ["hemgs", "hac"], "variable_rate": True,
                               "lambdas": list(LAMBDAS), "lambda_margin": LAMBDA_MARGIN,
+                              "fixed_rate": {"lambda_range": list(LAMBDA_RANGE), "lambda_default": FitConfig().lam},
                               "modes": ["anchor", "direct"], "default_mode": "direct",
                               "direct": {"lambdas": list(DIRECT_LAMBDAS), "lambda_range": list(DIRECT_LAMBDA_RANGE),
                                          "lambda_default": DIRECT_LAMBDA_DEFAULT,
