@@ -37,6 +37,7 @@ float32 in activated form (exp(log-scale), sigmoid(logit)). Opacity 1 or 0 in a 
 logit of +inf or -inf, and a zero scale as a log-scale of -inf: saturated values, which
 `hemgs.scene.sanitize` turns into its finite stand-ins; a negative scale or an opacity outside
 [0, 1] (both invalid by the spec) read as NaN, so sanitize drops those Gaussians with a warning.
+The primitive's `colorSpace` goes to `meta["gltf_color_space"]`; the values are not converted.
 
 Read: the GLB container (glTF 2.0, one JSON chunk, the BIN chunk as buffer 0), every primitive
 with `KHR_gaussian_splatting` (concatenated; SH zero-padded to the highest degree among them),
@@ -333,7 +334,7 @@ class _Reader:
         scene = GaussianScene(*(np.concatenate([getattr(s, f) for s in parts]) for f in
                                 ("means", "quats", "log_scales", "opacity_logits", "sh")))
         spaces = {s.meta["gltf_color_space"] for s in parts}
-        scene.meta["gltf_color_space"] = spaces.pop() if len(spaces) == 1 else sorted(spaces)
+        scene.meta["gltf_color_space"] = spaces.pop() if len(spaces) == 1 else sorted(spaces, key=str)
         return scene
 
     def _mesh_transforms(self, meshes: set[int]) -> dict[int, list["_Similarity"]]:
