@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import FormatError, InputError, IntegrityError
 from .io.atomic import atomic_write
+from .io.reading import read_bytes
 
 MAGIC = b"HEMGS\x00"
 FORMAT_MAJOR = 1
@@ -117,12 +118,7 @@ def read_hgs(source: str | os.PathLike | bytes | bytearray | memoryview) -> HgsF
         data, where = bytes(source), "<.hgs bytes>"
     else:
         where = str(source)
-        try:
-            data = Path(source).read_bytes()
-        except FileNotFoundError:
-            raise InputError(f"{where}: no such file") from None
-        except IsADirectoryError:
-            raise InputError(f"{where}: is a folder, not a .hgs file") from None
+        data = read_bytes(source, "a .hgs file")
     r = _Reader(data, where)
     if len(data) < len(MAGIC) or not data.startswith(MAGIC):
         raise FormatError(f"{where}: not a .hgs file{_foreign_kind(data)}")

@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 from ..errors import FormatError, InputError
 from ..scene import GaussianScene
 from .gltf import read_glb, sniff_glb, write_glb
+from .reading import read_bytes
 from .ply import read_ply, sniff_ply, write_ply
 from .scaffold import sniff_scaffold_ply
 from .spz import read_spz, sniff_spz, write_spz
@@ -137,13 +138,7 @@ def detect(path: str | os.PathLike) -> FileFormat:
     Raises InputError for a missing file or a folder, FormatError for an empty file or content of
     no registered format (and the PLY reader's FormatError for a truncated or foreign PLY header)."""
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(HEAD_BYTES)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, not a scene file") from None
+    head = read_bytes(path, "a scene file", HEAD_BYTES)
     if not head:
         raise FormatError(f"{path}: empty file")
     for fmt in FORMATS:

@@ -60,6 +60,7 @@ import numpy as np
 from ..errors import FormatError, InputError
 from ..scene import SH_C0, GaussianScene, sh_coeffs
 from .atomic import write_bytes_atomic
+from .reading import read_bytes
 
 EXTENSION = "KHR_gaussian_splatting"
 PREFIX = EXTENSION + ":"
@@ -216,12 +217,7 @@ def read_glb(path: str | os.PathLike) -> GaussianScene:
     Raises InputError for a missing file and FormatError (one line, naming the file) for anything
     the module docstring lists as refused."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, not a glTF file") from None
+    data = read_bytes(path, "a glTF file")
     return decode_glb(data, str(path))
 
 

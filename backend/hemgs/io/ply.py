@@ -19,6 +19,7 @@ import plyfile
 from ..errors import FormatError, InputError
 from ..scene import GaussianScene
 from .atomic import atomic_write
+from .reading import read_bytes
 
 PLY_MAGIC = b"ply\n"
 # Headers of real files are a few KiB; this bound only stops us scanning a foreign file forever.
@@ -70,14 +71,8 @@ def read_ply_header(path: str | os.PathLike) -> PlyHeader:
     millions of vertices in a tiny file.
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(MAX_HEADER_BYTES)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, not a PLY file") from None
+    head = read_bytes(path, "a PLY file", MAX_HEADER_BYTES)
+    size = path.stat().st_size
     if not head.startswith(PLY_MAGIC):
         if head.startswith(b"ply\r\n"):
             raise FormatError(f"{path}: PLY header uses CRLF line endings, which plyfile cannot read")

@@ -34,6 +34,7 @@ import zstandard
 from ..errors import FormatError, InputError
 from ..scene import GaussianScene, sh_coeffs
 from .atomic import write_bytes_atomic
+from .reading import read_bytes
 
 MAGIC = 0x5053474E  # b"NGSP" little-endian
 MAGIC_BYTES = b"NGSP"
@@ -79,12 +80,7 @@ def read_spz(path: str | os.PathLike) -> GaussianScene:
     truncated or corrupt streams and counts that disagree with the data.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, not an SPZ file") from None
+    data = read_bytes(path, "an SPZ file")
     scene = decode_spz(data, name=str(path))
     scene.meta["path"] = str(path)
     return scene
