@@ -111,6 +111,51 @@ try:
 except RuntimeError as exc:
     res["bad_import"] = str(exc)
 res["default_mode"] = bpy.context.scene.hemgs.mode
+# What the sidebar panel draws, through a stand-in layout that records its props and labels (a
+# headless Blender has no region to draw in).
+import functools, types
+ui_mod = importlib.import_module(mod + ".ui")
+
+
+class _Layout:
+    def __init__(self, out):
+        self.out, self.enabled = out, True
+
+    def prop(self, data, name, text=None, **kw):
+        self.out.append(["prop", name])
+
+    def label(self, text="", **kw):
+        self.out.append(["label", text])
+
+    def box(self, **kw):
+        return self
+
+    column = row = box
+
+    def operator(self, *a, **kw):
+        return None
+
+    def prop_enum(self, *a, **kw):
+        pass
+
+    progress = prop_enum
+
+
+def panel_lambda():
+    """The panel's λ controls and the labels that mention λ."""
+    out, panel = [], ui_mod.HEMGS_PT_main
+    fake = types.SimpleNamespace(layout=_Layout(out), draw_solid_hint=panel.draw_solid_hint,
+                                 draw_lambda=panel.draw_lambda)
+    for name in ("draw_direct", "draw_anchor", "draw_status"):
+        setattr(fake, name, functools.partial(getattr(panel, name), fake))
+    ctx = types.SimpleNamespace(scene=bpy.context.scene, preferences=bpy.context.preferences, space_data=None)
+    panel.draw(fake, ctx)
+    return [item for item in out if ("lambda" in item[1] or "rate_position" in item[1] or "λ" in item[1]
+                                     or item[1] in ("direct_acs", "direct_variable_rate", "train_acs",
+                                                    "train_variable_rate"))]
+
+
+res["panel_direct"] = panel_lambda()
 bpy.context.scene.hemgs.mode = "ANCHOR"  # the anchor-mode panel first; direct mode after it
 res["train_poll_no_source"] = bpy.ops.hemgs.train.poll()
 res["compress_poll_no_model"] = bpy.ops.hemgs.compress.poll()
@@ -140,6 +185,10 @@ res["t_train_op"] = time.perf_counter() - t
 res["model"] = [p.model_path, p.model_lambda, p.model_variable_rate, p.model_anchors, p.model_codec,
                 p.model_lambda_min, p.model_lambda_max, p.model_serve_min, p.model_serve_max]
 p.views, p.eval_width, p.side_by_side = 4, 64, True
+res["panel_anchor_variable"] = panel_lambda()
+p.train_variable_rate = False  # a fixed-rate Train while a variable-rate model is loaded: λ stays in one place
+res["panel_anchor_both"] = panel_lambda()
+p.train_variable_rate = True
 # Outputs that cannot be written: refused before the job starts, the message in the panel.
 res["bad_outputs"] = []
 for bad in (work, os.path.join(work, "missing", "panel.hgs")):
@@ -256,7 +305,8 @@ res["direct_objects_after_import"] = len([o for o in bpy.data.objects if o.get("
                                           and o.get("hemgs_path") == p.output_path])
 res["direct_batch"] = api.compress(tiny, [0.5, 4.0], mode="direct", output_dir=os.path.join(work, "dbatch"),
                                    eval_views=0, iters=10)
-p.mode = "ANCHOR"
+p.mode, p.train_variable_rate = "ANCHOR", False
+res["panel_anchor_fixed"] = panel_lambda()  # no model loaded: the fixed-rate Train's λ
 api.shutdown()
 json.dump(res, open(out_json, "w"))
 '''
@@ -477,6 +527,23 @@ def test_background_mode_api_blocks_on_the_worker(blender_run):
     kind, wkind, message = r["eval_error"]
     assert kind == "WorkerError" and wkind == "InputError" and "/nonexistent.ply" in message
     assert r["versions"]["torch"] and r["versions"]["gsplat"]  # what "Check backend" shows
+
+
+def test_the_panel_shows_one_lambda_per_mode_as_lambda(blender_run):
+    r = blender_run
+    larger = "; larger λ, smaller file"
+    # Direct mode: its own switches and one λ over its range (from the hello once a worker runs).
+    assert r["panel_direct"] == [["prop", "direct_variable_rate"], ["prop", "direct_acs"], ["prop", "direct_lambda"],
+                                 ["label", "direct mode codes at 0.015625 to 16" + larger]]
+    # Anchor mode, a variable-rate model loaded: one λ, under Compress, over what the model serves.
+    trained = ["label", "Trained on λ 0.001 to 0.004; codes 0.0005 to 0.008, chosen at Compress"]
+    compress = [["prop", "anchor_lambda"], ["label", "this model codes at 0.0005 to 0.008" + larger]]
+    assert r["panel_anchor_variable"] == [["prop", "train_variable_rate"], ["prop", "train_acs"], trained, *compress]
+    assert r["panel_anchor_both"] == [["prop", "train_variable_rate"], ["prop", "train_acs"],
+                                      ["label", "Trains at λ = 0.002 (set under Compress)"], *compress]
+    # No model, a fixed-rate Train: λ over the range a model can be trained at.
+    assert r["panel_anchor_fixed"] == [["prop", "train_variable_rate"], ["prop", "train_acs"], ["prop", "anchor_lambda"],
+                                       ["label", "fixed-rate models train at 0.0001 to 0.1" + larger]]
 
 
 def test_every_operator_has_a_short_one_line_tooltip(blender_run):
