@@ -276,7 +276,7 @@ def cmd_convert(args) -> int:
     kwargs = {"spz_version": args.spz_version} if args.spz_version else {}
     save_scene(scene, args.dst, **kwargs)
     a, b = os.path.getsize(args.src), os.path.getsize(args.dst)
-    print(f"wrote {args.dst}: {len(scene):,} Gaussians, {_human_bytes(b)} ({a / max(b, 1):.2f}x smaller than the source)")
+    print(f"wrote {args.dst}: {len(scene):,} Gaussians, {_human_bytes(b)} ({_ratio(a, b, 2)})")
     return 0
 
 
@@ -350,10 +350,16 @@ def _print_heldout(fitted) -> None:
               "before quantization)")
 
 
+def _ratio(source_bytes: int, out_bytes: int, digits: int) -> str:
+    """How much smaller (or larger: a convert to an unpacked format) the written file is."""
+    r = source_bytes / max(out_bytes, 1)
+    return f"{r:.{digits}f}x smaller than the source" if r >= 1 else f"{1 / r:.{digits}f}x larger than the source"
+
+
 def _print_sizes(report: dict, source_bytes: int | None, what: str = "") -> None:
     """The written file: its size, its ratio to the source's, `what` it holds, and its sections."""
     total = report["bytes"]
-    ratio = f" ({source_bytes / total:.1f}x smaller than the source)" if source_bytes else ""
+    ratio = f" ({_ratio(source_bytes, total, 1)})" if source_bytes else ""
     what = what or f"{report['anchors']:,} anchors, "
     print(f"wrote {report['path']}: {_human_bytes(total)}{ratio}, {what}encoded in {report['seconds']:.2f} s")
     for name, n in report["sections"].items():
