@@ -36,17 +36,18 @@ from .entropy.hemgs import LAMBDAS, HemgsConfig, HemgsEntropyModel
 from .entropy.refine import init_from_anchors, refine_entropy
 from .errors import InputError, SceneError
 from .metrics import ssim_loss_term
+from .modes import ANCHOR_FIXED_LAMBDA_RANGE, ANCHOR_LAMBDA_DEFAULT
 from .render import render
 from .scene import GaussianScene
 
 Progress = Callable[[str, int, int, dict], None]
-LAMBDA_RANGE = (1e-4, 1e-1)
+LAMBDA_RANGE = ANCHOR_FIXED_LAMBDA_RANGE
 REFINE_PER_STEP = 2  # the entropy refinement's default budget, per render-space step
 
 
 @dataclass
 class FitConfig:
-    lam: float = 1e-3  # rate weight (HAC mode: one λ per model)
+    lam: float = ANCHOR_LAMBDA_DEFAULT  # rate weight (HAC mode: one λ per model)
     width: int = 256  # training render size (square unless height is set)
     height: int | None = None
     views: int = 32  # sampled views when the scene has no cameras; every 8th is held out

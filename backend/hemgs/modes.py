@@ -56,9 +56,12 @@ def check_direct_source(path, *, asked: str = "direct mode", op: str = "", model
 DIRECT_LAMBDA_RANGE = (1 / 64, 16.0)
 DIRECT_LAMBDA_DEFAULT = 1.0
 DIRECT_TRAINED_LAMBDAS = (0.25, 0.5, 1.0, 2.0)  # = hemgs.direct.LAMBDAS (a test keeps them equal)
-# Anchor mode's K = 4 training λ, for the worker's torch-free handshake: = hemgs.entropy.hemgs.LAMBDAS,
-# which imports torch (a test keeps them equal).
+# Anchor mode's λ, here (torch-free) for the worker's handshake: a variable-rate model's K = 4
+# training λ (hemgs.entropy.hemgs.LAMBDAS is this), and the range and default a fixed-rate model
+# is trained at (hemgs.fit.LAMBDA_RANGE and FitConfig.lam are these).
 ANCHOR_TRAINED_LAMBDAS = (1e-3, 2e-3, 3e-3, 4e-3)
+ANCHOR_FIXED_LAMBDA_RANGE = (1e-4, 1e-1)
+ANCHOR_LAMBDA_DEFAULT = 1e-3
 # Direct mode's parts, on or off by default. The scene-agnostic prior and the AR context are
 # built and selectable, but off: here they do not pay for themselves (BD-rate on playbot_lod3, all
 # parts on: +2.9%; docs/direct-mode.md, "Defaults") and double the decode time of

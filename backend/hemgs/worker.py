@@ -24,7 +24,7 @@ from typing import Any, Callable, TextIO
 
 from . import __version__, service
 from .errors import HemgsError, InputError, one_line
-from .modes import (ANCHOR_TRAINED_LAMBDAS, DEFAULT_MODE, DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE,
+from .modes import (ANCHOR_FIXED_LAMBDA_RANGE, ANCHOR_LAMBDA_DEFAULT, ANCHOR_TRAINED_LAMBDAS, DEFAULT_MODE, DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE,
                     DIRECT_SWITCH_DEFAULTS, DIRECT_TRAINED_LAMBDAS, MODES, check_direct_lambda, check_direct_source,
                     mode_for)
 from .service import TRAIN_PRESETS, ViewSpec
@@ -39,14 +39,13 @@ DRY_RUN_OPS = ("compress", "train")
 # What the codec can do, for the add-on's λ controls. `train` makes a variable-rate HEMGS model by
 # default (one model, any λ of its trained range widened by `lambda_margin`); "hac" and
 # variable_rate false make fixed-rate models (one λ each). Each model reports its own range.
-# `fixed_rate`: the λ a fixed-rate model is trained at (`train`'s `lambda`; = hemgs.fit.LAMBDA_RANGE
-# and FitConfig.lam, literals here since hemgs.fit imports torch; a test keeps them equal).
+# `fixed_rate`: the λ a fixed-rate model is trained at (`train`'s `lambda`; hemgs.modes, where
+# hemgs.fit's LAMBDA_RANGE and FitConfig.lam come from).
 # `modes`: the coding modes `compress` takes (`mode` argument); "direct" (anchor-free) needs no
 # model, fits the source itself and codes any λ of `direct.lambda_range` (its own units).
-FIXED_LAMBDA_RANGE, FIXED_LAMBDA_DEFAULT = (1e-4, 1e-1), 1e-3
 CODEC = {"default": "hemgs", "codecs": ["hemgs", "hac"], "variable_rate": True,
          "lambdas": list(ANCHOR_TRAINED_LAMBDAS), "lambda_margin": 2.0,
-         "fixed_rate": {"lambda_range": list(FIXED_LAMBDA_RANGE), "lambda_default": FIXED_LAMBDA_DEFAULT},
+         "fixed_rate": {"lambda_range": list(ANCHOR_FIXED_LAMBDA_RANGE), "lambda_default": ANCHOR_LAMBDA_DEFAULT},
          "modes": list(MODES), "default_mode": DEFAULT_MODE,
          "direct": {"lambdas": list(DIRECT_TRAINED_LAMBDAS), "lambda_range": list(DIRECT_LAMBDA_RANGE),
                     "lambda_default": DIRECT_LAMBDA_DEFAULT, "switch_defaults": dict(DIRECT_SWITCH_DEFAULTS)}}
@@ -220,7 +219,7 @@ def _fit_config(args: dict):
     for name in ("steps", "warm_steps", "width", "views"):
         if args.get(name) is not None:
             values[name] = _arg(args, name, int, op="train")
-    lam = _arg(args, "lambda", float, FIXED_LAMBDA_DEFAULT, "train")
+    lam = _arg(args, "lambda", float, ANCHOR_LAMBDA_DEFAULT, "train")
     codec = _arg(args, "codec", str, "hemgs", "train")
     switches = {name: _arg(args, name, bool, True, "train") for name in ("scene_agnostic", "ar", "acs", "variable_rate")}
     if args.get("lambdas") is not None:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modes import ANCHOR_TRAINED_LAMBDAS as LAMBDAS  # the paper's K = 4 training rates
 from .ar import ContextNet
 from .context import RADIUS as CONTEXT_RADIUS
 from .context import SRF_RADIUS
@@ -35,7 +36,6 @@ from .hashgrid import BinaryHashGrid, HashGridConfig
 from .rate import bernoulli_bits, gaussian_bits, quantize
 
 STAGES = ("a", "b")  # a: features; b: scaling + offsets
-LAMBDAS = (1e-3, 2e-3, 3e-3, 4e-3)  # the paper's K = 4 training rates
 LAMBDA_REF = 2e-3
 
 
