@@ -17,8 +17,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import HemgsError, InputError, one_line
-from .modes import (DEFAULT_MODE, DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE, MODES, anchor_only, check_direct_source,
-                    mode_for)
+from .modes import (ANCHOR_LAMBDA_DEFAULT, ANCHOR_TRAINED_LAMBDAS, DEFAULT_MODE, DIRECT_LAMBDA_DEFAULT,
+                    DIRECT_LAMBDA_RANGE, MODES, anchor_only, check_direct_source, mode_for)
 from .progress import Reporter
 from .service import (ViewSpec, check_iters, check_outputs, direct_configs, evaluate, file_info, fit_config,
                       load_scene_checked, own_views, save_png, scene_and_draw, train_and_compress)
@@ -109,7 +109,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     fit_args = argparse.ArgumentParser(add_help=False)
     fit_args.add_argument("--lambda", dest="lam", type=float, default=None,
-                          help="rate-distortion weight λ (default 1e-3; larger = smaller file)")
+                          help="rate-distortion weight λ, larger = smaller file, in each mode's own units: direct "
+                               f"mode {DIRECT_LAMBDA_RANGE[0]:g} to {DIRECT_LAMBDA_RANGE[1]:g} (default "
+                               f"{DIRECT_LAMBDA_DEFAULT:g}); anchor mode (train, --mode anchor) the model's range, "
+                               f"trained on {ANCHOR_TRAINED_LAMBDAS[0]:g} to {ANCHOR_TRAINED_LAMBDAS[-1]:g} "
+                               f"(default {ANCHOR_LAMBDA_DEFAULT:g})")
     fit_args.add_argument("--steps", type=int, default=None, help="render-space training steps (default 300)")
     fit_args.add_argument("--warm-steps", type=int, default=None,
                           help="attribute-space warm-start steps (default: about 250 visits per anchor)")
@@ -145,10 +149,11 @@ def _build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("compress", parents=[common, fit_args],
-                       help="write a .hgs from a trained model (or a PLY: trains first; --mode direct: no training)")
+                       help="write a .hgs from a 3DGS scene (direct mode: no training) or a trained model "
+                            "(anchor mode; --mode anchor trains one from the scene first)")
     s.add_argument("src", nargs="?", default=None,
-                   help="trained model, or a source to train first (as for train); optional with --images; "
-                        f"--mode direct: a 3DGS {scenes}")
+                   help=f"a 3DGS {scenes} (direct mode, the default), or a trained model, or with --mode anchor "
+                        "a source to train first (as for train; optional with --images)")
     s.add_argument("-o", "--output", required=True, help="output .hgs")
     s.add_argument("--mode", choices=list(MODES), default=None,
                    help=f"{DEFAULT_MODE} (the default for a 3DGS {scenes}): anchor-free, the entropy model is fitted "
