@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import bpy
 
@@ -91,24 +92,26 @@ def _rounded(lam: float, lo: float, hi: float) -> float:
 # λ is a property whose number is λ; it is stored as log(λ) (`direct_log_lambda`, `log_lambda`:
 # the names earlier versions stored, so scripts and saved files keep their value). Before the
 # user sets it, it reads the backend's default.
-def _get_direct_lambda(self) -> float:
-    if not self.is_property_set("direct_log_lambda"):
-        return float(_codec("direct", "lambda_default", fallback=DIRECT_LAMBDA_DEFAULT))
-    return _rounded(2.0 ** self.direct_log_lambda, DIRECT_LAMBDA_MIN, DIRECT_LAMBDA_MAX)
+_LAMBDA_DEFAULTS = {"direct": DIRECT_LAMBDA_DEFAULT, "fixed_rate": LAMBDA_DEFAULT}  # before any hello
 
 
-def _set_direct_lambda(self, value: float) -> None:
-    self.direct_log_lambda = math.log2(min(max(value, DIRECT_LAMBDA_MIN), DIRECT_LAMBDA_MAX))
+def _lambda_accessors(stored: str, log, base: float, lo: float, hi: float, default_key: str):
+    """get/set of a λ property kept as log(λ) in the property `stored` (`log` to `base`), clamped to
+    [lo, hi]; unset, it reads the hello's `<default_key>.lambda_default`."""
+
+    def get(self) -> float:
+        if not self.is_property_set(stored):
+            return float(_codec(default_key, "lambda_default", fallback=_LAMBDA_DEFAULTS[default_key]))
+        return _rounded(base ** getattr(self, stored), lo, hi)
+
+    def set(self, value: float) -> None:
+        setattr(self, stored, log(min(max(value, lo), hi)))
+
+    return SimpleNamespace(get=get, set=set)
 
 
-def _get_anchor_lambda(self) -> float:
-    if not self.is_property_set("log_lambda"):
-        return float(_codec("fixed_rate", "lambda_default", fallback=LAMBDA_DEFAULT))
-    return _rounded(10.0 ** self.log_lambda, LAMBDA_MIN, LAMBDA_MAX)
-
-
-def _set_anchor_lambda(self, value: float) -> None:
-    self.log_lambda = math.log10(min(max(value, LAMBDA_MIN), LAMBDA_MAX))
+_DIRECT_LAMBDA = _lambda_accessors("direct_log_lambda", math.log2, 2.0, DIRECT_LAMBDA_MIN, DIRECT_LAMBDA_MAX, "direct")
+_ANCHOR_LAMBDA = _lambda_accessors("log_lambda", math.log10, 10.0, LAMBDA_MIN, LAMBDA_MAX, "fixed_rate")
 
 
 def _get_rate_position(self) -> float:
@@ -144,7 +147,7 @@ class HEMGS_SceneProps(bpy.types.PropertyGroup):
     direct_lambda: bpy.props.FloatProperty(  # type: ignore[valid-type]
         name="λ", description="Direct mode's rate-distortion weight: larger λ, smaller file, lower PSNR",
         default=DIRECT_LAMBDA_DEFAULT, min=DIRECT_LAMBDA_MIN, max=DIRECT_LAMBDA_MAX, precision=3, step=5,
-        get=_get_direct_lambda, set=_set_direct_lambda)
+        get=_DIRECT_LAMBDA.get, set=_DIRECT_LAMBDA.set)
     direct_log_lambda: bpy.props.FloatProperty(  # type: ignore[valid-type]
         name="log2(λ)", description="Where direct_lambda is stored, as log2(λ)", default=math.log2(DIRECT_LAMBDA_DEFAULT),
         min=math.log2(DIRECT_LAMBDA_MIN), max=math.log2(DIRECT_LAMBDA_MAX))
@@ -157,7 +160,7 @@ class HEMGS_SceneProps(bpy.types.PropertyGroup):
     anchor_lambda: bpy.props.FloatProperty(  # type: ignore[valid-type]
         name="λ", description="Anchor mode's rate-distortion weight: larger λ, smaller file",
         default=LAMBDA_DEFAULT, min=LAMBDA_MIN, max=LAMBDA_MAX, precision=6, step=1,
-        get=_get_anchor_lambda, set=_set_anchor_lambda)
+        get=_ANCHOR_LAMBDA.get, set=_ANCHOR_LAMBDA.set)
     log_lambda: bpy.props.FloatProperty(  # type: ignore[valid-type]
         name="log10(λ)", description="Where anchor_lambda is stored, as log10(λ)", default=math.log10(LAMBDA_DEFAULT),
         min=math.log10(LAMBDA_MIN), max=math.log10(LAMBDA_MAX))

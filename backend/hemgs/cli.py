@@ -488,10 +488,11 @@ def cmd_demo(args) -> int:
     save_png(pictures["source"], str(out / "source.png"))
     print(f"rendered {out / 'source.png'} (512x512) in {time.perf_counter() - t0:.2f} s on {device.type}")
     cams = evaluation_views(scene, n=DEFAULT_VIEWS, width=256)
+    refs = [render(scene, c, device=device) for c in cams]  # one set of references for every file
     rows = []
 
     def measure(mode: str, lam: float, path: Path, seconds: float, picture) -> None:
-        res = evaluate(args.file, str(path), cams, device)
+        res = evaluate(args.file, str(path), cams, device, refs=refs)
         _print_eval(res, cams)
         name = f"decoded_{path.stem}"
         save_png(picture, str(out / f"{name}.png"))

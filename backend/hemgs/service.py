@@ -228,17 +228,19 @@ def compare_to_source(source: str, make_draw: Callable[[], Callable], spec: View
     return res
 
 
-def evaluate(source: str, other: str, cams, device, progress=None) -> dict:
+def evaluate(source: str, other: str, cams, device, progress=None, refs: list | None = None) -> dict:
     """PSNR/SSIM of OTHER's renders (a scene, or a .hgs decoded) against SOURCE's, same views.
     `progress(stage, step, total, info)` hears "eval_source" and "eval_other" per view and
     "decode", in that order: the source's renders first (default: a hemgs.progress.Reporter on
-    stderr)."""
+    stderr). `refs`: the source's renders of `cams`, when already made (several files measured
+    against one source)."""
     from .metrics import compare_images
     from .pipeline import render_views
     from .progress import Reporter
 
     with Reporter() if progress is None else contextlib.nullcontext(progress) as report:
-        refs = render_views(source, cams, device, lambda i, n: report("eval_source", i, n, {}), stages=report)
+        if refs is None:
+            refs = render_views(source, cams, device, lambda i, n: report("eval_source", i, n, {}), stages=report)
         tests = render_views(other, cams, device, lambda i, n: report("eval_other", i, n, {}), stages=report)
     res = compare_images(refs, tests)
     res.update(source=source, other=other, source_bytes=os.path.getsize(source), other_bytes=os.path.getsize(other))
