@@ -121,13 +121,15 @@ def test_float16_networks_keep_the_safetensors_layout():
     data = pack_networks(src, None)
     assert data == pack_weights({"anchor": src[0]["anchor"], "entropy": src[1]["entropy"]})
     dst = _anchor_parts(2)
-    unpack_networks({}, data, dst)  # no "networks" key: the layout of files made before
+    unpack_networks({"networks": "float16"}, data, dst)
     a, b = _part_state(src), _part_state(dst)
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(FormatError, match="unknown layout"):
         unpack_networks({"networks": "int3"}, data, dst)
     with pytest.raises(FormatError, match="safetensors"):  # a quantized file's bytes read as float16
-        unpack_networks({}, _packed_parts(), dst)
+        unpack_networks({"networks": "float16"}, _packed_parts(), dst)
+    with pytest.raises(FormatError, match="unknown layout"):  # a format-1 header not read through codec/legacy.py
+        unpack_networks({}, data, dst)
 
 
 def _packed_parts(bits=(8, 6)) -> bytes:

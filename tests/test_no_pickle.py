@@ -191,7 +191,7 @@ def test_malicious_pickle_as_a_model_is_refused_without_running(evil, tmp_path):
 
 
 def test_malicious_pickle_in_a_hgs_networks_section_is_refused(evil, tmp_path):
-    from hemgs.codec.anchor import decode
+    from hemgs.codec.registry import decode
     from hemgs.container import pack_hgs, read_hgs
 
     raw, marker = evil

@@ -113,7 +113,10 @@ def load_model(path) -> tuple[AnchorModel, HacEntropyModel, dict]:
                                       entropy_state["bbox_max"], HashGridConfig.from_dict(dict(e["grid"])),
                                       hidden=int(e["hidden"]))
         else:
-            hc = HemgsConfig.from_untrusted(meta.get("hemgs_config"))
+            hc = meta.get("hemgs_config")
+            if isinstance(hc, dict):  # model files made before the rate exponent: a fixed step base
+                hc = {"rate_exponent": 0.0, **hc}
+            hc = HemgsConfig.from_untrusted(hc)
             if hc.feat_dim != config.feat_dim or hc.k != config.k:
                 raise ValueError("the HEMGS and anchor configs disagree on sizes")
             entropy = HemgsEntropyModel(hc, entropy_state["bbox_min"], entropy_state["bbox_max"])

@@ -17,17 +17,15 @@ from typing import Callable
 import numpy as np
 
 from .cameras import Camera
+from .codec import registry
 from .container import read_hgs, write_hgs
-from .errors import FormatError, InputError
-from .fit import FitConfig, Fitted, Progress, fit, render_views_anchor
+from .errors import InputError
+from .fit import FitConfig, Fitted, Progress, fit
 from .io import detect_format, formats, load_scene, save_scene
 from .model_store import load_model, save_model
 from .modes import DIRECT_LAMBDA_DEFAULT, DIRECT_LAMBDA_RANGE, MODES, check_direct_lambda, check_direct_source  # noqa: F401
 from .progress import step_stage
 from .scene import GaussianScene, sanitize
-
-# Baked exports (PLY/SPZ from .hgs): SH degree 1 keeps most of the view dependence for 4x9 floats.
-BAKE_SH_DEGREE = 1
 
 
 def load_source(path) -> tuple[GaussianScene, list[str]]:
@@ -90,20 +88,10 @@ def compress_model(model, entropy, out_hgs, *, lam: float, header_extra: dict | 
                    progress: Progress | None = None) -> dict:
     """Code a trained anchor model at `lam` and write `out_hgs`; `progress(stage, step, total, info)`
     hears the encoding as one step of stage "encode"."""
-    from .entropy.hemgs import HemgsEntropyModel
-
+    codec = registry.for_entropy(entropy)
     t0 = time.perf_counter()
     with step_stage(progress, "encode"):
-        if isinstance(entropy, HemgsEntropyModel):
-            from .codec.hemgs_codec import encode as encode_hemgs
-            from .fit import scene_agnostic_prior
-
-            sa = scene_agnostic_prior() if entropy.cfg.scene_agnostic else None
-            header, sections, decoded = encode_hemgs(model, entropy, sa, lam=lam, header_extra=header_extra)
-        else:
-            from .codec.anchor import encode
-
-            header, sections, decoded = encode(model, entropy, lam=lam, header_extra=header_extra)
+        header, sections, decoded = codec.load().encode(model, entropy, lam=lam, header_extra=header_extra)
     write_hgs(out_hgs, header, sections)
     return {"path": str(out_hgs), "bytes": os.path.getsize(out_hgs), "seconds": time.perf_counter() - t0,
             "sections": {k: len(v) for k, v in sections.items()}, "anchors": header["anchors"],
@@ -171,75 +159,27 @@ def encode_direct(fitted, out_hgs, *, lam: float, header_extra: dict | None = No
             "source_bytes": (header_extra or {}).get("source_bytes")}
 
 
-def decode_file(path, progress: Progress | None = None):
-    """Decode a .hgs file by its header's mode: an anchor file gives the codec's decoded anchor
-    model (`.model`), a direct file a hemgs.direct.DecodedDirect (`.scene`: plain 3DGS Gaussians).
-    Both have `.header`. `progress(stage, step, total, info)` hears stage "decode" (a direct file
-    per coded stage, an anchor file as one step)."""
+def decode_file(path, progress: Progress | None = None) -> registry.Decoded:
+    """Decode a .hgs file with the codec its header names (hemgs.codec.registry): `.header`,
+    `.gaussians()`, `.renderer()`; an anchor file's decoded anchor model is `.model`, a direct
+    file's Gaussians `.scene`. `progress(stage, step, total, info)` hears stage "decode" (a direct
+    file per coded stage, an anchor file as one step)."""
     hgs = read_hgs(path)
-    mode, codec = hgs.header.get("mode"), hgs.header.get("codec")
-    if mode == "direct":
-        if codec != "hemgs":
-            raise FormatError(f"{path}: unknown codec {codec!r} for direct mode"[:200])
-        from .direct import decode as decode_direct
-
-        return decode_direct(hgs.header, hgs.sections, progress=progress)
-    if mode != "anchor":
-        raise FormatError(f"{path}: unknown coding mode {mode!r}"[:200])
-    if codec == "hemgs":
-        from .codec.hemgs_codec import decode
-    elif codec == "hac":
-        from .codec.anchor import decode
-    else:
-        raise FormatError(f"{path}: unknown codec {codec!r}"[:200])
-    with step_stage(progress, "decode"):
-        return decode(hgs.header, hgs.sections)
-
-
-def is_direct(decoded) -> bool:
-    return decoded.header.get("mode") == "direct"
-
-
-def decoded_scene(decoded, sh_degree: int | None = None) -> GaussianScene:
-    """The 3DGS scene a decoded file exports as. Anchor: its model baked to static Gaussians at
-    `sh_degree` (None: BAKE_SH_DEGREE). Direct: the decoded Gaussians themselves, at the file's SH
-    degree; a lower `sh_degree` truncates their SH bands, a higher one keeps the file's (no
-    coefficients are made up)."""
-    if is_direct(decoded):
-        scene = decoded.scene
-        if sh_degree is not None and sh_degree < scene.sh_degree:
-            scene = scene.with_sh_degree(sh_degree)
-        return scene
-    from .anchor.bake import bake
-
-    return bake(decoded.model, mode="sh_fit", sh_degree=BAKE_SH_DEGREE if sh_degree is None else sh_degree)
+    return registry.decode(hgs.header, hgs.sections, progress=progress)
 
 
 def decompress(hgs_path, out_path, *, sh_degree: int | None = None, progress: Progress | None = None) -> GaussianScene:
-    """Decode `hgs_path` and save its Gaussians to `out_path` (.ply/.spz), as decoded_scene says:
-    an anchor file baked (SH degree `sh_degree`, default BAKE_SH_DEGREE), a direct file as coded
-    (`sh_degree` only truncates)."""
+    """Decode `hgs_path` and save its Gaussians (Decoded.gaussians: an anchor file baked at SH degree
+    `sh_degree`, default 1; a direct file as coded, `sh_degree` only truncating) to `out_path`."""
     written = formats.writable()  # the registry's writers (hemgs.io.formats)
     if os.path.splitext(str(out_path))[1].lower() not in formats.extensions(written):
         raise InputError(f"{out_path}: decompress writes {formats.extension_list(written)} "
                          "(the extension picks the format)")
     if sh_degree is not None and not (isinstance(sh_degree, int) and 0 <= sh_degree <= 3):
         raise InputError(f"SH degree must be 0..3, got {sh_degree}")
-    scene = decoded_scene(decode_file(hgs_path, progress), sh_degree)
+    scene = decode_file(hgs_path, progress).gaussians(sh_degree)
     save_scene(scene, out_path)
     return scene
-
-
-def _draw_decoded(decoded, device):
-    from .render import render
-
-    if is_direct(decoded):
-        scene = decoded.scene
-        return lambda cam: render(scene, cam, device=device or "auto")
-    model = decoded.model
-    if device is not None:
-        model = model.to(device)
-    return lambda cam: render_views_anchor(model, [cam])[0]
 
 
 def renderer(path, device=None, progress: Progress | None = None) -> Callable[[Camera], np.ndarray]:
@@ -249,7 +189,7 @@ def renderer(path, device=None, progress: Progress | None = None) -> Callable[[C
     from .render import render
 
     if detect_format(path) == "hgs":
-        return _draw_decoded(decode_file(path, progress), device)
+        return decode_file(path, progress).renderer(device)
     scene, _ = load_source(path)
     return lambda cam: render(scene, cam, device=device or "auto")
 
@@ -263,7 +203,7 @@ def scene_and_renderer(path, device=None,
 
     if detect_format(path) == "hgs":
         decoded = decode_file(path, progress)
-        return decoded_scene(decoded), _draw_decoded(decoded, device)
+        return decoded.gaussians(), decoded.renderer(device)
     scene, _ = load_source(path)
     return scene, lambda cam: render(scene, cam, device=device or "auto")
 

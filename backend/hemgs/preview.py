@@ -117,11 +117,11 @@ def preview_hgs(path: str | os.PathLike) -> SplatPreview:
     """Decode a .hgs file to the Gaussians `hemgs decompress` writes (an anchor file: its model
     baked to SH degree 1; a direct file: its decoded Gaussians); the preview shows those. Needs
     torch (the backend)."""
-    from .pipeline import decode_file, decoded_scene
+    from .pipeline import decode_file
     from .render.project import ALPHA_THRESHOLD
 
     decoded = decode_file(path)
-    scene = decoded_scene(decoded)
+    scene = decoded.gaussians()
     # No 3DGS renderer draws α below gsplat's threshold (1/255); a direct file's skipped Gaussians
     # are such (α ≈ 6e-6) and would otherwise show as solid dots in Blender's solid view.
     out = preview_from_scene(scene.subset(np.flatnonzero(scene.opacities >= ALPHA_THRESHOLD)))

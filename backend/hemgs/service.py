@@ -394,8 +394,6 @@ def compress_model_measured(model: str, output: str, *, lam: float, source: str 
                             preview_out: str | None, device, progress: Events) -> dict:
     """Code the trained `model` at `lam` (model_lambda's) into `output`, then decode the file as
     written and, with `source`, measure it (`measure`) and bake its preview (`preview`)."""
-    from .anchor.bake import bake
-    from .fit import render_views_anchor
     from .pipeline import compress, decode_file
 
     progress("encoding", done=0, total=1, fraction=0.0)
@@ -406,13 +404,13 @@ def compress_model_measured(model: str, output: str, *, lam: float, source: str 
                            "encode_seconds": round(report["seconds"], 3)}
     # The metrics and the preview come from the file as written, decoded again: what a user gets.
     progress("decoding", done=0, total=1, fraction=0.2)
-    decoded = decode_file(output).model.to(device)
+    decoded = decode_file(output)
     progress("decoding", done=1, total=1, fraction=0.25)
     if source is None and report.get("source_bytes"):
         out["source_bytes"] = report["source_bytes"]  # recorded at training time
         out["ratio"] = report["source_bytes"] / max(report["bytes"], 1)
-    measure(out, source, lambda cam: render_views_anchor(decoded, [cam])[0], spec, device, progress, start=0.25)
-    preview(out, preview_out, lambda: bake(decoded.cpu(), mode="sh_fit", sh_degree=1), progress)
+    measure(out, source, decoded.renderer(device), spec, device, progress, start=0.25)
+    preview(out, preview_out, decoded.gaussians, progress)
     return out
 
 
@@ -455,7 +453,6 @@ def compress_direct_measured(source: str, output: str, *, lam: float, switches: 
     `output`, then decode the file as written, measure it (`measure`) and bake its preview."""
     from .direct import fit_direct
     from .pipeline import decode_file, encode_direct
-    from .render import render
 
     cfg, fcfg = direct_configs(switches, iters)
     st = os.stat(source)
@@ -487,8 +484,8 @@ def compress_direct_measured(source: str, output: str, *, lam: float, switches: 
                            "fit_seconds": round(fit_seconds, 3), "encode_seconds": round(report["seconds"], 3)}
     # The metrics and the preview come from the file as written, decoded again: what a user gets.
     progress("decoding", done=0, total=1, fraction=0.65)
-    scene = decode_file(output).scene
+    decoded = decode_file(output)
     progress("decoding", done=1, total=1, fraction=0.7)
-    measure(out, source, lambda cam: render(scene, cam, device=device), spec, device, progress, start=0.7)
-    preview(out, preview_out, lambda: scene, progress)
+    measure(out, source, decoded.renderer(device), spec, device, progress, start=0.7)
+    preview(out, preview_out, decoded.gaussians, progress)
     return out

@@ -324,7 +324,7 @@ def op_decompress(args: dict, progress: Callable) -> dict:
     from pathlib import Path
 
     from .io import formats, save_scene
-    from .pipeline import decode_file, decoded_scene
+    from .pipeline import decode_file
 
     path, output = _arg(args, "path", str, op="decompress"), _arg(args, "output", str, op="decompress")
     sh_degree = _opt(args, "sh_degree", int, "decompress")
@@ -337,7 +337,7 @@ def op_decompress(args: dict, progress: Callable) -> dict:
     progress("decoding", done=0, total=3)
     decoded = decode_file(path)
     progress("baking", done=1, total=3)
-    scene = decoded_scene(decoded, sh_degree)  # anchor: baked (default SH 1); direct: as decoded
+    scene = decoded.gaussians(sh_degree)  # anchor: baked (default SH 1); direct: as decoded
     progress("writing", done=2, total=3)
     save_scene(scene, output)
     progress("writing", done=3, total=3)

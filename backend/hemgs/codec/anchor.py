@@ -8,7 +8,7 @@ parameter guard, parameter CRCs, symbol CRC, symbols); HAC's steps are one per a
 Only the offsets of slots whose mask is on are coded. Every number the decoder needs is in the
 file: the header carries configs and geometry, `networks` the weights (header `"networks":
 "quantized"`: the rendering MLPs and the entropy network quantized, each at its own bit depth,
-codec/weights.py `pack_parts`; files without the key: float16 safetensors).
+codec/weights.py `pack_parts`; or "float16": safetensors, as files of format 1 without the key).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from ..coding.locations import decode_locations, encode_locations
 from ..coding.steps import snap_steps, step_values, steps_from_guard
 from ..entropy.hac import BASE_STEP, GROUPS, HacEntropyModel
 from ..entropy.hashgrid import HashGridConfig
-from ..errors import FormatError, HemgsError
-from . import streams
+from ..errors import FormatError
+from . import registry, streams
+from .layout import CHUNK, check_identity, header_fields, require_sections
 from .weights import (MAX_WEIGHTS_PER_BYTE, QUANTIZED, SEARCH, networks_layout, pack_networks, round_networks,
                       smallest_file, unpack_networks)
 
@@ -36,22 +37,36 @@ MODE = "anchor"
 CODEC = "hac"
 
 
+# Baked exports (PLY/SPZ from an anchor file): SH degree 1 keeps most of the view dependence for 4x9 floats.
+BAKE_SH_DEGREE = 1
+
+
 @dataclass
 class Decoded:
+    """A decoded anchor file (both anchor codecs): its anchor model, seen through its neural
+    Gaussians, or baked to static ones (codec/registry.py's Decoded)."""
     model: AnchorModel
     entropy: HacEntropyModel
     header: dict
+
+    def gaussians(self, sh_degree: int | None = None):
+        """The model baked to static 3DGS Gaussians at `sh_degree` (None: BAKE_SH_DEGREE)."""
+        from ..anchor.bake import bake
+
+        return bake(self.model.cpu(), mode="sh_fit", sh_degree=BAKE_SH_DEGREE if sh_degree is None else sh_degree)
+
+    def renderer(self, device=None):
+        """View-dependent renders of the neural Gaussians, as the codec means them to be seen."""
+        from ..fit import render_views_anchor
+
+        model = self.model if device is None else self.model.to(device)
+        return lambda cam: render_views_anchor(model, [cam])[0]
 
 
 def _positions64(coords: np.ndarray, origin, voxel_size: float) -> torch.Tensor:
     """Anchor positions in float64 from integers and header floats: identical on every machine."""
     c = torch.as_tensor(coords.astype(np.float64))
     return torch.as_tensor(np.asarray(origin, dtype=np.float64)) + (c + 0.5) * float(voxel_size)
-
-
-# Rows per network evaluation. Not a format constant: the guard absorbs the tiny differences
-# another chunking gives (tested), so a decoder may pick what suits its memory.
-CHUNK = 4096
 
 
 def _raw_params(entropy: HacEntropyModel, pos64: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -99,14 +114,14 @@ def encode(model: AnchorModel, entropy: HacEntropyModel, *, lam: float, header_e
     n = coords.shape[0]
 
     header = {
-        "mode": MODE, "codec": CODEC, "lambda": float(lam), "anchors": int(n),
+        **registry.get(MODE, CODEC).identity(), "lambda": float(lam), "anchors": int(n),
         "anchor_config": model.config.to_dict(),
         "origin": [float(v) for v in model.origin.double()],
         "entropy": {"feat_dim": entropy.feat_dim, "k": entropy.k, "hidden": entropy.mlp[0].out_features,
                     "bbox_min": [float(v) for v in entropy.bbox_min.double()],
                     "bbox_max": [float(v) for v in entropy.bbox_max.double()],
                     "grid": entropy.grid.config.to_dict()},
-        **({"networks": QUANTIZED} if network_bits is not None else {}),
+        "networks": QUANTIZED if network_bits is not None else "float16",
         **(header_extra or {}),
     }
     sections = {
@@ -184,7 +199,7 @@ def network_sizes(anchor_cfg: dict, entropy_cfg: dict) -> tuple[int, int]:
     f = _size(anchor_cfg, "feat_dim", 1, _MAX_DIM, "anchor_config")
     k = _size(anchor_cfg, "k", 1, _MAX_DIM, "anchor_config")
     h = _size(anchor_cfg, "hidden", 1, _MAX_DIM, "anchor_config", optional=True) or f
-    use_dist = anchor_cfg.get("use_dist", True)
+    use_dist = anchor_cfg.get("use_dist")
     if not isinstance(use_dist, bool):
         raise FormatError(f"the file's anchor_config.use_dist must be true or false, got {use_dist!r}"[:200])
     if entropy_cfg.get("feat_dim") != f or entropy_cfg.get("k") != k:
@@ -230,15 +245,20 @@ def _check_budget(header: dict, sections: dict[str, bytes]) -> None:
         raise FormatError(f"the header claims {n} anchors, more than a {total}-byte file can hold")
 
 
-def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK) -> Decoded:
-    """Rebuild the decoded anchor model from a file's header and sections."""
-    if header.get("mode") != MODE or header.get("codec") != CODEC:
-        raise FormatError(f"not an anchor-mode HAC file (mode {header.get('mode')!r}, codec {header.get('codec')!r})"[:200])
-    for name in ("locations", "networks", "grid", "mask", *GROUPS):
-        if name not in sections:
-            raise FormatError(f"the file lacks its '{name}' section")
+def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, progress=None) -> Decoded:
+    """Rebuild the decoded anchor model from a file's header (current format: codec/registry.py)
+    and sections; `progress` hears stage "decode" as one step."""
+    from ..progress import step_stage
+
+    with step_stage(progress, "decode"):
+        return _decode(header, sections, chunk)
+
+
+def _decode(header: dict, sections: dict[str, bytes], chunk: int) -> Decoded:
+    check_identity(header, MODE, CODEC, "an anchor-mode HAC file")
+    require_sections(sections, ("locations", "networks", "grid", "mask", *GROUPS))
     _check_budget(header, sections)
-    try:
+    with header_fields():
         config = AnchorConfig.from_dict(dict(header["anchor_config"]))
         e = header["entropy"]
         origin = [float(v) for v in header["origin"]]
@@ -250,8 +270,6 @@ def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK) -> D
         entropy = HacEntropyModel(int(e["feat_dim"]), int(e["k"]), bbox[0], bbox[1],
                                   HashGridConfig.from_dict(dict(e["grid"])), hidden=int(e["hidden"]))
         n_header = int(header["anchors"])
-    except (KeyError, TypeError, ValueError, HemgsError) as exc:
-        raise FormatError(f"the file's header is incomplete or malformed: {' '.join(str(exc).split())}"[:300]) from None
     if int(e["feat_dim"]) != config.feat_dim or int(e["k"]) != config.k:
         raise FormatError("the file's entropy and anchor configs disagree on sizes")
     coords = decode_locations(sections["locations"], max_anchors=n_header)

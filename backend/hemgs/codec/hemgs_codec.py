@@ -8,11 +8,9 @@ depend only on what is already decoded, so the decoder runs one batch per group.
 
 Sections: locations, networks (anchor MLPs, then prior, variable-rate and head networks; header
 `"networks": "quantized"`: two quantized parts, the MLPs and the entropy networks, each at its own
-bit depth, codec/weights.py `pack_parts`; files without the key: float16 safetensors), grid
-(hash-grid bits), mask, and one per attribute — features, scaling, offsets — each
-
-    u32 len | step guard (the part's snapped steps, all anchors)
-    u32 G   | then G times: u32 len | stream (codec/streams.py, its step-guard slot empty)
+bit depth, codec/weights.py `pack_parts`; or "float16" safetensors), grid (hash-grid bits), mask,
+and one per attribute — features, scaling, offsets — each in codec/layout.py's part layout (the
+part's snapped steps for all anchors, then a stream per coding group).
 
 The scene-agnostic network is not in the file: the header names its weights' id, and a decoder
 with other weights refuses the file.
@@ -22,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import math
-import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,9 +33,11 @@ from ..coding.steps import snap_steps, step_values, steps_from_guard
 from ..entropy.ar import pack_context
 from ..entropy.context import assign_groups, num_groups, select_context
 from ..entropy.hemgs import HemgsConfig, HemgsEntropyModel
-from ..errors import FormatError, HemgsError
-from . import streams
-from .anchor import CHUNK, _positions64
+from ..errors import FormatError
+from . import registry, streams
+from .anchor import Decoded as AnchorDecoded
+from .anchor import _positions64
+from .layout import CHUNK, check_identity, header_fields, read_part, require_sections, write_part
 from .weights import QUANTIZED, SEARCH, pack_networks, round_networks, smallest_file, unpack_networks
 
 MODE = "anchor"
@@ -48,10 +47,8 @@ PARTS = {"a": (("features", None),), "b": (("scaling", (0, 6)), ("offsets", (6, 
 
 
 @dataclass
-class Decoded:
-    model: AnchorModel
+class Decoded(AnchorDecoded):
     entropy: HemgsEntropyModel
-    header: dict
     context_counts: np.ndarray | None = None  # context anchors per coded anchor (paper Table 4)
 
 
@@ -139,42 +136,6 @@ def _stage(geo: _Geometry, stage: str, prior: torch.Tensor, lam: float, coded: n
     return decoded, out_sections
 
 
-def write_part(step_guard: bytes, group_streams: list[bytes]) -> bytes:
-    """One part's section (the layout above): its step guard, then one stream per group (also
-    direct mode's stages, direct/stages.py)."""
-    out = [struct.pack("<I", len(step_guard)), step_guard, struct.pack("<I", len(group_streams))]
-    for s in group_streams:
-        out += [struct.pack("<I", len(s)), s]
-    return b"".join(out)
-
-
-def read_part(data: bytes, name: str, n_groups: int) -> tuple[bytes, list]:
-    """(step guard, each group's stream) of a section `write_part` wrote, which must hold
-    `n_groups` groups; errors name the section."""
-    def take(pos, n, what):
-        if pos + n > len(data):
-            raise FormatError(f"section {name}: truncated in its {what}")
-        return bytes(data[pos:pos + n]), pos + n
-
-    raw, pos = take(0, 4, "step guard length")
-    guard, pos = take(pos, struct.unpack("<I", raw)[0], "step guard")
-    raw, pos = take(pos, 4, "group count")
-    g = struct.unpack("<I", raw)[0]
-    if g != n_groups:
-        raise FormatError(f"section {name}: {g} groups, the header's scheme has {n_groups}")
-    rests = []
-    for i in range(g):
-        raw, pos = take(pos, 4, f"group {i} length")
-        body, pos = take(pos, struct.unpack("<I", raw)[0], f"group {i}")
-        step, rest = streams.split(body, f"{name} (group {i})")
-        if step:
-            raise FormatError(f"section {name}: group {i} carries a step guard of its own")
-        rests.append(rest)
-    if pos != len(data):
-        raise FormatError(f"section {name}: {len(data) - pos} bytes after its last group")
-    return guard, rests
-
-
 def _stage_b_inputs(scaling: np.ndarray, offsets: np.ndarray, mask: np.ndarray, k: int):
     n = mask.shape[0]
     mask3 = np.repeat(mask, 3, axis=1)
@@ -183,11 +144,19 @@ def _stage_b_inputs(scaling: np.ndarray, offsets: np.ndarray, mask: np.ndarray, 
     return values, coded
 
 
-def encode(model: AnchorModel, ent: HemgsEntropyModel, sa, *, lam: float, header_extra: dict | None = None,
+SHIPPED = "shipped"  # `sa`: the scene-agnostic prior this package ships, where the config uses one
+
+
+def encode(model: AnchorModel, ent: HemgsEntropyModel, sa=SHIPPED, *, lam: float, header_extra: dict | None = None,
            chunk: int = CHUNK,
            network_bits: tuple[int, int] | str | None = SEARCH) -> tuple[dict, dict[str, bytes], Decoded]:
     """Code a trained model at rate `lam`. Returns (header, sections, what the file decodes to).
-    `network_bits` as codec/anchor.py's `encode` (its entropy part: prior, vr and head networks)."""
+    `sa`: the scene-agnostic prior (its weights travel by id); `network_bits` as
+    codec/anchor.py's `encode` (its entropy part: prior, vr and head networks)."""
+    if isinstance(sa, str) and sa == SHIPPED:
+        from ..entropy.pointnet import load_scene_agnostic
+
+        sa = load_scene_agnostic() if ent.cfg.scene_agnostic else None
     if network_bits == SEARCH:
         return smallest_file(lambda bits: encode(model, ent, sa, lam=lam, header_extra=header_extra, chunk=chunk,
                                                  network_bits=bits))
@@ -202,12 +171,12 @@ def encode(model: AnchorModel, ent: HemgsEntropyModel, sa, *, lam: float, header
     n, k = coords.shape[0], model.config.k
     cfg = ent.cfg
     header = {
-        "mode": MODE, "codec": CODEC, "lambda": float(lam), "anchors": int(n),
+        **registry.get(MODE, CODEC).identity(), "lambda": float(lam), "anchors": int(n),
         "anchor_config": model.config.to_dict(), "origin": [float(v) for v in model.origin.double()],
         "hemgs": cfg.to_dict(),
         "bbox_min": [float(v) for v in ent.bbox_min.double()], "bbox_max": [float(v) for v in ent.bbox_max.double()],
         "scene_agnostic": sa.id if cfg.scene_agnostic else None,
-        **({"networks": QUANTIZED} if network_bits is not None else {}),
+        "networks": QUANTIZED if network_bits is not None else "float16",
         **(header_extra or {}),
     }
     sections = {
@@ -242,7 +211,7 @@ def _assemble(config: AnchorConfig, coords, header, mask, feats, dec_b, mlp_stat
 
 
 def _header_config(header: dict) -> tuple[AnchorConfig, HemgsConfig, list, list, list, float, int]:
-    try:
+    with header_fields():
         config = AnchorConfig.from_dict(dict(header["anchor_config"]))
         cfg = HemgsConfig.from_untrusted(header["hemgs"])
         if cfg.feat_dim != config.feat_dim or cfg.k != config.k:
@@ -258,18 +227,21 @@ def _header_config(header: dict) -> tuple[AnchorConfig, HemgsConfig, list, list,
             raise ValueError("origin and bounding box need 3 numbers each")
         if not all(math.isfinite(v) for v in origin + bbox[0] + bbox[1] + [config.voxel_size, lam]) or lam <= 0:
             raise ValueError("origin, bounding box, voxel size and λ must be finite (λ > 0)")
-    except (KeyError, TypeError, ValueError, HemgsError) as exc:
-        raise FormatError(f"the file's header is incomplete or malformed: {' '.join(str(exc).split())}"[:300]) from None
     return config, cfg, origin, bbox[0], bbox[1], lam, n
 
 
-def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=None) -> Decoded:
-    """Rebuild the decoded anchor model from a HEMGS file's header and sections."""
-    if header.get("mode") != MODE or header.get("codec") != CODEC:
-        raise FormatError(f"not a HEMGS file (mode {header.get('mode')!r}, codec {header.get('codec')!r})"[:200])
-    for name in ("locations", "networks", "grid", "mask", "features", "scaling", "offsets"):
-        if name not in sections:
-            raise FormatError(f"the file lacks its '{name}' section")
+def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=None, progress=None) -> Decoded:
+    """Rebuild the decoded anchor model from a HEMGS file's header (current format:
+    codec/registry.py) and sections; `progress` hears stage "decode" as one step."""
+    from ..progress import step_stage
+
+    with step_stage(progress, "decode"):
+        return _decode(header, sections, chunk, sa)
+
+
+def _decode(header: dict, sections: dict[str, bytes], chunk: int, sa) -> Decoded:
+    check_identity(header, MODE, CODEC, "a HEMGS file")
+    require_sections(sections, ("locations", "networks", "grid", "mask", "features", "scaling", "offsets"))
     config, cfg, origin, lo, hi, lam, n_header = _header_config(header)
     total = sum(len(v) for v in sections.values())
     if n_header > 8 * total:

@@ -256,8 +256,9 @@ def pack_networks(parts: Parts, bits: tuple[int, ...] | None) -> bytes:
 
 
 def networks_layout(header: dict) -> str:
-    """An anchor file's `networks` layout: "quantized", or "float16" where the key is absent."""
-    layout = header.get("networks", "float16")
+    """A file's `networks` layout: "quantized", or "float16" (files of format 1 without the key:
+    codec/legacy.py)."""
+    layout = header.get("networks")
     if layout not in (QUANTIZED, "float16"):
         raise FormatError(f"the file's networks are in an unknown layout {str(layout)[:40]!r}")
     return layout

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..codec.anchor import CHUNK
+from ..codec import registry
+from ..codec.layout import CHUNK, check_identity, header_fields, require_sections
 from ..codec.weights import pack_quantized, quantize_weights, unpack_quantized, unpack_weights
 from ..coding.bits import decode_bits, encode_bits
 from ..coding.locations import decode_locations, encode_locations
@@ -50,10 +51,24 @@ SKIP_BITS = 6.0
 
 @dataclass
 class DecodedDirect:
+    """A decoded anchor-free file: plain 3DGS Gaussians (codec/registry.py's Decoded)."""
     scene: GaussianScene
     header: dict
     context_counts: np.ndarray | None = None  # context voxels per coded voxel (paper Table 4)
     values: dict | None = None  # the decoded stage values, coding order
+
+    def gaussians(self, sh_degree: int | None = None) -> GaussianScene:
+        """The decoded Gaussians at the file's SH degree; a lower `sh_degree` truncates their
+        bands, a higher one keeps the file's (no coefficients are made up)."""
+        if sh_degree is not None and sh_degree < self.scene.sh_degree:
+            return self.scene.with_sh_degree(sh_degree)
+        return self.scene
+
+    def renderer(self, device=None):
+        from ..render import render
+
+        scene = self.scene
+        return lambda cam: render(scene, cam, device=device or "auto")
 
 
 def skip_decisions(importance: np.ndarray, lam: float) -> np.ndarray:
@@ -210,11 +225,11 @@ def _encode(fitted: DirectFitted, lam: float, header_extra: dict | None, chunk: 
     if m and not np.array_equal(order, np.arange(m)):
         raise HemgsError("internal: voxels are not in the location coder's order")
     header = {
-        "mode": MODE, "codec": CODEC, "lambda": float(lam), "gaussians": int(n), "voxels": int(m),
+        **registry.get(MODE, CODEC).identity(), "lambda": float(lam), "gaussians": int(n), "voxels": int(m),
         "sh_degree": int(fitted.sh_degree), **prep.frame.to_header(), "direct": cfg.to_dict(),
         "scene_agnostic": fitted.sa_id if cfg.scene_agnostic else None,
-        "skips": bool(rdoq),  # importance 0 = skipped (files without the key were made before skipping)
-        "networks": NETWORKS_LAYOUT,  # files without the key hold float16 safetensors
+        "skips": bool(rdoq),  # importance 0 = skipped
+        "networks": NETWORKS_LAYOUT,
         # where the importance was measured (information only: "cameras" = coded for the scene's own)
         "importance_views": fitted.views,
         **(header_extra or {}),
@@ -261,10 +276,8 @@ class _FileHeader:
 
 
 def _read_header(header: dict) -> _FileHeader:
-    """The header's fields, checked. Keys that later files added may be missing, which means the
-    behaviour before them: `position_lattice` and `position_log_lattice` (no snap), `networks`
-    (float16 safetensors), `skips` (none); and DirectConfig.from_untrusted's config fields."""
-    try:
+    """The header's fields (current format: older ones pass through codec/legacy.py), checked."""
+    with header_fields():
         cfg = DirectConfig.from_untrusted(header["direct"])
         num_groups(cfg.groups)
         origin = [float(v) for v in header["origin"]]
@@ -277,11 +290,11 @@ def _read_header(header: dict) -> _FileHeader:
             raise ValueError("origin, span and λ must be finite (span, λ > 0)")
         if not 0 <= bits <= 16 or deg != cfg.sh_degree:
             raise ValueError("voxel_bits must be 0..16 and sh_degree must match the config")
-        lattice = header.get("position_lattice")
+        lattice = header["position_lattice"]
         if lattice is not None and (isinstance(lattice, bool) or not isinstance(lattice, int)
                                     or not 0 <= lattice <= MAX_LATTICE_BITS):
             raise ValueError(f"position_lattice must be an integer in [0, {MAX_LATTICE_BITS}]")
-        log_lat = header.get("position_log_lattice")
+        log_lat = header["position_log_lattice"]
         if log_lat is not None:
             if not isinstance(log_lat, list) or len(log_lat) != 3 or not all(
                     isinstance(r, list) and len(r) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -290,14 +303,11 @@ def _read_header(header: dict) -> _FileHeader:
             log_lat = np.asarray(log_lat, dtype=np.float64)
             if not np.isfinite(log_lat).all() or not (log_lat[:, 1] > log_lat[:, 0]).all() or lattice is not None:
                 raise ValueError("position_log_lattice must hold finite ranges (low < high), without position_lattice")
-    except (KeyError, TypeError, ValueError, HemgsError) as exc:
-        raise FormatError(f"the file's header is incomplete or malformed: {' '.join(str(exc).split())}"[:300]) from None
-    networks = header.get("networks", "float16")
+        networks, skips = header["networks"], header["skips"]
+        if not isinstance(skips, bool):
+            raise ValueError("'skips' must be true or false")
     if networks not in (NETWORKS_LAYOUT, "float16"):
         raise FormatError(f"the file's networks are in an unknown layout {str(networks)[:40]!r}")
-    skips = header.get("skips", False)
-    if not isinstance(skips, bool):
-        raise FormatError("the file's header is malformed: 'skips' must be true or false")
     frame = Frame(np.asarray(origin, dtype=np.float64), span, bits, lattice, log_lat)
     return _FileHeader(cfg, frame, lam, n, m, networks, skips)
 
@@ -305,14 +315,11 @@ def _read_header(header: dict) -> _FileHeader:
 def decode(header: dict, sections: dict[str, bytes], *, chunk: int = CHUNK, sa=None, progress=None) -> DecodedDirect:
     """Rebuild the decoded scene from an anchor-free file's header and sections; `progress(stage,
     step, total, info)` hears "decode" per stage."""
-    if header.get("mode") != MODE or header.get("codec") != CODEC:
-        raise FormatError(f"not an anchor-free HEMGS file (mode {header.get('mode')!r}, codec {header.get('codec')!r})"[:200])
+    check_identity(header, MODE, CODEC, "an anchor-free HEMGS file")
     h = _read_header(header)
     cfg, frame, n, m = h.cfg, h.frame, h.gaussians, h.voxels
     needed = (repeats.SECTION,) if cfg.sh_repeats and repeats.STAGE in cfg.dims else ()
-    for name in ("locations", "counts", "networks", "grid", *cfg.dims, *needed):
-        if name not in sections:
-            raise FormatError(f"the file lacks its '{name}' section")
+    require_sections(sections, ("locations", "counts", "networks", "grid", *cfg.dims, *needed))
     if n > MAX_GAUSSIANS or n > MAX_PER_VOXEL * max(m, 1) or m > n:
         raise FormatError(f"the header's counts are impossible: {n} Gaussians in {m} voxels")
     if cfg.scene_agnostic:

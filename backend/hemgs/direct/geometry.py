@@ -68,12 +68,10 @@ class Frame:
         return self.origin + (coords.astype(np.float64) + 0.5) * self.voxel
 
     def to_header(self) -> dict:
-        out = {"origin": [float(v) for v in self.origin], "span": float(self.span), "voxel_bits": int(self.bits)}
-        if self.lattice is not None:
-            out["position_lattice"] = int(self.lattice)
-        if self.log_lattice is not None:
-            out["position_log_lattice"] = [[float(v) for v in row] for row in self.log_lattice]
-        return out
+        return {"origin": [float(v) for v in self.origin], "span": float(self.span), "voxel_bits": int(self.bits),
+                "position_lattice": None if self.lattice is None else int(self.lattice),
+                "position_log_lattice": None if self.log_lattice is None else
+                [[float(v) for v in row] for row in self.log_lattice]}
 
     def snap(self, means: np.ndarray) -> np.ndarray:
         """Positions on the source's lattice (the fixed-point one exactly: scaling by a power of

@@ -126,12 +126,10 @@ class DirectConfig:
         if not isinstance(d, dict):
             raise ValueError("the direct-mode config must be a JSON object")
         known = {f.name for f in fields(DirectConfig)}
-        if set(d) - known:
-            raise ValueError(f"unknown direct-mode config fields {sorted(set(d) - known)}")
-        # files without these fields: every stage under Gaussians, on the grid of multiples of q,
-        # scales unordered, no SH repeats
-        cfg = DirectConfig(**{"laplace": [], "uniform": [], "shifted": False, "scale_ranks": False,
-                              "sh_repeats": False, "rotation": "rotvec", "chain": False, **d})
+        if set(d) != known:  # older files' missing fields: codec/legacy.py
+            raise ValueError(f"direct-mode config fields unknown {sorted(set(d) - known)}, "
+                             f"missing {sorted(known - set(d))}")
+        cfg = DirectConfig(**d)
         for name, lo, hi in (("sh_degree", 0, 3), ("prior_dim", 1, 256), ("hidden", 1, 256), ("ctx_dim", 1, 256),
                              ("sa_dim", 0, 512), ("n_context", 1, 256)):
             v = getattr(cfg, name)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..codec import streams
-from ..codec.hemgs_codec import read_part, write_part
+from ..codec.layout import read_part, write_part
 from ..coding.exact_params import run_deterministic
 from ..coding.gaussian_coder import estimate_bits
 from ..coding.steps import snap_steps, step_values, steps_from_guard

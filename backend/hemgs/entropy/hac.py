@@ -44,6 +44,8 @@ class GroupParams:
 
 
 class HacEntropyModel(nn.Module):
+    CODEC = "hac"  # the codec that writes files of this model (codec/registry.py)
+
     def __init__(self, feat_dim: int, k: int, bbox_min, bbox_max, grid: HashGridConfig | None = None,
                  hidden: int | None = None, seed: int = 0):
         super().__init__()

@@ -61,15 +61,12 @@ class HemgsConfig:
     n_context: int = 20
     lambdas: list = field(default_factory=lambda: list(LAMBDAS))
     # variable rate: the steps' base scales as (λ / LAMBDA_REF)^rate_exponent, so that λ moves the
-    # rate even where the learned steps sit at their bound (0: files before it, a fixed base)
+    # rate even where the learned steps sit at their bound (0: a fixed base)
     rate_exponent: float = 0.0
     grid: dict = field(default_factory=lambda: HashGridConfig().to_dict())
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        if not d["rate_exponent"]:  # absent = 0: files without the scaling stay as they were
-            del d["rate_exponent"]
-        return d
+        return asdict(self)
 
     @staticmethod
     def from_dict(d: dict) -> "HemgsConfig":
@@ -82,8 +79,8 @@ class HemgsConfig:
         if not isinstance(d, dict):
             raise ValueError("the HEMGS config must be a JSON object")
         known = {f.name for f in fields(HemgsConfig)}
-        if set(d) - known:
-            raise ValueError(f"unknown HEMGS config fields {sorted(set(d) - known)}")
+        if set(d) != known:  # older files' missing fields: codec/legacy.py
+            raise ValueError(f"HEMGS config fields unknown {sorted(set(d) - known)}, missing {sorted(known - set(d))}")
         cfg = HemgsConfig(**d)
         for name, hi in (("feat_dim", 1024), ("k", 64), ("prior_dim", 1024), ("ctx_dim", 1024),
                          ("vr_hidden", 1024), ("ctx_hidden", 1024), ("sa_dim", 1024), ("n_context", 1024)):
@@ -145,6 +142,8 @@ class StageHead(nn.Module):
 
 
 class HemgsEntropyModel(nn.Module):
+    CODEC = "hemgs"  # the codec that writes files of this model (codec/registry.py)
+
     def __init__(self, cfg: HemgsConfig, bbox_min, bbox_max, seed: int = 0):
         super().__init__()
         self.cfg = cfg
