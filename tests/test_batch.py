@@ -2,7 +2,8 @@
 any work, results.jsonl and what a re-run skips, and real batches on tiny scenes: the local
 process pool (results, a broken scene isolated with its message, --retry-failed), a batch killed
 halfway and run again (only the rest runs), and a local Ray instance (the same .hgs bytes).
-Tiny scenes: pieces of the demo scene of 1,200-1,500 Gaussians, fitted for 10 iterations."""
+Tiny scenes: pieces of the demo scene of 600-800 Gaussians, fitted for 10 iterations (anchor mode:
+trained for 2 steps)."""
 
 import contextlib
 import io
@@ -36,8 +37,8 @@ def scenes(tmp_path_factory):
     order = np.argsort(np.linalg.norm(scene.means - np.median(scene.means, axis=0), axis=1))
     folder = tmp_path_factory.mktemp("batch") / "scenes"
     folder.mkdir()
-    save_scene(scene.subset(np.sort(order[:1500])), folder / "a.ply")
-    save_scene(scene.subset(np.sort(order[:1200])), folder / "b.spz")
+    save_scene(scene.subset(np.sort(order[:800])), folder / "a.ply")
+    save_scene(scene.subset(np.sort(order[:600])), folder / "b.spz")
     (folder / "broken.ply").write_bytes((folder / "a.ply").read_bytes()[:3000])
     return folder
 
@@ -219,18 +220,26 @@ def test_a_batch_killed_halfway_does_only_the_rest_when_run_again(scenes, tmp_pa
 
 
 @pytest.mark.slow
-def test_ray_runs_the_same_jobs_to_the_same_bytes(local_run, scenes, tmp_path):
+def test_ray_runs_the_same_jobs_to_the_same_bytes_and_anchor_mode_trains_once(local_run, scenes, tmp_path):
     ray = pytest.importorskip("ray")
     out = tmp_path / "out"
+    # λ in the other order: here λ=2 is each scene's fitted one and λ=1 reuses the fit.
+    manifest = tmp_path / "scenes.json"
+    manifest.write_text(json.dumps({"defaults": {"iters": 10, "views": 2, "view_size": 64}, "scenes": [
+        *({"source": str(scenes / name), "lambdas": [2, 1]} for name in ("a.ply", "b.spz", "broken.ply")),
+        {"source": str(scenes / "a.ply"), "mode": "anchor", "lambdas": [1e-3, 2e-3], "steps": 2, "warm_steps": 2}]}))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        # λ in the other order: here λ=2 is each scene's fitted one and λ=1 reuses the fit.
-        rc, stdout, err = batch(scenes, "-o", out, "--lambda", "2", "1", "--ray", "auto", *FAST)
+        rc, stdout, err = batch("--manifest", manifest, "-o", out, "--ray", "auto")
     finally:
         ray.shutdown()
-    assert rc == 1 and "4 of 6 jobs ok, 2 failed" in stdout, err
+    assert rc == 1 and "6 of 8 jobs ok, 2 failed" in stdout, err
     by_key = {ln["key"]: ln for ln in lines(out)}
     assert "truncated PLY" in by_key["broken.direct.lam2e+00.hgs"]["error"]
     assert by_key["a.direct.lam2e+00.hgs"]["fitted"] and not by_key["a.direct.lam1e+00.hgs"]["fitted"]
     for key in ("a.direct.lam1e+00.hgs", "a.direct.lam2e+00.hgs", "b.direct.lam1e+00.hgs", "b.direct.lam2e+00.hgs"):
         assert (out / key).read_bytes() == (local_run[0] / key).read_bytes(), key
+    # Anchor mode: one variable-rate model, trained by the first λ's job, codes both.
+    first, second = by_key["a.anchor.lam1e-03.hgs"], by_key["a.anchor.lam2e-03.hgs"]
+    assert first["status"] == second["status"] == "ok" and first["fitted"] and not second["fitted"]
+    assert first["anchors"] == second["anchors"] > 0 and first["psnr"] > 5

@@ -79,7 +79,8 @@ def read_manifest(path: str) -> list[dict]:
                 raise FormatError(f"{p}: 'defaults' must be an object")
         if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
             raise FormatError(f"{p}: expected a list of scene objects (or {{\"scenes\": [...]}})")
-        entries = [{**defaults, **e} for e in data]
+        # Manifest defaults act as the command line's do: an option applies where its mode does.
+        entries = [{**e, "_defaults": defaults} for e in data]
     elif p.suffix.lower() == ".csv":
         rows = list(csv.DictReader(text.splitlines()))
         if rows and None in rows[0]:
@@ -160,14 +161,21 @@ def anchor_fit_config(opts: dict, lam: float):
 
 def make_jobs(entries: list[dict], outdir: str | Path, defaults: dict) -> list[dict]:
     """The jobs of `entries` ({"source", optional name/mode/lambda(s)/options}) written into
-    `outdir`; `defaults`: the command line's mode, lambdas and options (None: not given)."""
+    `outdir`; `defaults`: the command line's mode, lambdas and options (None: not given). A
+    manifest's own settings win: its entry's, then its "defaults", then the command line's."""
     jobs: list[dict] = []
     seen: dict[str, str] = {}
-    for entry in entries:
-        where = entry.get("_where", entry["source"])
-        unknown = set(entry) - ENTRY_KEYS - set(COMMON) - set(DIRECT) - set(ANCHOR) - {"_where"}
-        if unknown:
-            raise InputError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    for raw in entries:
+        where = raw.get("_where", raw["source"])
+        entry = {k: v for k, v in raw.items() if not k.startswith("_")}
+        shared = {k: v for k, v in raw.get("_defaults", {}).items() if k != "source"}
+        for given in (entry, shared):
+            unknown = set(given) - ENTRY_KEYS - set(COMMON) - set(DIRECT) - set(ANCHOR)
+            if unknown:
+                raise InputError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        fallback = {**{k: v for k, v in defaults.items() if v is not None}, **shared}
+        if "lambda" in fallback:
+            fallback["lambdas"] = fallback.pop("lambda")
         source = Path(entry["source"])
         if not source.is_file():
             raise InputError(f"{source}: no such file")
@@ -175,19 +183,20 @@ def make_jobs(entries: list[dict], outdir: str | Path, defaults: dict) -> list[d
             anchor_input = anchor_only(source)
         except InputError:
             anchor_input = False  # unreadable: the job fails with the reader's message, alone
-        mode = mode_for(check_mode(entry["mode"]) if "mode" in entry else defaults.get("mode"),
+        mode = mode_for(check_mode(entry["mode"]) if "mode" in entry else fallback.get("mode"),
                         anchor_input=anchor_input)
         if mode == "direct" and anchor_input:
             raise InputError(f"{source} is a Scaffold-GS anchor PLY; direct mode codes a 3DGS PLY or SPZ")
         given = entry.get("lambdas", entry.get("lambda"))
-        lams = (_lambdas(given, where) if given is not None else defaults.get("lambdas")
-                or [DIRECT_LAMBDA_DEFAULT if mode == "direct" else ANCHOR_LAMBDA_DEFAULT])
+        given = given if given is not None else fallback.get("lambdas")
+        lams = _lambdas(given, where) if given is not None else [
+            DIRECT_LAMBDA_DEFAULT if mode == "direct" else ANCHOR_LAMBDA_DEFAULT]
         kinds = {**COMMON, **(DIRECT if mode == "direct" else ANCHOR)}
         wrong = set(entry) & (set(DIRECT) | set(ANCHOR)) - set(kinds)
         if wrong:
             raise InputError(f"{where}: '{sorted(wrong)[0]}' does not apply to {mode} mode")
         opts = {k: DEFAULTS.get(k) for k in kinds}
-        opts.update({k: v for k, v in defaults.items() if k in kinds and v is not None})
+        opts.update({k: _value(kinds[k], v, where, k) for k, v in fallback.items() if k in kinds})
         opts.update({k: _value(kinds[k], v, where, k) for k, v in entry.items() if k in kinds})
         _check_options(mode, opts, lams, where)
         name = str(entry.get("name") or source.stem)
