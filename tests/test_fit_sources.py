@@ -84,7 +84,7 @@ def test_scaffold_cli_needs_its_mlps_and_a_grid(scaffold, tmp_path, capsys):
     assert main(["train", str(bad), "--mlps", str(ckpt), "-o", str(out)]) == 2
     assert "not on a regular grid" in capsys.readouterr().err and not out.exists()
     # With its MLPs it trains (tiny settings) into a model that compresses.
-    tiny = ["--steps", "4", "--train-width", "32", "--views", "8", "--codec", "hac", "--fixed-rate"]
+    tiny = ["--steps", "4", "--train-width", "32", "--train-views", "8", "--codec", "hac", "--fixed-rate"]
     assert main(["train", str(ply), "--mlps", str(ckpt), "-o", str(out), *tiny]) == 0
     assert "held-out PSNR" in capsys.readouterr().out
     _, _, meta = load_model(out)

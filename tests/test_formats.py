@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_PLY, REPO
-from hemgs import cli
+from hemgs import cli, cli_args
 from hemgs.errors import FormatError, InputError
 from hemgs.io import detect_format, formats, load_scene, save_scene
 from hemgs.io.atomic import write_bytes_atomic
@@ -71,7 +71,7 @@ def test_a_format_defined_in_a_test_is_detected_read_written_and_converted(tmp_p
         capsys.readouterr()
         assert cli.main(["info", str(demo_raw), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["format"] == "rawgs"
-        helps = cli._build_parser().format_help()
+        helps = cli_args.build_parser().format_help()
         assert "summarise a PLY, SPZ, glTF, .hgs or RAWGS file" in helps
         assert "convert between PLY, SPZ, glTF and RAWGS" in helps  # "(by extension)" wraps
         assert ".rawgs" in formats.preview_extensions()
@@ -83,7 +83,7 @@ def test_a_format_defined_in_a_test_is_detected_read_written_and_converted(tmp_p
         detect_format(path)
     with pytest.raises(InputError, match=r"cannot save a scene as '\.rawgs'; use \.ply, \.spz or \.glb"):
         save_scene(scene, tmp_path / "b.rawgs")
-    assert "RAWGS" not in cli._build_parser().format_help()
+    assert "RAWGS" not in cli_args.build_parser().format_help()
 
 
 def test_registering_a_name_twice_is_refused():

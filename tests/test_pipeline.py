@@ -11,7 +11,7 @@ from hemgs.io import load_scene, save_scene
 
 pytestmark = pytest.mark.slow  # fits and codecs on real patches: `make test-fast` leaves them out
 
-TINY = ["--steps", "30", "--warm-steps", "60", "--train-width", "64", "--views", "16"]
+TINY = ["--steps", "30", "--warm-steps", "60", "--train-width", "64", "--train-views", "16"]
 
 
 @pytest.fixture(scope="module", params=["hemgs", "hac"])

@@ -168,17 +168,29 @@ def decode_file(path, progress: Progress | None = None) -> registry.Decoded:
     return registry.decode(hgs.header, hgs.sections, progress=progress)
 
 
-def decompress(hgs_path, out_path, *, sh_degree: int | None = None, progress: Progress | None = None) -> GaussianScene:
-    """Decode `hgs_path` and save its Gaussians (Decoded.gaussians: an anchor file baked at SH degree
-    `sh_degree`, default 1; a direct file as coded, `sh_degree` only truncating) to `out_path`."""
+def check_decompress(out_path, sh_degree: int | None) -> None:
+    """decompress's arguments, before any decoding: the output's format (by extension) and the SH degree."""
     written = formats.writable()  # the registry's writers (hemgs.io.formats)
     if os.path.splitext(str(out_path))[1].lower() not in formats.extensions(written):
         raise InputError(f"{out_path}: decompress writes {formats.extension_list(written)} "
                          "(the extension picks the format)")
-    if sh_degree is not None and not (isinstance(sh_degree, int) and 0 <= sh_degree <= 3):
+    if sh_degree is not None and (isinstance(sh_degree, bool) or not isinstance(sh_degree, int)
+                                  or not 0 <= sh_degree <= 3):
         raise InputError(f"SH degree must be 0..3, got {sh_degree}")
-    scene = decode_file(hgs_path, progress).gaussians(sh_degree)
-    save_scene(scene, out_path)
+
+
+def decompress(hgs_path, out_path, *, sh_degree: int | None = None, progress: Progress | None = None) -> GaussianScene:
+    """Decode `hgs_path` and save its Gaussians (Decoded.gaussians: an anchor file baked at SH degree
+    `sh_degree`, default 1; a direct file as coded, `sh_degree` only truncating) to `out_path`.
+    `progress(stage, step, total, info)` hears "decode", "bake" and "write"; the scene's meta holds
+    the file's `mode` and `anchors` (None for a direct file)."""
+    check_decompress(out_path, sh_degree)
+    decoded = decode_file(hgs_path, progress)
+    with step_stage(progress, "bake"):
+        scene = decoded.gaussians(sh_degree)
+    scene.meta.update(mode=decoded.header.get("mode"), anchors=decoded.header.get("anchors"))
+    with step_stage(progress, "write"):
+        save_scene(scene, out_path)
     return scene
 
 

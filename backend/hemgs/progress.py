@@ -36,6 +36,8 @@ STAGES: dict[str, tuple[str, str | None]] = {
     "code": ("coding", "stage"),  # direct: one step per coded stage
     "encode": ("encoding", None),  # anchor mode's encoder, one step
     "decode": ("decoding", "stage"),  # direct: per coded stage; anchor: one step
+    "bake": ("baking", None),  # pipeline.decompress: the decoded file as 3DGS Gaussians
+    "write": ("writing", None),
     "eval_source": ("evaluation renders (source)", "view"),  # service.evaluate
     "eval_other": ("evaluation renders (other file)", "view"),
 }
