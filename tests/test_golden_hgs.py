@@ -43,6 +43,17 @@ def test_each_anchor_codec_has_goldens_of_both_network_layouts():
     assert layouts == {"hac": {"float16", "quantized"}, "hemgs": {"float16", "quantized"}}
 
 
+def test_each_codec_has_goldens_of_every_format_it_reads():
+    """Format 1 (no number: codec/legacy.py) up to the codec's current one (codec/registry.py)."""
+    from hemgs.codec.registry import CODECS
+
+    formats = {}
+    for name in RECORD:
+        h = read_hgs(GOLDEN / name).header
+        formats.setdefault((h["mode"], h["codec"]), set()).add(h.get("format", 1))
+    assert formats == {key: set(range(1, codec.format + 1)) for key, codec in CODECS.items()}
+
+
 @pytest.mark.parametrize("name", sorted(RECORD))
 def test_golden_decodes_to_the_recorded_values(name):
     rec = RECORD[name]

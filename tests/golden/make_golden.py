@@ -30,11 +30,14 @@ GOLDENS = {
     # networks in anchor mode's quantized layout (header "networks": "quantized", codec/weights.py
     # pack_parts: the rendering MLPs and the entropy network at their own bit depths)
     "tiny_a_qnet.hgs": (0, 300, 0, 2e-3),
+    # format 2 (the header names its format and every field; codec/registry.py)
+    "tiny_a_f2.hgs": (0, 300, 0, 2e-3),
 }
 # The HEMGS codec (every part on, small networks): name -> (first Gaussian, count, seed, lambda).
 GOLDENS_HEMGS = {
     "tiny_hemgs.hgs": (4000, 400, 2, 3e-3),
     "tiny_hemgs_qnet.hgs": (4000, 400, 2, 3e-3),  # quantized networks, as tiny_a_qnet.hgs
+    "tiny_hemgs_f2.hgs": (4000, 400, 2, 3e-3),  # format 2
 }
 # Anchor goldens made before the quantized layout: float16 safetensors networks (no "networks" key).
 FLOAT16_NETWORKS = {"tiny_a.hgs", "tiny_b.hgs", "tiny_hemgs.hgs"}
@@ -58,6 +61,7 @@ GOLDENS_DIRECT = {
     "tiny_direct_uniform.hgs": (8000, 300, 3, 1.0),
     # DC and SH coded luma first, then chroma given it (config "chain"; two streams a group)
     "tiny_direct_chain.hgs": (8000, 300, 3, 1 / 16),
+    "tiny_direct_f2.hgs": (8000, 300, 3, 1 / 16),  # format 2, every part of today's default config
 }
 
 
@@ -142,8 +146,8 @@ def main(argv: list[str]) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from hemgs.codec import hemgs_codec
-    from hemgs.codec.anchor import decode, encode
+    from hemgs.codec import hemgs_codec, registry
+    from hemgs.codec.anchor import encode
     from hemgs.container import read_hgs, write_hgs
     from hemgs import direct
 
@@ -154,15 +158,15 @@ def main(argv: list[str]) -> int:
             continue
         if name in GOLDENS_DIRECT:
             header, sections, _ = direct.encode(tiny_direct_fit(start, count, seed), lam=lam)
-            decode_fn = direct.decode
+            decode_fn = registry.decode
         elif name in GOLDENS_HEMGS:
             model, entropy, sa = tiny_hemgs_model(start, count, seed)
             header, sections, _ = hemgs_codec.encode(model, entropy, sa, lam=lam, **_networks(name))
-            decode_fn = hemgs_codec.decode
+            decode_fn = registry.decode
         else:
             model, entropy = tiny_model(start, count, seed)
             header, sections, _ = encode(model, entropy, lam=lam, **_networks(name))
-            decode_fn = decode
+            decode_fn = registry.decode
         path = HERE / name
         write_hgs(path, header, sections)
         f = read_hgs(path)
