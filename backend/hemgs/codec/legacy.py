@@ -1,6 +1,6 @@
 """Readers of the headers each codec wrote before its current format, kept in one place.
 
-Every header names its codec's format (`"format"`); files made before 2026-12-08 have none, which
+Every header names its codec's format (`"format"`); files made before the numbers (2026-12-07) have none, which
 is format 1. Format 1 headers left out the fields added later, a missing field meaning the
 behaviour before it. `upgrade` writes those meanings in, so each codec's reader knows one layout,
 requires every field, and old files (tests/golden) decode as they always did. A new format adds

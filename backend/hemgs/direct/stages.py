@@ -54,18 +54,30 @@ def min_position_steps(prep: Prepared) -> np.ndarray | None:
     return None if spacing is None else LATTICE_STEP * spacing / prep.frame.rho
 
 
-def _run(fn, x: torch.Tensor, chunk: int) -> torch.Tensor:
+def _chunk_for(rows: int, chunk: int) -> int:
     # Small batches use the smallest power-of-two chunk that holds them (both sides see the same rows).
-    c = min(chunk, max(64, 1 << max(0, int(x.shape[0]) - 1).bit_length()))
-    return run_deterministic(fn, x, chunk=c)
+    return min(chunk, max(64, 1 << max(0, rows - 1).bit_length()))
+
+
+def _run(fn, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    return run_deterministic(fn, x, chunk=_chunk_for(int(x.shape[0]), chunk))
+
+
+def _run_blocks(fn, make_inputs, n: int, chunk: int) -> np.ndarray:
+    """`_run(fn, make_inputs(slice over all n rows))`, bit for bit, with only one block of inputs
+    in memory at a time: each block is exactly one padded batch of the whole run."""
+    c = _chunk_for(n, chunk)
+    return np.concatenate([run_deterministic(fn, make_inputs(slice(i, min(i + c, n))), chunk=c).numpy()
+                           for i in range(0, n, c)])
 
 
 def _prior(e64: DirectEntropyModel, prep: Prepared, chunk: int) -> torch.Tensor:
+    """The hyperprior per voxel (M, prior_dim); a Gaussian reads its voxel's row."""
     m = prep.xyz01.shape[0]
     if m == 0:
         return torch.zeros((0, e64.cfg.prior_dim), dtype=torch.float64)
     grid = run_deterministic(e64.grid, prep.xyz01, chunk=chunk)
-    return _run(e64.prior, e64.hyper(grid, prep.sa_feat), chunk)[torch.as_tensor(prep.layout.voxel_of)]
+    return _run(e64.prior, e64.hyper(grid, prep.sa_feat), chunk)
 
 
 def _mean_scale(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,19 +93,22 @@ class Group:
     channel, or of the first part's for a chained stage (`rest` gives the rest's)."""
     index: int
     rows: np.ndarray  # coded rows (a skipped Gaussian's are left out)
-    inputs: torch.Tensor  # head rows: prior, earlier stages, packed context
     mean: np.ndarray
     scale: np.ndarray
     steps: np.ndarray  # (rows, dim)
     stage: "StageParams"
 
     def rest(self, first: np.ndarray, sel=slice(None)) -> tuple[np.ndarray, np.ndarray]:
-        """A chained stage's rest: (mean, scale) given the first part's values of rows `sel`."""
-        st, rest_dim = self.stage.st, self.stage.dim - self.stage.first_dim
+        """A chained stage's rest: (mean, scale) given the first part's values of rows `sel` (a
+        mask or an index into the group's rows)."""
+        stage = self.stage
+        rest_dim = stage.dim - stage.first_dim
         if not first.shape[0]:
             return np.zeros((0, rest_dim)), np.zeros((0, rest_dim))
-        rows_in = torch.cat([self.inputs[sel], torch.from_numpy(np.ascontiguousarray(first, dtype=np.float64))], 1)
-        return _mean_scale(_run(st.rest_rows, rows_in, self.stage.chunk).numpy())
+        rows = self.rows[np.asarray(sel)] if not isinstance(sel, slice) else self.rows[sel]
+        first = np.ascontiguousarray(first, dtype=np.float64)
+        return _mean_scale(_run_blocks(stage.st.rest_rows, lambda b: torch.cat(
+            [stage.head_inputs(rows[b]), torch.from_numpy(first[b])], 1), rows.size, stage.chunk))
 
 
 class StageParams:
@@ -110,9 +125,8 @@ class StageParams:
         self.first_dim = st.dim if st.rest is None else len(st.first)
         self.n_parts = 1 if st.rest is None else 2
         self.half = prep.frame.residual_half if st.family == "uniform" else None  # the uniform range's bound
-        earlier = np.concatenate([decoded[t] for t, _ in st.earlier], axis=1) if st.earlier else np.zeros((n, 0))
-        self.inputs = torch.cat([prior, torch.from_numpy(earlier)], dim=1)
-        raw = _run(st.step_rows(lam), self.inputs, chunk).numpy().reshape(-1) if n else np.zeros(0)
+        self.prior, self.earlier = prior, [decoded[t] for t, _ in st.earlier]
+        raw = _run_blocks(st.step_rows(lam), self.inputs, n, chunk).reshape(-1) if n else np.zeros(0)
         floor = min_position_steps(prep) if name == "position" else None
         if floor is not None:
             raw = np.maximum(raw.reshape(n, self.dim), floor).reshape(-1)
@@ -120,6 +134,23 @@ class StageParams:
         self.values = np.zeros((n, self.dim))
         if not st.fixed_step:
             self.values[~live] = SKIP_LOGIT if name == "opacity" else st.norm_mean.numpy()
+
+    def inputs(self, rows) -> torch.Tensor:
+        """The network inputs of Gaussians `rows` (an index or a slice): their voxel's prior and
+        their earlier stages' decoded values. Made per block, never for the whole scene."""
+        vox = torch.as_tensor(self.prep.layout.voxel_of[rows])
+        earlier = [torch.from_numpy(np.ascontiguousarray(e[rows])) for e in self.earlier]
+        return torch.cat([self.prior[vox], *earlier], dim=1)
+
+    def head_inputs(self, rows: np.ndarray) -> torch.Tensor:
+        """The head's inputs of rows `rows`: `inputs`, then their packed context (the values of
+        earlier groups' Gaussians, unchanged while a group is coded)."""
+        parts = [self.inputs(rows)]
+        if self.st.use_ctx and rows.size:
+            crow, off, ok = self.prep.context_rows(rows)
+            neigh = self.values[crow] * ok[..., None]
+            parts.append(pack_context(torch.from_numpy(neigh), torch.from_numpy(off), torch.from_numpy(ok)))
+        return torch.cat(parts, dim=1)
 
     def steps(self, index: np.ndarray) -> np.ndarray:
         return step_values(index, STEP_BASE).reshape(-1, self.dim)
@@ -136,15 +167,10 @@ class StageParams:
         rows = np.flatnonzero(prep.groups == g)
         if not st.fixed_step:
             rows = rows[self.live[rows]]
-        inputs = [self.inputs[rows]]
-        if st.use_ctx and rows.size:
-            crow, off, ok = prep.context_rows(rows)
-            neigh = self.values[crow] * ok[..., None]
-            inputs.append(pack_context(torch.from_numpy(neigh), torch.from_numpy(off), torch.from_numpy(ok)))
-        head_in = torch.cat(inputs, dim=1)
-        params = _run(st.head_rows, head_in, self.chunk).numpy() if rows.size else np.zeros((0, 2 * self.first_dim))
+        params = (_run_blocks(st.head_rows, lambda b: self.head_inputs(rows[b]), rows.size, self.chunk)
+                  if rows.size else np.zeros((0, 2 * self.first_dim)))
         mean, scale = _mean_scale(params)
-        return Group(g, rows, head_in, mean, scale, steps[rows], self)
+        return Group(g, rows, mean, scale, steps[rows], self)
 
     def code_in_full(self, grp: Group, new: np.ndarray, code_part) -> None:
         """Code (or decode) the group's rows `new` in full and keep their values as decoded: a
@@ -156,7 +182,7 @@ class StageParams:
             if j == 0:
                 cols, mean, scale = st.first, grp.mean[new], grp.scale[new]
             else:
-                cols, (mean, scale) = st.rest, grp.rest(parts[0], torch.from_numpy(new))
+                cols, (mean, scale) = st.rest, grp.rest(parts[0], new)
             v = code_part(j, cols, mean.reshape(-1), scale.reshape(-1), grp.steps[new][:, cols].reshape(-1))
             parts.append(v.reshape(-1, mean.shape[1]))
         self.values[grp.rows[new]] = parts[0] if self.n_parts == 1 else st.assemble(*parts)
@@ -358,10 +384,9 @@ class _RepeatChoice:
             lead = total > weight
             if lead.any():
                 lead_log_w = log_w[lead] + np.log(total[lead] / weight[lead])[:, None]
-                sel = torch.from_numpy(lead)
                 x[lead], _, mean[lead], scale[lead] = choose_values(
                     stage.name, st, true[lead], grp.mean[lead], grp.scale[lead], grp.steps[lead], lead_log_w, lam,
-                    stage.cfg.swing_twist, stage.half, lambda first: grp.rest(first, sel))
+                    stage.cfg.swing_twist, stage.half, lambda first: grp.rest(first, lead))
             ref = np.where((entry >= 0)[:, None], palette.entries[np.maximum(entry, 0)], x[np.maximum(owner, 0)])
             d_rep = (np.exp(log_w) * (ref - true) ** 2).sum(1) / (lam * LAMBDA_UNIT)
             keep = _rd_cost(true, x, mean, scale, grp.steps, log_w, lam, st.family, st.shifted).sum(1)
