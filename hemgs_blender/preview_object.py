@@ -35,9 +35,10 @@ def preview_name(meta: dict) -> str:
 
 
 def has_gaussian_splat_type() -> bool:
-    """True on Blender versions whose point clouds have a GAUSSIAN_SPLAT type (5.0.1 has none)."""
-    prop = bpy.types.PointCloud.bl_rna.properties.get("type")
-    return prop is not None and "GAUSSIAN_SPLAT" in {i.identifier for i in getattr(prop, "enum_items", [])}
+    """True on Blender versions whose point clouds have a Gaussian-splat type (5.3+; 5.0.1 has none)."""
+    from . import native_splats
+
+    return native_splats.splat_type() is not None
 
 
 def build_preview_object(context, preview, name: str | None = None, stand_up: bool = True):
@@ -45,10 +46,15 @@ def build_preview_object(context, preview, name: str | None = None, stand_up: bo
     collection and return it, named `name` or `preview_name(preview.meta)`. A point cloud where
     Blender can convert a mesh to one (4.2+), else the mesh, with the node group doing the
     conversion ("Mesh to Points"). `stand_up`: rotate the object (not the data) so a y-down 3DGS
-    scene stands up in Blender's z-up world."""
-    from hemgs.preview import STAND_UP_EULER
+    scene stands up in Blender's z-up world. Where Blender has Gaussian splats of its own (5.3+,
+    `native_splats.available()`), a point cloud that Blender draws as splats instead."""
+    from . import native_splats
 
     name = name or preview_name(preview.meta)
+    if native_splats.available():
+        native = native_splats.build(context, preview, name)
+        if native is not None:
+            return _tag_object(native, preview, stand_up)
     n = len(preview)
     mesh = bpy.data.meshes.new(name)
     mesh.vertices.add(n)
@@ -69,12 +75,19 @@ def build_preview_object(context, preview, name: str | None = None, stand_up: bo
     solid.show_render = False  # the viewport's Solid mode needs it; renders draw the points
     data: Any = obj.data  # a PointCloud, or the Mesh on versions that cannot convert
     data.materials.append(ensure_material())
+    return _tag_object(obj, preview, stand_up)
+
+
+def _tag_object(obj, preview, stand_up: bool):
+    """The stand-up rotation and the hemgs_* properties, on either kind of preview object."""
+    from hemgs.preview import STAND_UP_EULER
+
     if stand_up:
         obj.rotation_euler = STAND_UP_EULER
     for key, value in preview.meta.items():
         if isinstance(value, (str, int, float)):
             obj[f"hemgs_{key}"] = value
-    obj["hemgs_count"] = n
+    obj["hemgs_count"] = len(preview)
     return obj
 
 
