@@ -72,16 +72,16 @@ def test_a_format_defined_in_a_test_is_detected_read_written_and_converted(tmp_p
         assert cli.main(["info", str(demo_raw), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["format"] == "rawgs"
         helps = cli_args.build_parser().format_help()
-        assert "summarise a PLY, SPZ, glTF, .hgs or RAWGS file" in helps
-        assert "convert between PLY, SPZ, glTF and RAWGS" in helps  # "(by extension)" wraps
+        assert "summarise a PLY, SPZ, glTF, SOG, .hgs or RAWGS file" in helps
+        assert "convert between PLY, SPZ, glTF, SOG and RAWGS" in helps  # "(by extension)" wraps
         assert ".rawgs" in formats.preview_extensions()
     finally:
         formats.unregister("rawgs")
     # Gone: unknown again, with today's messages.
     assert [f.name for f in formats.FORMATS] == before
-    with pytest.raises(FormatError, match=r"a\.rawgs: unknown format \(not PLY, SPZ, glTF or \.hgs; starts with b'RAWGS"):
+    with pytest.raises(FormatError, match=r"a\.rawgs: unknown format \(not PLY, SPZ, glTF, SOG or \.hgs; starts with b'RAWGS"):
         detect_format(path)
-    with pytest.raises(InputError, match=r"cannot save a scene as '\.rawgs'; use \.ply, \.spz or \.glb"):
+    with pytest.raises(InputError, match=r"cannot save a scene as '\.rawgs'; use \.ply, \.spz, \.glb or \.sog"):
         save_scene(scene, tmp_path / "b.rawgs")
     assert "RAWGS" not in cli_args.build_parser().format_help()
 
@@ -92,10 +92,11 @@ def test_registering_a_name_twice_is_refused():
 
 
 def test_the_table_says_what_every_front_end_said_before():
-    assert [f.name for f in formats.FORMATS] == ["scaffold_ply", "ply", "spz", "glb", "hgs", "model"]
-    assert [f.name for f in formats.readable()] == ["ply", "spz", "glb"]
-    assert formats.labels(formats.listed()) == "PLY, SPZ, glTF or .hgs"
-    assert formats.extension_list(formats.writable()) == ".ply, .spz or .glb"
+    assert [f.name for f in formats.FORMATS] == ["scaffold_ply", "ply", "spz", "glb", "sog", "hgs", "model"]
+    assert [f.name for f in formats.readable()] == ["ply", "spz", "glb", "sog"]
+    assert formats.labels(formats.listed()) == "PLY, SPZ, glTF, SOG or .hgs"
+    assert formats.extension_list(formats.writable()) == ".ply, .spz, .glb or .sog"
+    # SOG is marked preview=False: its images need Pillow, which Blender's Python lacks.
     assert formats.preview_extensions() == [".ply", ".spz", ".glb", ".hgs"]
 
 

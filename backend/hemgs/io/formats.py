@@ -24,6 +24,7 @@ from .gltf import read_glb, sniff_glb, write_glb
 from .reading import read_bytes
 from .ply import read_ply, sniff_ply, write_ply
 from .scaffold import sniff_scaffold_ply
+from .sog import read_sog, sniff_sog, write_sog
 from .spz import read_spz, sniff_spz, write_spz
 
 # The first bytes of a .hgs file (hemgs.container.MAGIC; kept here so that detecting a file never
@@ -45,6 +46,7 @@ class FileFormat:
     read: Callable[[Path], GaussianScene] | None = None  # load_scene's reader (kind "scene")
     write: Callable[..., None] | None = None  # save_scene's writer: (scene, path, **options)
     not_a_scene: str = ""  # load_scene's message for a format it does not read ("<path>: " before it)
+    preview: bool = True  # the Blender importer takes it (preview_extensions)
 
 
 def _sniff_hgs(head: bytes, path: Path) -> bool:
@@ -65,6 +67,7 @@ FORMATS: list[FileFormat] = [
     FileFormat("ply", (".ply",), sniff_ply, label="PLY", read=read_ply, write=write_ply),
     FileFormat("spz", (".spz",), sniff_spz, label="SPZ", read=read_spz, write=write_spz),
     FileFormat("glb", (".glb",), sniff_glb, label="glTF", read=read_glb, write=write_glb),
+    FileFormat("sog", (".sog",), sniff_sog, label="SOG", read=read_sog, write=write_sog, preview=False),
     FileFormat("hgs", (".hgs",), _sniff_hgs, kind="hgs", label=".hgs",
                not_a_scene="is a .hgs file; decode it with the HEMGS decoder, not load_scene"),
     FileFormat("model", (".safetensors",), _sniff_model, kind="model",
@@ -123,9 +126,10 @@ def extension_list(formats: Iterable[FileFormat], conj: str = "or") -> str:
 
 
 def preview_extensions() -> list[str]:
-    """What a viewer opens as a splat preview: every kind but a trained model (the Blender add-on's
+    """What a viewer opens as a splat preview: every kind but a trained model, less the formats marked
+    `preview=False` (SOG: its images need Pillow, which Blender's Python lacks) (the Blender add-on's
     importer; it keeps these as a literal, which tests/test_formats.py keeps equal)."""
-    return extensions(f for f in FORMATS if f.kind != "model")
+    return extensions(f for f in FORMATS if f.kind != "model" and f.preview)
 
 
 def _sentence(words: list[str], conj: str) -> str:
