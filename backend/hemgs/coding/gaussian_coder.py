@@ -157,6 +157,10 @@ def decode_symbols(data: bytes, means, scales, *, max_abs: int = MAX_SYMBOL, fam
     return out.astype(np.int32)
 
 
+# Elements per block of estimate_bits' work: its temporaries stay a few tens of MB at any size.
+BITS_BLOCK = 1 << 20
+
+
 def estimate_bits(symbols, means, scales, family: str = "gaussian") -> np.ndarray:
     """Ideal cost in bits of each symbol: -log2 of its Gaussian (or Laplacian) bin's probability mass.
 
@@ -164,10 +168,18 @@ def estimate_bits(symbols, means, scales, family: str = "gaussian") -> np.ndarra
     probability), so sum(estimate_bits) is what the coder should approach.
     """
     sym = np.asarray(symbols, dtype=np.float64).reshape(-1)
-    means = np.asarray(means, dtype=np.float64).reshape(-1)
-    sd = np.maximum(np.asarray(scales, dtype=np.float64).reshape(-1), MIN_SCALE)
-    # Work on the side of the mean where the CDF difference does not cancel.
+    means = np.broadcast_to(np.asarray(means, dtype=np.float64).reshape(-1), sym.shape)
+    scales = np.broadcast_to(np.asarray(scales, dtype=np.float64).reshape(-1), sym.shape)
     _check_family(family)
+    out = np.empty(sym.shape)
+    for i in range(0, sym.size, BITS_BLOCK):  # element by element: blocks change no result
+        b = slice(i, i + BITS_BLOCK)
+        out[b] = _bits(sym[b], means[b], np.maximum(scales[b], MIN_SCALE), family)
+    return out
+
+
+def _bits(sym: np.ndarray, means: np.ndarray, sd: np.ndarray, family: str) -> np.ndarray:
+    # Work on the side of the mean where the CDF difference does not cancel.
     z = np.abs(sym - means)
     if family == "laplace":
         b = sd * _INV_SQRT2

@@ -23,7 +23,7 @@ import torch
 from ..codec import streams
 from ..codec.layout import read_part, write_part
 from ..coding.exact_params import run_deterministic
-from ..coding.gaussian_coder import estimate_bits
+from ..coding.gaussian_coder import BITS_BLOCK, estimate_bits
 from ..coding.steps import snap_steps, step_values, steps_from_guard
 from ..entropy.ar import pack_context
 from ..errors import FormatError, InputError
@@ -292,7 +292,17 @@ def _rd_round(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
               lam: float, family: str = "gaussian", shifted: bool = False) -> np.ndarray:
     """Encoder-side rate-distortion rounding: of the two grid points around each value, the one
     with the lower bits + w·error²/(λ·u) (the fit's loss), bits under the element's model. The
-    decoder is unchanged: it only ever sees symbols. Returns the chosen values (symbol × q)."""
+    decoder is unchanged: it only ever sees symbols. Returns the chosen values (symbol × q),
+    computed a block of elements at a time (each element's choice is its own)."""
+    out = np.empty(x.shape)
+    for i in range(0, x.size, BITS_BLOCK):
+        b = slice(i, i + BITS_BLOCK)
+        out[b] = _rd_round_block(x[b], mean[b], scale[b], q[b], log_w[b], lam, family, shifted)
+    return out
+
+
+def _rd_round_block(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray, log_w: np.ndarray,
+                    lam: float, family: str, shifted: bool) -> np.ndarray:
     m, sd = mean / q, scale / q
     shift = m if shifted else 0.0
     t = x / q - shift
