@@ -90,8 +90,8 @@ def attributes_from_preview(preview) -> dict[str, tuple[str, np.ndarray]]:
     each splat becomes a round Gaussian (the three scales its size / SIZE_SIGMAS, no rotation)
     whose DC term gives back its colour (exact unless the file's colour was outside 0..1, which
     the preview clips). Where the preview also carries the scene's own `log_scales` (N,3),
-    `quats` (N,4, w x y z) and `sh` (N,K,3, DC first, as hemgs.scene.GaussianScene) — not today's
-    SplatPreview; docs/blender.md proposes it — those are used instead, higher SH included."""
+    `quats` (N,4, w x y z) and `sh` (N,K,3, DC first, as hemgs.scene.GaussianScene) — a 3DGS
+    scene's preview does — those are used instead, higher SH included."""
     from hemgs.preview import MAX_LOG_SCALE, SIZE_SIGMAS
     from hemgs.scene import SH_C0
 

@@ -58,6 +58,7 @@ def test_scaffold_anchors_preview(tmp_path):
     write_scaffold_ply(anchors, path)
     p = preview_file(path)
     assert len(p) == n and p.meta["kind"] == "anchors"
+    assert p.log_scales is None and p.quats is None and p.sh is None  # anchors have no Gaussians of their own
     np.testing.assert_allclose(p.positions, anchors.xyz)
     np.testing.assert_allclose(p.sizes, 0.02, rtol=1e-5)  # 2 x exp(log 0.01), below the cap
 
@@ -67,9 +68,16 @@ def test_npz_round_trip_and_bad_files(tmp_path):
     out = tmp_path / "p.npz"
     save_preview(p, out)
     q = load_preview_npz(out)
-    for k in ("positions", "colors", "opacities", "sizes"):
+    for k in ("positions", "colors", "opacities", "sizes", "log_scales", "quats", "sh"):
         np.testing.assert_array_equal(getattr(p, k), getattr(q, k))
+    # the scene's own Gaussians travel too, for Blender 5.3's native splats: the file's values
+    raw = _raw(DEMO_PLY)
+    np.testing.assert_allclose(q.log_scales, np.stack([raw[f"scale_{i}"] for i in range(3)], 1), rtol=1e-6)
+    np.testing.assert_allclose(q.sh[:, 0], np.stack([raw[f"f_dc_{i}"] for i in range(3)], 1), rtol=1e-6)
+    assert q.quats.shape == (len(q), 4) and q.sh.shape[1] in (1, 4, 9, 16)
     assert [f.name for f in tmp_path.iterdir()] == ["p.npz"]  # no temporary left
+    with pytest.raises(FormatError, match="sh"):
+        type(p)(p.positions, p.colors, p.opacities, p.sizes, sh=np.zeros((len(p), 5, 3)))
 
     data = out.read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])

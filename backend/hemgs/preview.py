@@ -7,7 +7,10 @@ The Blender extension turns these arrays into a point-cloud object; the worker w
 - `colors` (N,3) float32 in [0,1]: the view-independent (DC) colour as splat viewers show it
   (display values, i.e. sRGB-encoded; `colors_linear` converts them for Blender's linear colour);
 - `opacities` (N,) float32 in [0,1];
-- `sizes` (N,) float32: a display radius in scene units (see `splat_sizes`).
+- `sizes` (N,) float32: a display radius in scene units (see `splat_sizes`);
+- for a 3DGS scene also its own Gaussians' shape and colour, as `hemgs.scene.GaussianScene` holds
+  them: `log_scales` (N,3), `quats` (N,4, w x y z), `sh` (N,K,3, DC first). Blender 5.3's native
+  splats draw those (hemgs_blender/native_splats.py); the point-cloud preview does not need them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ MAX_SIZE_FRACTION = 0.02
 # Scaffold anchors carry no colour of their own (the MLPs make it): a neutral grey.
 ANCHOR_GREY = 0.6
 PREVIEW_KEYS = ("positions", "colors", "opacities", "sizes")
+GAUSSIAN_KEYS = ("log_scales", "quats", "sh")  # optional: a 3DGS scene's own (Anchors have none)
 # 3DGS scenes (COLMAP/OpenCV cameras) have y pointing down. A z-up viewer (Blender) stands them
 # up by rotating the object -90° about X, (x, y, z) -> (x, z, -y): the scene's up (-y) becomes +z.
 # XYZ Euler angles in radians.
@@ -46,13 +50,20 @@ class SplatPreview:
     opacities: np.ndarray
     sizes: np.ndarray
     meta: dict = field(default_factory=dict)  # source path, format, kind ("gaussians"/"anchors")
+    log_scales: np.ndarray | None = None
+    quats: np.ndarray | None = None
+    sh: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.positions)
-        shapes = {"positions": (n, 3), "colors": (n, 3), "opacities": (n,), "sizes": (n,)}
+        k = self.sh.shape[1] if isinstance(self.sh, np.ndarray) and self.sh.ndim == 3 else -1
+        shapes = {"positions": (n, 3), "colors": (n, 3), "opacities": (n,), "sizes": (n,),
+                  "log_scales": (n, 3), "quats": (n, 4), "sh": (n, k, 3)}
         for name, shape in shapes.items():
+            if getattr(self, name) is None:
+                continue
             arr = np.ascontiguousarray(getattr(self, name), dtype=np.float32)
-            if arr.shape != shape:
+            if arr.shape != shape or (name == "sh" and k not in (1, 4, 9, 16)):
                 raise FormatError(f"preview field {name} has shape {arr.shape}, expected {shape}")
             setattr(self, name, arr)
 
@@ -98,7 +109,8 @@ def preview_from_scene(scene: GaussianScene) -> SplatPreview:
     """Preview arrays of a 3DGS scene (colour from the DC term, opacity, size from the scales)."""
     meta = {"kind": "gaussians", **{k: scene.meta[k] for k in ("path", "source_format") if k in scene.meta}}
     return SplatPreview(scene.means, scene.colors_dc, scene.opacities,
-                        splat_sizes(scene.log_scales, scene.means), meta)
+                        splat_sizes(scene.log_scales, scene.means), meta,
+                        log_scales=scene.log_scales, quats=scene.quats, sh=scene.sh)
 
 
 def preview_from_anchors(anchors) -> SplatPreview:
@@ -168,7 +180,8 @@ def save_preview(preview: SplatPreview, path: str | os.PathLike) -> None:
 
     with atomic_write(path) as tmp:
         with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a bare name
-            np.savez(fh, **{k: getattr(preview, k) for k in PREVIEW_KEYS})
+            np.savez(fh, **{k: getattr(preview, k) for k in PREVIEW_KEYS + GAUSSIAN_KEYS
+                            if getattr(preview, k) is not None})
 
 
 def load_preview_npz(path: str | os.PathLike) -> SplatPreview:
@@ -179,7 +192,7 @@ def load_preview_npz(path: str | os.PathLike) -> SplatPreview:
             missing = [k for k in PREVIEW_KEYS if k not in data.files]
             if missing:
                 raise FormatError(f"{path}: not a HEMGS preview file (missing {', '.join(missing)})")
-            arrays = {k: data[k] for k in PREVIEW_KEYS}
+            arrays = {k: data[k] for k in PREVIEW_KEYS + GAUSSIAN_KEYS if k in data.files}
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
