@@ -223,7 +223,7 @@ res["import_points"] = [len(o.data.points) for o in imported]
 res["export_hgs"] = list(bpy.ops.hemgs.export_hgs(filepath=os.path.join(work, "exported.hgs")))
 # The one importer, two files at once (as File > Import's multi-select passes them): a PLY read here
 # and a .hgs the worker decodes; then they are removed again. A real drop on the viewport cannot run
-# headless: the drag-and-drop handler is checked by its registration.
+# headless: the drag-and-drop handler is checked by its registration and its operator.
 before = set(bpy.data.objects)
 res["import_two"] = list(bpy.ops.hemgs.import_splats(directory=work, files=[{"name": "tiny.ply"},
                                                                             {"name": "panel.hgs"}]))
@@ -233,6 +233,15 @@ for o in two:
     bpy.data.objects.remove(o)
 fh = getattr(bpy.types, "HEMGS_FH_splats", None)
 res["file_handler"] = fh and [fh.bl_import_operator, fh.bl_file_extensions, bpy.ops.hemgs.import_splats.idname()]
+# A drop as Blender makes it: the handler's operator with the folder and the dropped file, an SPZ.
+from hemgs.io import load_scene, save_scene  # noqa: E402
+
+save_scene(load_scene(os.path.join(work, "tiny.ply")), os.path.join(work, "tiny.spz"))
+before = set(bpy.data.objects)
+group, name = fh.bl_import_operator.split(".")
+res["drop_spz"] = list(getattr(getattr(bpy.ops, group), name)(directory=work, files=[{"name": "tiny.spz"}]))
+res["drop_spz_objects"] = [[os.path.basename(o["hemgs_path"]), len(o.data.points)]
+                           for o in bpy.data.objects if o not in before]
 # The same model at the range's high end, through the name earlier versions had (rate_position: 0..1
 # over the model's range): a second file, from the same model.
 p.rate_position, p.output_path = 1.0, os.path.join(work, "panel_hi.hgs")
@@ -471,6 +480,7 @@ def test_train_and_compress_from_the_panel_show_results_and_decoded_preview(blen
     from hemgs.io.formats import preview_extensions
 
     assert r["file_handler"] == ["hemgs.import_splats", ";".join(preview_extensions()), "HEMGS_OT_import_splats"]
+    assert r["drop_spz"] == ["FINISHED"] and r["drop_spz_objects"] == [["tiny.spz", 3000]]  # a preview object
     assert r["export_hgs"] == ["FINISHED"] and detect_format(hgs.with_name("exported.hgs")) == "hgs"
     assert r["load_model"] == ["FINISHED"]
     assert not list(hgs.parent.glob(".*.tmp"))
