@@ -121,8 +121,9 @@ def test_a_real_scene_round_trips_within_sog_precision(real_scene, tmp_path):
     assert back.meta["source_format"] == "sog"
     src = real_scene.subset(sog.morton_order(real_scene.means))
     err = assert_within_sog_precision(src, back, meta_of(tmp_path / "a.sog"))
-    # What k-means gives on this scene (measured: log-scale RMS 0.0076, DC 0.0078, SH 0.052 of 0.19).
-    assert err["log_scale_rms"] < 0.015 and err["dc_rms"] < 0.015
+    # What the codebooks and the palette give on this scene (measured: RMS log-scale 0.0059, DC 0.0036,
+    # SH 0.052 of 0.19; splat-transform's own writer does about as well: docs/formats.md).
+    assert err["log_scale_rms"] < 0.01 and err["dc_rms"] < 0.01
     assert err["sh_rms"] < 0.35 * err["sh_signal_rms"]
 
 
@@ -280,8 +281,9 @@ def bundle(files: dict[str, bytes]) -> bytes:
 @pytest.fixture(scope="module")
 def small_sog() -> bytes:
     rng = np.random.default_rng(0)
-    return sog.encode_sog(GaussianScene(rng.normal(size=(50, 3)), rng.normal(size=(50, 4)), rng.normal(size=(50, 3)) - 4,
-                                        rng.normal(size=50), rng.normal(size=(50, 4, 3)) * 0.3))
+    return sog.encode_sog(GaussianScene(rng.normal(size=(50, 3)), rng.normal(size=(50, 4)),
+                                        rng.normal(size=(50, 3)) - 4, rng.normal(size=50),
+                                        rng.normal(size=(50, 4, 3)) * 0.3))
 
 
 def with_meta(data: bytes, change) -> bytes:
@@ -311,7 +313,8 @@ def test_broken_and_foreign_files_give_one_line(small_sog, tmp_path):
     refused(with_meta(small_sog, lambda m: m.update(count=10_000)), "fewer than the 10000 Gaussians")
     refused(with_meta(small_sog, lambda m: m["means"].pop("mins")), "no means.mins")
     refused(with_meta(small_sog, lambda m: m["means"].update(maxs=[1, 2])), "means.maxs is not 3 finite numbers")
-    refused(with_meta(small_sog, lambda m: m["scales"].update(codebook=[0.5] * 3)), "past the 3 entries of scales.codebook")
+    refused(with_meta(small_sog, lambda m: m["scales"].update(codebook=[0.5] * 3)),
+            "past the 3 entries of scales.codebook")
     refused(with_meta(small_sog, lambda m: m["shN"].update(count=2)), "palette index .* past the 2 entries")
     refused(with_meta(small_sog, lambda m: m["shN"].update(bands=2)), "is 192 texels wide, its palette needs 512")
     refused(with_meta(small_sog, lambda m: m["quats"].update(files=[])), "quats.files does not name its 1 image")

@@ -40,21 +40,25 @@ What the specification says, and what we do with it:
 The encoder's own choices (the specification leaves them open): the Gaussians are written in
 Morton (z-curve) order of their positions, which keeps neighbouring texels alike so WebP codes
 them well (SOG is "Spatially Ordered"); so a file read back has the same Gaussians in another order
-(`morton_order` gives it). Codebooks are 1-D k-means (Lloyd, started at the quantiles; the values
-themselves when there are at most 256 distinct ones). The SH palette is k-means in
-3 * (coefficients) dimensions, with splat-transform's palette size (min(64, 2^floor(log2(n/1024)))
-* 1024 entries, at most n): a coarse k-means of 256 cells, then one within each cell with its
-share of the palette, from a fixed seed, so the output is deterministic and the time grows as
-n * palette / 256 rather than n * palette. Positions and bytes are rounded to the nearest step
-(splat-transform's writer truncates).
+(`morton_order` gives it). A codebook is the values themselves when there are at most 256
+distinct ones; otherwise the optimal 1-D k-means (exact dynamic programming) of a 2048-bin
+histogram whose bins weigh count^0.5, so sparse tails get entries too. The SH palette has
+splat-transform's size (min(64, 2^floor(log2(n/1024))) * 1024 entries, at most n): every distinct
+SH row when there are no more than that; otherwise k-means in 3 * coefficients dimensions, first
+into 256 coarse cells, then within each cell with its share of the palette, then a few rounds over
+the whole palette with each row free to move to an entry of its 3 nearest cells; from a fixed seed
+(the output is deterministic, and the time grows as n * palette / 256, not n * palette). Positions and
+bytes are rounded to the nearest step (splat-transform's writer truncates). Time on one core,
+SH degree 2: about 1 s for 2,000 Gaussians, 3-4 s for 31,000, 40-100 s for 310,000
+(splat-transform 3.7.0 on its CPU path: 4 s for 2,000, 35-90 s for 31,000).
 
-Precision (what a round trip keeps; tests/test_sog.py measures it, against our reader and
+Precision (what a round trip keeps; tests/test_sog.py checks it against our reader and
 splat-transform's): positions within half a 16-bit step of the log-transformed range,
-(|x| + 1) * (maxs - mins) / 131070 per axis; rotations within half a byte step, sqrt(2)/255
-≈ 0.0055 on each stored component (more on the rebuilt one); opacity within 0.5/255 after the
-sigmoid (bytes 0 and 255 read as logits of 1e-6 and 1 - 1e-6, as splat-transform reads them);
-log-scales and DC colour within their codebook's cells; the higher SH within the palette's
-k-means error plus half a codebook cell.
+(|x| + 1) * (maxs - mins) / 131070 per axis; rotations within half a byte step, 1/(255 sqrt 2)
+≈ 0.0028, on each stored component (a little more on the rebuilt one); opacity within 0.5/255
+after the sigmoid (bytes 0 and 255 read as probabilities 1e-6 and 1 - 1e-6, logits -/+13.8, as
+splat-transform reads them); log-scales and DC each the nearest entry of their codebook; the
+higher SH within the palette's k-means error plus the codebook's.
 
 Reading: the bundled `.sog` (ZIP) of version 2 only (splat-transform reads the same; version 1,
 with no `version` field, and the unbundled folder form are not read). Refused with a one-line
@@ -101,11 +105,8 @@ _REST = {1: 3, 2: 8, 3: 15}
 
 
 def generator() -> str:
-    try:
-        from importlib.metadata import version
-        return f"hemgs {version('hemgs')}"
-    except Exception:  # not installed as a package (a source checkout on sys.path)
-        return "hemgs"
+    from .. import __version__
+    return f"hemgs {__version__}"
 
 
 def _pil():
@@ -156,7 +157,8 @@ def morton_order(means: np.ndarray) -> np.ndarray:
     lo, hi = p.min(0), p.max(0)
     span = np.where(hi > lo, hi - lo, 1.0)
     cells = np.clip(np.floor((p - lo) / span * 65535.0 + 0.5), 0, 65535).astype(np.uint64)
-    code = _spread_bits(cells[:, 0]) | (_spread_bits(cells[:, 1]) << np.uint64(1)) | (_spread_bits(cells[:, 2]) << np.uint64(2))
+    code = (_spread_bits(cells[:, 0]) | (_spread_bits(cells[:, 1]) << np.uint64(1))
+            | (_spread_bits(cells[:, 2]) << np.uint64(2)))
     return np.argsort(code, kind="stable")
 
 
@@ -233,8 +235,9 @@ def _kmeans_1d(x: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
             cur[mid] = best
             starts[m, mid] = arg + 1
             left, right = jl <= mid - 1, mid + 1 <= jr
-            jl, jr, sl, sr = (np.concatenate([jl[left], (mid + 1)[right]]), np.concatenate([(mid - 1)[left], jr[right]]),
-                              np.concatenate([sl[left], arg[right]]), np.concatenate([arg[left], sr[right]]))
+            # Left halves search up to the split found, right halves from it.
+            jl, jr = np.concatenate([jl[left], (mid + 1)[right]]), np.concatenate([(mid - 1)[left], jr[right]])
+            sl, sr = np.concatenate([sl[left], arg[right]]), np.concatenate([arg[left], sr[right]])
         prev = cur
     centres, j = [], h - 1
     for m in range(k - 1, -1, -1):
@@ -274,8 +277,7 @@ def _lloyd(x: np.ndarray, w: np.ndarray, k: int, iterations: int,
     labels = _nearest(x, centres)
     for _ in range(iterations):
         weight = np.bincount(labels, weights=w, minlength=k)
-        sums = np.zeros_like(centres)
-        np.add.at(sums, labels, x * w[:, None])
+        sums = _weighted_sums(x, w, labels, k)
         used = weight > 0
         centres[used] = sums[used] / weight[used, None]
         new = _nearest(x, centres)
@@ -293,12 +295,14 @@ def _lloyd(x: np.ndarray, w: np.ndarray, k: int, iterations: int,
     return centres[used], remap[labels]
 
 
-def sh_palette(rest: np.ndarray, size: int, iterations: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def sh_palette(rest: np.ndarray, size: int, iterations: int = 10, seed: int = 0, *, refine: int = 3,
+               probes: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """The SH palette: (centroids (m, d) float64 with m <= size, labels (n,)) for the rows of `rest`
     (n, d). Equal rows count once (with their number as weight): a scene with at most `size`
     distinct rows keeps them exactly. Otherwise a coarse k-means into at most 256 cells, then
-    k-means inside each cell with a share of `size` in proportion to its rows; from a fixed seed,
-    so the same input gives the same palette."""
+    k-means inside each cell with a share of `size` in proportion to its rows, then `refine`
+    Lloyd rounds over the whole palette in which each row may move to an entry of any of its
+    `probes` nearest cells; from a fixed seed, so the same input gives the same palette."""
     x = np.asarray(rest, np.float64)
     n = len(x)
     rng = np.random.default_rng(seed)
@@ -328,16 +332,68 @@ def sh_palette(rest: np.ndarray, size: int, iterations: int = 10, seed: int = 0)
         if share[c] < distinct[c]:
             share[c] += 1
             spare -= 1
-    palette, labels, base = [], np.empty(m, np.int64), 0
+    parts, owner, labels, base = [], [], np.empty(m, np.int64), 0
     for c in range(len(centres)):
         here = np.flatnonzero(cells == c)
         if here.size == 0:
             continue
         part, lab = _lloyd(rows[here], weight[here], int(share[c]), iterations, rng)
-        palette.append(part)
+        parts.append(part)
+        owner.append(np.full(len(part), c))
         labels[here] = lab + base
         base += len(part)
-    return np.concatenate(palette), labels[inverse]
+    palette = np.concatenate(parts)
+    if refine:
+        palette, labels = _refine(rows, weight, palette, labels, np.concatenate(owner), centres, refine, probes)
+    return palette, labels[inverse]
+
+
+def _refine(rows, weight, palette, labels, owner, centres, rounds: int, probes: int):
+    """Lloyd rounds over the whole palette, each row choosing among the entries of its `probes`
+    nearest coarse cells (not only its own): (palette, labels). An entry left without rows keeps
+    its place."""
+    k = len(palette)
+    near = np.concatenate([np.argsort(_sq_dist(rows[s:s + 8192], centres), axis=1, kind="stable")[:, :probes]
+                           for s in range(0, len(rows), 8192)])
+    # The rows that probe each cell, and each cell's entries, grouped once.
+    by_cell = np.argsort(near.ravel(), kind="stable") // probes
+    probe_bounds = np.searchsorted(np.sort(near.ravel()), np.arange(len(centres) + 1))
+    entry_order = np.argsort(owner, kind="stable")
+    entry_bounds = np.searchsorted(owner[entry_order], np.arange(len(centres) + 1))
+    for _ in range(rounds):
+        mass = np.bincount(labels, weights=weight, minlength=k)
+        sums = _weighted_sums(rows, weight, labels, k)
+        used = mass > 0
+        palette[used] = sums[used] / mass[used, None]
+        best = np.full(len(rows), np.inf)
+        new = labels.copy()
+        for c in range(len(centres)):
+            mine = entry_order[entry_bounds[c]:entry_bounds[c + 1]]
+            who = by_cell[probe_bounds[c]:probe_bounds[c + 1]]
+            if mine.size == 0 or who.size == 0:
+                continue
+            d = _sq_dist(rows[who], palette[mine])
+            pick = np.argmin(d, axis=1)
+            dist = d[np.arange(who.size), pick]
+            better = dist < best[who]
+            best[who[better]] = dist[better]
+            new[who[better]] = mine[pick[better]]
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    used = np.unique(labels)
+    remap = np.full(k, -1, np.int64)
+    remap[used] = np.arange(used.size)
+    return palette[used], remap[labels]
+
+
+def _weighted_sums(x: np.ndarray, w: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """(k, d): the sum of w * x over the rows of each label (a bincount per column)."""
+    return np.stack([np.bincount(labels, weights=x[:, j] * w, minlength=k) for j in range(x.shape[1])], axis=1)
+
+
+def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return (x * x).sum(1)[:, None] - 2.0 * x @ c.T + (c * c).sum(1)[None, :]
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,7 +412,8 @@ def encode_sog(scene: GaussianScene, *, iterations: int = 10, effort: int = 4) -
         raise InputError("cannot write SOG: the scene has no Gaussians")
     width, height = texture_size(n)
     if width > MAX_TEXELS or height > MAX_TEXELS:
-        raise InputError(f"cannot write SOG: {n} Gaussians need {width}x{height} images, WebP holds {MAX_TEXELS}x{MAX_TEXELS}")
+        raise InputError(f"cannot write SOG: {n} Gaussians need {width}x{height} images, "
+                         f"WebP holds {MAX_TEXELS}x{MAX_TEXELS}")
     for field in ("means", "quats", "log_scales", "opacity_logits", "sh"):
         if not np.isfinite(getattr(scene, field)).all():
             raise InputError(f"cannot write SOG: scene field {field} has NaN/Inf values (sanitize the scene first)")
@@ -378,7 +435,7 @@ def encode_sog(scene: GaussianScene, *, iterations: int = 10, effort: int = 4) -
     def webp(name: str, pixels: np.ndarray) -> None:
         buf = io.BytesIO()
         image.fromarray(np.ascontiguousarray(pixels)).save(
-            buf, "WEBP", lossless=True, quality=100, method=effort, exact=True)
+            buf, "WEBP", lossless=True, quality=75, method=effort, exact=True)
         files[name] = buf.getvalue()
 
     # means: log transform, 16 bits within [mins, maxs] per axis.
@@ -633,7 +690,8 @@ class _Reader:
                 raise self.fail(f"a palette index {int(labels.max())} past the {entries} entries of shN.count")
             cen_t, cw, ch = self.texels(cen_name, None, PALETTE_ROW * coeffs)
             if ch * PALETTE_ROW < entries:
-                raise self.fail(f"{cen_name} has {ch} rows, {entries} palette entries need {math.ceil(entries / PALETTE_ROW)}")
+                raise self.fail(f"{cen_name} has {ch} rows, {entries} palette entries need "
+                                f"{math.ceil(entries / PALETTE_ROW)}")
             palette = cen_t[:entries * coeffs, :3].reshape(entries, coeffs, 3)
             sh[:, 1:] = self.lookup(book, palette, "shN")[labels]
 
