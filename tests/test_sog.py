@@ -324,6 +324,17 @@ def test_broken_and_foreign_files_give_one_line(small_sog, tmp_path):
     jpeg = io.BytesIO()
     Image.new("RGB", (8, 8)).save(jpeg, "JPEG")
     refused(bundle({**files, "scales.webp": jpeg.getvalue()}), "scales.webp is JPEG, not a lossless WebP")
+    # Detection: a bundle cut short is still a SOG file; a ZIP of something else is of no known format.
+    (tmp_path / "half.sog").write_bytes(small_sog[: len(small_sog) // 2])
+    assert detect_format(tmp_path / "half.sog") == "sog"
+    with pytest.raises(FormatError, match="half.sog: corrupt or truncated SOG bundle"):
+        load_scene(tmp_path / "half.sog")
+    (tmp_path / "other.zip").write_bytes(bundle({"readme.txt": b"hello"}))
+    with pytest.raises(FormatError, match=r"other\.zip: unknown format"):
+        load_scene(tmp_path / "other.zip")
+    np.savez(tmp_path / "arrays.npz", a=np.zeros(3))
+    with pytest.raises(FormatError, match="unknown format"):
+        detect_format(tmp_path / "arrays.npz")
     # The command line: exit 2, one line.
     (tmp_path / "cut.sog").write_bytes(small_sog[:300])
     proc = subprocess.run([sys.executable, "-m", "hemgs.cli", "info", str(tmp_path / "cut.sog")],
@@ -353,3 +364,7 @@ def test_without_pillow_sog_says_so_in_one_line(small_sog, tmp_path, monkeypatch
     assert detect_format(tmp_path / "a.sog") == "sog"  # detection needs no Pillow
     with pytest.raises(InputError, match="SOG files need Pillow"):
         load_scene(tmp_path / "a.sog")
+    with pytest.raises(InputError, match="SOG files need Pillow"):
+        save_scene(load_scene(DEMO_PLY).subset(np.arange(5)), tmp_path / "b.sog")
+    with pytest.raises(FormatError, match="without meta.json"):  # named without Pillow too
+        sog.decode_sog(bundle({"means_l.webp": b""}), "x.sog")

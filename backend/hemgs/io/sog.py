@@ -100,6 +100,7 @@ MAX_INFLATE = 1100  # deflate tops out at 1032:1 (a bundle's members are stored;
 OPACITY_EPS = 1e-6  # opacity bytes 0 and 255 read as these probabilities (as splat-transform reads them)
 SQRT2 = math.sqrt(2.0)
 ALPHA = 0.5  # a codebook bin's weight is its count to this power (codebook_1d)
+_SOG_NAMES = {META, *(name for names in FILES.values() for name in names)}
 # Distinct coefficients per SH degree beyond DC.
 _REST = {1: 3, 2: 8, 3: 15}
 
@@ -519,9 +520,21 @@ def write_sog(scene: GaussianScene, path: str | os.PathLike, **options) -> None:
 
 
 def sniff_sog(head: bytes, path: Path) -> bool:
-    """The registry's content test: a ZIP archive (no other format we know is one; the reader
-    refuses a ZIP that holds no SOG scene, saying so)."""
-    return head.startswith(ZIP_MAGIC)
+    """The registry's content test: a ZIP archive whose first member is one of SOG's files (so a
+    bundle cut short is still named a SOG file), or which holds a meta.json. Other ZIP archives
+    (a TorchScript checkpoint, an .npz) stay of unknown format."""
+    if not head.startswith(ZIP_MAGIC):
+        return False
+    try:
+        with open(path, "rb") as fh:
+            local = fh.read(30 + 64)  # a local file header is 30 bytes, then the member's name
+        size = int.from_bytes(local[26:28], "little") if len(local) >= 30 else 0
+        if local[30:30 + size].decode("utf-8", "replace") in _SOG_NAMES:
+            return True
+        with zipfile.ZipFile(path) as bundle:
+            return META in bundle.namelist()
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError):
+        return False
 
 
 def read_sog(path: str | os.PathLike) -> GaussianScene:
@@ -552,7 +565,6 @@ class _Reader:
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
             raise FormatError(f"{name}: corrupt or truncated SOG bundle ({exc})") from None
         self.size = len(data)
-        self.image = _pil()
 
     def fail(self, what: str) -> FormatError:
         return FormatError(f"{self.name}: {what}")
@@ -614,8 +626,9 @@ class _Reader:
     def texels(self, filename: str, need: int | None = None, width: int | None = None) -> tuple[np.ndarray, int, int]:
         """The image's texels as (H*W, 4) uint8 RGBA, its width and height."""
         raw = self.member(filename, min(MAX_INFLATE * self.size, MAX_IMAGE_BYTES))
+        image = _pil()  # after meta.json: a ZIP that is no SOG file is named so even without Pillow
         try:
-            with self.image.open(io.BytesIO(raw)) as img:
+            with image.open(io.BytesIO(raw)) as img:
                 if img.format not in ("WEBP", "PNG"):
                     raise self.fail(f"{filename} is {img.format}, not a lossless WebP (or PNG) image")
                 w, h = img.size
