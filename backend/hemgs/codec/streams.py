@@ -28,9 +28,10 @@ import zlib
 
 import numpy as np
 
-from ..coding.exact_params import apply_guard, check_param_checksums, param_checksums, snap_for_encoder
+from ..coding import exact_params
+from ..coding.exact_params import apply_guard_blocks, check_param_checksums, param_checksums, snap_blocks
 from ..coding.gaussian_coder import FAMILIES as SYMBOL_FAMILIES
-from ..coding.gaussian_coder import decode_symbols, encode_symbols
+from ..coding.gaussian_coder import decode_symbols_from, encode_symbols_from
 from ..coding.uniform import decode_uniform, encode_uniform
 from ..errors import FormatError, InputError, IntegrityError
 
@@ -77,26 +78,68 @@ def empty() -> bytes:
     return pack([b"", b"", b""], zlib.crc32(b""), b"")
 
 
+def _blocks(n: int) -> list[slice]:
+    return exact_params._blocks(n)  # exact_params.BLOCK elements each
+
+
+def _flat(*arrays) -> list[np.ndarray]:
+    return [np.asarray(a).reshape(-1) for a in arrays]
+
+
+def _over_q(mean: np.ndarray, scale: np.ndarray, q: np.ndarray):
+    """`params(slice)` of the exact path: (mean / q, scale / q) of the slice's elements."""
+    return lambda b: (np.asarray(mean[b] / q[b], dtype=np.float64), np.asarray(scale[b] / q[b], dtype=np.float64))
+
+
+def _model_params(snapped, shifted: bool):
+    """`params(index)` of the symbol coder: the snapped means (0 when shifted: the grid is through
+    them) and scales of elements `index`."""
+    if shifted:
+        return lambda i: (np.zeros(snapped.scale_idx[i].size), snapped.scales_of(i))
+    return lambda i: (snapped.means_of(i), snapped.scales_of(i))
+
+
+def _symbols_crc(symbols: np.ndarray) -> int:
+    crc = zlib.crc32(b"")
+    for b in _blocks(symbols.size):
+        crc = zlib.crc32(symbols[b].astype("<i4").tobytes(), crc)
+    return crc
+
+
+def _values(symbols: np.ndarray, snapped, shifted: bool, q: np.ndarray) -> np.ndarray:
+    """(symbol + offset)·q, the values as they decode, a block at a time."""
+    out = np.empty(symbols.size)
+    for b in _blocks(symbols.size):
+        offset = snapped.means_of(b) if shifted else 0.0
+        out[b] = (symbols[b].astype(np.float64) + offset) * q[b]
+    return out
+
+
 def encode_values(values: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
                   step_guard: bytes, family: str = "gaussian", shifted: bool = False,
                   half_range=None) -> tuple[bytes, np.ndarray]:
     """Code `values` with per-element steps `q` (already snapped); returns (bytes, decoded values).
     `family`: the symbols' distribution (FAMILIES); `shifted`: quantize on the grid through the
     mean; `half_range`: the values' bound for family "uniform", which clips to it (module doc).
-    The decoder's must match."""
-    snapped, guard = snap_for_encoder(mean / q, scale / q)
-    offset = snapped.means if shifted else 0.0
-    symbols = np.clip(np.rint(values / q - offset), -_MAX_SYMBOL, _MAX_SYMBOL).astype(np.int64)
+    The decoder's must match. Works a block of elements at a time (elementwise but for the
+    coder's order, which the coder keeps): no temporaries of the whole arrays' size."""
+    values, mean, scale, q = _flat(values, mean, scale, q)
+    n = mean.size
+    snapped, guard = snap_blocks(n, _over_q(mean, scale, q))
+    symbols = np.empty(values.size, dtype=np.int32)
+    for b in _blocks(values.size):
+        offset = snapped.means_of(b) if shifted else 0.0
+        symbols[b] = np.clip(np.rint(values[b] / q[b] - offset), -_MAX_SYMBOL, _MAX_SYMBOL)
     if family == "uniform":
+        offset = snapped.means if shifted else 0.0
         lo, hi = uniform_range(half_range, q, offset, "uniform stream", InputError)
-        symbols = np.clip(symbols, lo, hi)
-        stream = encode_uniform(symbols - lo, hi - lo + 1, "uniform stream")
+        clipped = np.clip(symbols, lo, hi)
+        stream = encode_uniform(clipped - lo, hi - lo + 1, "uniform stream")
+        symbols = clipped.astype(np.int32)
     else:
-        model_means = np.zeros_like(snapped.means) if shifted else snapped.means
-        stream = encode_symbols(symbols, model_means, snapped.scales, family=family)
-    symbols = symbols.astype(np.int32)
-    data = pack([step_guard, guard, param_checksums(snapped)], zlib.crc32(symbols.astype("<i4").tobytes()), stream)
-    return data, (symbols.astype(np.float64) + offset) * q
+        stream = encode_symbols_from(symbols, _model_params(snapped, shifted), family=family)
+    data = pack([step_guard, guard, param_checksums(snapped)], _symbols_crc(symbols), stream)
+    return data, _values(symbols, snapped, shifted, q)
 
 
 def split(data: bytes, name: str) -> tuple[bytes, tuple]:
@@ -107,16 +150,17 @@ def split(data: bytes, name: str) -> tuple[bytes, tuple]:
 
 def decode_values(rest: tuple, mean: np.ndarray, scale: np.ndarray, q: np.ndarray, name: str,
                   family: str = "gaussian", shifted: bool = False, half_range=None) -> np.ndarray:
+    """The values of one stream (`split`'s rest), a block of elements at a time (as encode_values)."""
     guard, crcs, sym_crc, stream = rest
-    snapped = apply_guard(mean / q, scale / q, guard)
+    mean, scale, q = _flat(mean, scale, q)
+    snapped = apply_guard_blocks(mean.size, _over_q(mean, scale, q), guard)
     check_param_checksums(snapped, crcs, name)
-    offset = snapped.means if shifted else 0.0
     if family == "uniform":
+        offset = snapped.means if shifted else 0.0
         lo, hi = uniform_range(half_range, q, offset, name)
         symbols = (decode_uniform(stream, hi - lo + 1, name) + lo).astype(np.int32)
     else:
-        model_means = np.zeros_like(snapped.means) if shifted else snapped.means
-        symbols = decode_symbols(stream, model_means, snapped.scales, family=family)
-    if zlib.crc32(symbols.astype("<i4").tobytes()) != sym_crc:
+        symbols = decode_symbols_from(stream, mean.size, _model_params(snapped, shifted), family=family)
+    if _symbols_crc(symbols) != sym_crc:
         raise IntegrityError(f"decoded {name} differ from what the encoder coded (entropy-coder mismatch)")
-    return (symbols.astype(np.float64) + offset) * q
+    return _values(symbols, snapped, shifted, q)

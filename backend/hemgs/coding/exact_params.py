@@ -68,6 +68,13 @@ class SnappedParams:
     def scales(self) -> np.ndarray:
         return SCALE_TABLE[self.scale_idx]
 
+    def means_of(self, index) -> np.ndarray:
+        """`means[index]` without the whole array."""
+        return self.mean_idx[index].astype(np.float64) / MEAN_STEPS
+
+    def scales_of(self, index) -> np.ndarray:
+        return SCALE_TABLE[self.scale_idx[index]]
+
     def __len__(self) -> int:
         return int(self.mean_idx.size)
 
@@ -104,16 +111,36 @@ def run_deterministic(module_or_fn, x, chunk: int = 4096):
 
 
 # ---- 2. snapping ---------------------------------------------------------------------------------
-def _as_params(means, scales) -> tuple[np.ndarray, np.ndarray]:
-    m = np.asarray(means, dtype=np.float64).reshape(-1)
-    s = np.asarray(scales, dtype=np.float64).reshape(-1)
+# Elements per block of the blocked functions below (`*_blocks`): what one block's temporaries
+# hold, whatever the size of the whole. A multiple of CRC_CHUNK.
+BLOCK = 1 << 20
+
+
+def _blocks(n: int, block: int | None = None) -> list[slice]:
+    block = block or BLOCK  # (None: the module's, read at each call)
+    return [slice(i, min(i + block, n)) for i in range(0, n, block)]
+
+
+def _checked(n: int, params, block: int | None):
+    """(slice, means, scales) per block from `params(slice)`, refused as one pass over the whole
+    would be: a non-finite value anywhere first, then a mean out of range (after the last block)."""
+    too_big = False
+    for b in _blocks(n, block):
+        m, s = params(b)
+        if not (np.isfinite(m).all() and np.isfinite(s).all()):
+            raise InputError("distribution parameters must be finite (the network produced NaN or Inf)")
+        too_big = too_big or bool(m.size and np.abs(m).max() > 2.0**30)
+        yield b, m, s
+    if too_big:
+        raise InputError("a predicted mean exceeds 2^30 symbol units")
+
+
+def _array_params(means, scales):
+    m = np.asarray(means).reshape(-1)
+    s = np.asarray(scales).reshape(-1)
     if m.size != s.size:
         raise InputError(f"{m.size} means but {s.size} scales")
-    if not (np.isfinite(m).all() and np.isfinite(s).all()):
-        raise InputError("distribution parameters must be finite (the network produced NaN or Inf)")
-    if m.size and np.abs(m).max() > 2.0**30:
-        raise InputError("a predicted mean exceeds 2^30 symbol units")
-    return m, s
+    return m.size, lambda b: (np.asarray(m[b], dtype=np.float64), np.asarray(s[b], dtype=np.float64))
 
 
 def _snap_raw(m: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,8 +152,30 @@ def _snap_raw(m: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def snap_params(means, scales) -> SnappedParams:
     """Round means to the 1/64 grid and scales to `SCALE_TABLE` (values outside are clamped)."""
-    m, s = _as_params(means, scales)
-    return SnappedParams(*_snap_raw(m, s))
+    return snap_blocks(*_array_params(means, scales), guard=False)[0]
+
+
+def snap_blocks(n: int, params, *, eps: float = GUARD_REL, guard: bool = True,
+                block: int | None = None) -> tuple[SnappedParams, bytes]:
+    """`snap_for_encoder` of `n` parameters given a block at a time by `params(slice) -> (means,
+    scales)` (float64, symbol units): the same indices and guard bytes for every `block`, with
+    only one block's temporaries. `guard` False: the indices only (guard b"")."""
+    mean_idx, scale_idx = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.uint8)
+    im, iscale, pm, ps = [], [], [], []
+    for b, m, s in _checked(n, params, block):
+        mean_idx[b], scale_idx[b] = _snap_raw(m, s)
+        if guard:
+            i = np.flatnonzero(_near_mean_boundary(m, eps))
+            j = np.flatnonzero(_near_scale_boundary(s, eps))
+            im.append(i + b.start)
+            iscale.append(j + b.start)
+            pm.append(mean_idx[b][i] & 1)
+            ps.append(scale_idx[b][j].astype(np.int64) & 1)
+    snapped = SnappedParams(mean_idx, scale_idx)
+    if not guard:
+        return snapped, b""
+    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)  # noqa: E731
+    return snapped, _guard_bytes(cat(im), cat(iscale), np.concatenate([cat(pm), cat(ps)]).astype(np.uint8))
 
 
 # ---- 3. the boundary guard -----------------------------------------------------------------------
@@ -155,11 +204,10 @@ def encode_guard(means, scales, *, eps: float = GUARD_REL) -> bytes:
     Layout: varint count of listed means, varint count of listed scales, their element indices
     as varint deltas (ascending), then one parity bit per listed element (np.packbits order).
     """
-    m, s = _as_params(means, scales)
-    mean_idx, scale_idx = _snap_raw(m, s)
-    im = np.flatnonzero(_near_mean_boundary(m, eps))
-    iscale = np.flatnonzero(_near_scale_boundary(s, eps))
-    parity = np.concatenate([mean_idx[im] & 1, scale_idx[iscale].astype(np.int64) & 1]).astype(np.uint8)
+    return snap_blocks(*_array_params(means, scales), eps=eps)[1]
+
+
+def _guard_bytes(im: np.ndarray, iscale: np.ndarray, parity: np.ndarray) -> bytes:
     return b"".join([
         encode_varints([im.size, iscale.size]),
         encode_varints(np.diff(im, prepend=0)),
@@ -178,9 +226,11 @@ def _read_index_list(data: bytes, pos: int, count: int, n: int, what: str) -> tu
 
 def apply_guard(means, scales, guard: bytes) -> SnappedParams:
     """Decoder side: snap its own means/scales, taking the encoder's side at listed boundaries."""
-    m, s = _as_params(means, scales)
-    n = m.size
-    mean_idx, scale_idx = _snap_raw(m, s)
+    return apply_guard_blocks(*_array_params(means, scales), guard)
+
+
+def _read_guard(guard: bytes, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The guard's listed mean and scale elements (ascending) and their parities."""
     guard = bytes(guard)
     counts, pos = decode_varints(guard, 2, "parameter guard")
     n_m, n_s = int(counts[0]), int(counts[1])
@@ -193,12 +243,37 @@ def apply_guard(means, scales, guard: bytes) -> SnappedParams:
     if len(guard) - pos != nbytes:
         raise FormatError("parameter guard: wrong length of the parity bits")
     parity = np.unpackbits(np.frombuffer(guard[pos:], dtype=np.uint8))[: n_m + n_s].astype(np.int64)
-    # Means: the two neighbours of a value near k + 1/2 are k and k + 1; pick the encoder's parity.
-    k = np.floor(m[im] * MEAN_STEPS).astype(np.int64)
-    mean_idx[im] = np.where((k & 1) == parity[:n_m], k, k + 1)
-    # Scales: the two neighbours of the nearest boundary k are levels k and k + 1.
-    kb = _nearest_scale_bound(np.maximum(s[iscale], SCALE_BOUNDS[0] * 0.5)).astype(np.int64)
-    scale_idx[iscale] = np.where((kb & 1) == parity[n_m:], kb, kb + 1).astype(np.uint8)
+    return im, iscale, parity
+
+
+def apply_guard_blocks(n: int, params, guard: bytes, *, block: int | None = None) -> SnappedParams:
+    """`apply_guard` of `n` parameters given a block at a time by `params(slice)` (as
+    `snap_blocks`): the same indices for every `block`. Refuses as `apply_guard` does: the
+    parameters' errors before the guard's."""
+    try:
+        im, iscale, parity = _read_guard(guard, n)
+        error = None
+    except FormatError as exc:  # raised once the parameters are checked, as before
+        error = exc
+    if error is not None:
+        for _ in _checked(n, params, block):
+            pass
+        raise error
+    n_m = im.size
+    mean_idx, scale_idx = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.uint8)
+    for b, m, s in _checked(n, params, block):
+        mi, si = _snap_raw(m, s)
+        # Means: the two neighbours of a value near k + 1/2 are k and k + 1; pick the encoder's parity.
+        lo, hi = np.searchsorted(im, [b.start, b.stop])
+        i = im[lo:hi] - b.start
+        k = np.floor(m[i] * MEAN_STEPS).astype(np.int64)
+        mi[i] = np.where((k & 1) == parity[lo:hi], k, k + 1)
+        # Scales: the two neighbours of the nearest boundary k are levels k and k + 1.
+        lo, hi = np.searchsorted(iscale, [b.start, b.stop])
+        j = iscale[lo:hi] - b.start
+        kb = _nearest_scale_bound(np.maximum(s[j], SCALE_BOUNDS[0] * 0.5)).astype(np.int64)
+        si[j] = np.where((kb & 1) == parity[n_m + lo:n_m + hi], kb, kb + 1).astype(np.uint8)
+        mean_idx[b], scale_idx[b] = mi, si
     return SnappedParams(mean_idx, scale_idx)
 
 
@@ -209,8 +284,8 @@ def snap_for_encoder(means, scales, *, eps: float = GUARD_REL) -> tuple[SnappedP
 
 # ---- 4. checksums --------------------------------------------------------------------------------
 def _chunk_crcs(p: SnappedParams, chunk: int) -> np.ndarray:
-    mi = p.mean_idx.astype("<i8")
-    si = p.scale_idx.astype(np.uint8)
+    mi = np.asarray(p.mean_idx, dtype="<i8")  # (no copies of the whole arrays)
+    si = np.asarray(p.scale_idx, dtype=np.uint8)
     n = mi.size
     return np.array(
         [zlib.crc32(si[a:a + chunk].tobytes(), zlib.crc32(mi[a:a + chunk].tobytes())) for a in range(0, n, chunk)],

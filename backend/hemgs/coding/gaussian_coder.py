@@ -27,6 +27,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from ..errors import FormatError, InputError
+from . import exact_params
 from .bits import ans_decoder, decode_varints, encode_varints
 
 MIN_SCALE = 0.05  # constriction needs std > 0; below 0.05 a centred bin already has p > 1 - 1e-6
@@ -40,18 +41,58 @@ MAX_MEAN = 2.0**30
 _MIN_PROB = 2.0**-24  # constriction's default ANS precision: the least probability of any symbol
 
 
-def _prepare(means, scales, n: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    means = np.ascontiguousarray(means, dtype=np.float64).reshape(-1)
-    scales = np.ascontiguousarray(scales, dtype=np.float64).reshape(-1)
+# Elements per block of the coders' elementwise work: exact_params.BLOCK, as for the exact path
+# (codec/streams.py), so that their temporaries stay a few tens of MB at any size.
+BLOCK = exact_params.BLOCK
+
+
+def _blocks(n: int, block: int | None) -> list[slice]:
+    return exact_params._blocks(n, block)  # None: exact_params.BLOCK, read at each call
+
+
+def _array_params(means, scales, n: int, what: str):
+    """`params(index) -> (means, scales)` over arrays given in full (the public functions' form)."""
+    means = np.asarray(means).reshape(-1)
+    scales = np.asarray(scales).reshape(-1)
     if means.size != n or scales.size != n:
         raise InputError(f"{what}: {n} symbols but {means.size} means and {scales.size} scales")
-    if not (np.isfinite(means).all() and np.isfinite(scales).all()):
-        raise InputError(f"{what}: means and scales must be finite")
-    if n and np.abs(means).max() > MAX_MEAN:
+    return lambda i: (np.asarray(means[i], dtype=np.float64), np.asarray(scales[i], dtype=np.float64))
+
+
+def _alphabets(params, n: int, family: str, what: str, block: int | None) -> np.ndarray:
+    """Each element's log2 alphabet half-width (int8), a block at a time; refuses parameters as
+    one pass over all of them would: non-finite ones first, then a mean out of range."""
+    lg = np.empty(n, dtype=np.int8)
+    too_big = False
+    for b in _blocks(n, block):
+        m, s = params(b)
+        if not (np.isfinite(m).all() and np.isfinite(s).all()):
+            raise InputError(f"{what}: means and scales must be finite")
+        too_big = too_big or bool(np.abs(m).max() > MAX_MEAN)
+        lg[b] = _group_log2(np.maximum(s, MIN_SCALE), family)
+    if too_big:
         raise InputError(f"{what}: a mean exceeds {MAX_MEAN:g} symbol units")
-    scales = np.maximum(scales, MIN_SCALE)
-    centre = np.rint(means)
-    return means - centre, scales, centre.astype(np.int64)
+    return lg
+
+
+def _centred(params, index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean - centre, std clamped to MIN_SCALE, centre = rint(mean)) of elements `index`."""
+    m, s = params(index)
+    centre = np.rint(m)
+    return m - centre, np.maximum(s, MIN_SCALE), centre.astype(np.int64)
+
+
+def _in_groups(lg: np.ndarray, block: int | None, reverse: bool = False):
+    """(g, element indices) in the ANS order: groups by increasing g (decreasing with `reverse`,
+    the encoder's stack order), each group's elements in index order in consecutive pieces of at
+    most one block (reversed too): coding the pieces one after another is one call's result."""
+    present = np.flatnonzero(np.bincount(lg, minlength=MAX_LOG2_RANGE + 1)) if lg.size else []
+    blocks = _blocks(lg.size, block)
+    for g in (present[::-1] if reverse else present):
+        for b in (blocks[::-1] if reverse else blocks):
+            idx = np.flatnonzero(lg[b] == g)
+            if idx.size:
+                yield int(g), idx + b.start
 
 
 def _check_family(family: str) -> None:
@@ -88,36 +129,57 @@ def encode_symbols(symbols, means, scales, *, max_abs: int = MAX_SYMBOL, family:
     sym = np.asarray(symbols)
     if sym.size and not np.issubdtype(sym.dtype, np.integer):
         raise InputError(f"encode_symbols: symbols must be integers, got {sym.dtype}")
-    sym = sym.astype(np.int64).reshape(-1)
+    sym = sym.reshape(-1)
+    return encode_symbols_from(sym, _array_params(means, scales, sym.size, "encode_symbols"),
+                               max_abs=max_abs, family=family)
+
+
+def encode_symbols_from(sym: np.ndarray, params, *, max_abs: int = MAX_SYMBOL, family: str = "gaussian",
+                        block: int | None = None) -> bytes:
+    """`encode_symbols` of integer `sym` (1-D) with the parameters of elements `index` given by
+    `params(index) -> (means, scales)` (an index array or a slice), a block of elements at a time:
+    the same bytes for every `block`, without the whole arrays' temporaries."""
     n = sym.size
-    if n and np.abs(sym).max() > min(int(max_abs), MAX_SYMBOL):
-        raise InputError(f"encode_symbols: a symbol exceeds max_abs={max_abs}")
-    mu, sd, centre = _prepare(means, scales, n, "encode_symbols")
+    limit = min(int(max_abs), MAX_SYMBOL)
+    for b in _blocks(n, block):
+        if np.abs(sym[b].astype(np.int64)).max() > limit:
+            raise InputError(f"encode_symbols: a symbol exceeds max_abs={max_abs}")
+    lg = _alphabets(params, n, family, "encode_symbols", block)
     _check_family(family)
-    d = sym - centre
-    lg = _group_log2(sd, family)
-    half = np.left_shift(1, lg)
-    coded = np.clip(d, -half, half)
-    at_edge = np.abs(coded) == half
-    excess = np.abs(d[at_edge]) - half[at_edge]
-    escapes = encode_varints(excess)
+    coded = np.empty(n, dtype=np.int32)
+    excess = []
+    for b in _blocks(n, block):
+        d = sym[b].astype(np.int64) - _centred(params, b)[2]
+        half = np.left_shift(1, lg[b].astype(np.int64))
+        c = np.clip(d, -half, half)
+        at_edge = np.abs(c) == half
+        excess.append(np.abs(d[at_edge]) - half[at_edge])
+        coded[b] = c
+    escapes = encode_varints(np.concatenate(excess) if excess else np.zeros(0, np.int64))
 
     coder = constriction.stream.stack.AnsCoder()
-    # ANS is a stack: encode the group decoded last first.
-    for g in np.unique(lg)[::-1]:
-        sel = lg == g
-        model, param = _model(family, 1 << int(g))
-        coder.encode_reverse(coded[sel].astype(np.int32), model, mu[sel], param(sd[sel]))
+    # ANS is a stack: encode the group decoded last first, each group's elements last first.
+    for g, idx in _in_groups(lg, block, reverse=True):
+        model, param = _model(family, 1 << g)
+        mu, sd, _ = _centred(params, idx)
+        coder.encode_reverse(coded[idx], model, mu, param(sd))
     words = coder.get_compressed() if n else np.zeros(0, dtype=np.uint32)
     return struct.pack("<I", len(escapes)) + escapes + np.asarray(words, dtype="<u4").tobytes()
 
 
 def decode_symbols(data: bytes, means, scales, *, max_abs: int = MAX_SYMBOL, family: str = "gaussian") -> np.ndarray:
     """Inverse of `encode_symbols` given the same means/scales: an int32 array."""
+    n = np.asarray(means).size
+    return decode_symbols_from(data, n, _array_params(means, scales, n, "decode_symbols"),
+                               max_abs=max_abs, family=family)
+
+
+def decode_symbols_from(data: bytes, n: int, params, *, max_abs: int = MAX_SYMBOL, family: str = "gaussian",
+                        block: int | None = None) -> np.ndarray:
+    """`decode_symbols` of `n` symbols with `params(index) -> (means, scales)` as in
+    `encode_symbols_from`, a block at a time (the same symbols for every `block`)."""
     data = bytes(data)
-    means = np.asarray(means).reshape(-1)
-    n = means.size
-    mu, sd, centre = _prepare(means, scales, n, "decode_symbols")
+    lg = _alphabets(params, n, family, "decode_symbols", block)
     if len(data) < 4:
         raise FormatError("symbol stream: truncated (no escape length)")
     (esc_len,) = struct.unpack_from("<I", data)
@@ -132,33 +194,40 @@ def decode_symbols(data: bytes, means, scales, *, max_abs: int = MAX_SYMBOL, fam
             raise FormatError("symbol stream: data present for zero symbols")
         return np.zeros(0, dtype=np.int32)
     _check_family(family)
-    lg = _group_log2(sd, family)
     coder = ans_decoder(np.frombuffer(body, dtype="<u4"), "symbol stream")
-    coded = np.empty(n, dtype=np.int64)
+    coded = np.empty(n, dtype=np.int32)
     try:
-        for g in np.unique(lg):
-            sel = lg == g
-            model, param = _model(family, 1 << int(g))
-            coded[sel] = coder.decode(model, mu[sel], param(sd[sel]))
+        for g, idx in _in_groups(lg, block):
+            model, param = _model(family, 1 << g)
+            mu, sd, _ = _centred(params, idx)
+            coded[idx] = coder.decode(model, mu, param(sd))
     except Exception as exc:  # constriction's own error types on a malformed stream
         raise FormatError(f"symbol stream: corrupt ANS data ({exc})") from None
-    half = np.left_shift(1, lg)
-    at_edge = np.abs(coded) == half
-    excess, used = decode_varints(esc, int(at_edge.sum()), "symbol escape stream")
+    blocks = _blocks(n, block)
+    edges = sum(int((np.abs(coded[b]) == np.left_shift(1, lg[b].astype(np.int32))).sum()) for b in blocks)
+    excess, used = decode_varints(esc, edges, "symbol escape stream")
     if used != len(esc):
         raise FormatError("symbol stream: unexpected bytes in the escape stream")
     if excess.size and excess.max() > 2 * MAX_SYMBOL:
         raise FormatError("symbol stream: escaped value out of range")
-    d = coded.copy()
-    d[at_edge] = np.sign(coded[at_edge]) * (half[at_edge] + excess.astype(np.int64))
-    out = d + centre
-    if n and np.abs(out).max() > min(int(max_abs), MAX_SYMBOL):
-        raise FormatError("symbol stream: a decoded symbol exceeds max_abs (corrupt data or wrong parameters)")
-    return out.astype(np.int32)
+    out = np.empty(n, dtype=np.int32)
+    limit, pos = min(int(max_abs), MAX_SYMBOL), 0
+    for b in blocks:
+        d = coded[b].astype(np.int64)
+        half = np.left_shift(1, lg[b].astype(np.int64))
+        at_edge = np.abs(d) == half
+        k = int(at_edge.sum())
+        d[at_edge] = np.sign(d[at_edge]) * (half[at_edge] + excess[pos:pos + k].astype(np.int64))
+        pos += k
+        o = d + _centred(params, b)[2]
+        if o.size and np.abs(o).max() > limit:
+            raise FormatError("symbol stream: a decoded symbol exceeds max_abs (corrupt data or wrong parameters)")
+        out[b] = o
+    return out
 
 
 # Elements per block of estimate_bits' work: its temporaries stay a few tens of MB at any size.
-BITS_BLOCK = 1 << 20
+BITS_BLOCK = BLOCK
 
 
 def estimate_bits(symbols, means, scales, family: str = "gaussian") -> np.ndarray:

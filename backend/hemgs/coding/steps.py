@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .exact_params import MEAN_STEPS, SCALE_TABLE, apply_guard, snap_for_encoder
+from . import exact_params
+from .exact_params import MEAN_STEPS, SCALE_TABLE, apply_guard_blocks, snap_blocks
 
 STEPS_PER_OCTAVE = 16
 # 2^(i/16), rounded to 9 significant digits so that no libm difference can change the constants.
@@ -24,20 +25,31 @@ def _grid_values(q: np.ndarray, base: float) -> tuple[np.ndarray, np.ndarray]:
     return t / MEAN_STEPS, np.full(t.shape, SCALE_TABLE[0])
 
 
+def _grid_params(q):
+    """(n, params(slice)): `_grid_values` of `q` a block at a time (elementwise: the same values)."""
+    q = np.asarray(q).reshape(-1)
+    return q.size, lambda b, base: _grid_values(q[b], base)
+
+
 def snap_steps(q, base: float) -> tuple[np.ndarray, bytes]:
     """Encoder: step indices j and the guard bytes the decoder needs."""
-    m, s = _grid_values(q, base)
-    params, guard = snap_for_encoder(m, s)
+    n, grid = _grid_params(q)
+    params, guard = snap_blocks(n, lambda b: grid(b, base))
     return params.mean_idx, guard
 
 
 def steps_from_guard(q, base: float, guard: bytes) -> np.ndarray:
     """Decoder: the encoder's step indices, from the decoder's own predicted steps."""
-    m, s = _grid_values(q, base)
-    return apply_guard(m, s, guard).mean_idx
+    n, grid = _grid_params(q)
+    return apply_guard_blocks(n, lambda b: grid(b, base), guard).mean_idx
 
 
 def step_values(idx: np.ndarray, base: float) -> np.ndarray:
-    """base * 2^(j/16), exactly the same on every machine."""
-    idx = np.asarray(idx, dtype=np.int64)
-    return base * np.ldexp(_FRAC[idx % STEPS_PER_OCTAVE], idx // STEPS_PER_OCTAVE)
+    """base * 2^(j/16), exactly the same on every machine (a block at a time: elementwise)."""
+    idx = np.asarray(idx)
+    out = np.empty(idx.shape)
+    flat, res = idx.reshape(-1), out.reshape(-1)
+    for b in exact_params._blocks(flat.size):
+        j = flat[b].astype(np.int64)
+        res[b] = base * np.ldexp(_FRAC[j % STEPS_PER_OCTAVE], j // STEPS_PER_OCTAVE)
+    return out

@@ -34,16 +34,23 @@ SECTION = "sh_repeats"
 
 class Palette:
     """The rows coded in full so far (both sides), and on the encoder's side which source row
-    each entry holds."""
+    each entry holds. An entry is a row of `values` (the stage's values as decoded, where a row
+    coded in full keeps its values), held as its row number: no copy of the rows."""
 
-    def __init__(self, n_max: int, dim: int):
-        self.entries = np.zeros((n_max, dim))
+    def __init__(self, values: np.ndarray):
+        self.values = values
+        self.rows = np.zeros(values.shape[0], dtype=np.int64)
         self.size = 0
         self.of_key: dict[bytes, int] = {}
 
-    def add(self, decoded: np.ndarray) -> None:
-        k = decoded.shape[0]
-        self.entries[self.size:self.size + k] = decoded
+    def entry(self, index: np.ndarray) -> np.ndarray:
+        """The values of entries `index`."""
+        return self.values[self.rows[index]]
+
+    def add(self, rows: np.ndarray) -> None:
+        """Rows of `values` coded in full join the palette, in this order."""
+        k = rows.size
+        self.rows[self.size:self.size + k] = rows
         self.size += k
 
     def references(self, true: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,10 +73,11 @@ class Palette:
                 total[owner[i]] += weight[i]
         return entry, owner, total
 
-    def add_owners(self, decoded: np.ndarray, true: np.ndarray, weight: np.ndarray) -> None:
-        """`add` on the encoder's side, with the same owner per key as `references`."""
+    def add_owners(self, rows: np.ndarray, true: np.ndarray, weight: np.ndarray) -> None:
+        """`add` on the encoder's side (`true`: the rows' source values), with the same owner per
+        key as `references`."""
         start = self.size
-        self.add(decoded)
+        self.add(rows)
         for i in np.argsort(-weight, kind="stable"):
             self.of_key.setdefault(true[i].tobytes(), start + int(i))
 

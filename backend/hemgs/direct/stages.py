@@ -67,8 +67,13 @@ def _run_blocks(fn, make_inputs, n: int, chunk: int) -> np.ndarray:
     """`_run(fn, make_inputs(slice over all n rows))`, bit for bit, with only one block of inputs
     in memory at a time: each block is exactly one padded batch of the whole run."""
     c = _chunk_for(n, chunk)
-    return np.concatenate([run_deterministic(fn, make_inputs(slice(i, min(i + c, n))), chunk=c).numpy()
-                           for i in range(0, n, c)])
+    out = None
+    for i in range(0, n, c):
+        block = run_deterministic(fn, make_inputs(slice(i, min(i + c, n))), chunk=c).numpy()
+        if out is None:  # filled in place: never the blocks and their concatenation at once
+            out = np.empty((n,) + block.shape[1:], dtype=block.dtype)
+        out[i:i + block.shape[0]] = block
+    return out
 
 
 def _prior(e64: DirectEntropyModel, prep: Prepared, chunk: int) -> torch.Tensor:
@@ -97,6 +102,12 @@ class Group:
     scale: np.ndarray
     steps: np.ndarray  # (rows, dim)
     stage: "StageParams"
+
+    def part(self, a: np.ndarray, sel, cols) -> np.ndarray:
+        """`a[sel][:, cols]` (a: one of the group's row arrays) in one copy, not two."""
+        if isinstance(sel, slice):
+            return a[sel, cols]
+        return a[sel][:, cols] if isinstance(cols, slice) else a[np.ix_(np.flatnonzero(sel), cols)]
 
     def rest(self, first: np.ndarray, sel=slice(None)) -> tuple[np.ndarray, np.ndarray]:
         """A chained stage's rest: (mean, scale) given the first part's values of rows `sel` (a
@@ -152,16 +163,22 @@ class StageParams:
             parts.append(pack_context(torch.from_numpy(neigh), torch.from_numpy(off), torch.from_numpy(ok)))
         return torch.cat(parts, dim=1)
 
-    def steps(self, index: np.ndarray) -> np.ndarray:
-        return step_values(index, STEP_BASE).reshape(-1, self.dim)
+    def step_index(self, index: np.ndarray) -> np.ndarray:
+        """The stage's step indices (N, dim), as int16 where they fit (the steps of a group are
+        made from them, StageParams.group); the raw steps, used up, are dropped."""
+        self.raw_steps = None
+        index = index.reshape(-1, self.dim)
+        if index.size and -(1 << 15) <= index.min() and index.max() < (1 << 15):
+            return index.astype(np.int16)
+        return index
 
     def palette(self) -> repeats.Palette | None:
         """The SH palette, for the stage whose rows may repeat an earlier row."""
         if self.name == repeats.STAGE and self.cfg.sh_repeats:
-            return repeats.Palette(self.prep.n, self.dim)
+            return repeats.Palette(self.values)
         return None
 
-    def group(self, g: int, steps: np.ndarray) -> Group:
+    def group(self, g: int, step_index: np.ndarray) -> Group:
         """Group `g`'s rows and distributions, from the values decoded in earlier groups."""
         st, prep = self.st, self.prep
         rows = np.flatnonzero(prep.groups == g)
@@ -170,7 +187,7 @@ class StageParams:
         params = (_run_blocks(st.head_rows, lambda b: self.head_inputs(rows[b]), rows.size, self.chunk)
                   if rows.size else np.zeros((0, 2 * self.first_dim)))
         mean, scale = _mean_scale(params)
-        return Group(g, rows, mean, scale, steps[rows], self)
+        return Group(g, rows, mean, scale, step_values(step_index[rows], STEP_BASE), self)
 
     def code_in_full(self, grp: Group, new: np.ndarray, code_part) -> None:
         """Code (or decode) the group's rows `new` in full and keep their values as decoded: a
@@ -178,13 +195,15 @@ class StageParams:
         gives (the decoder's order). `code_part(part, cols, mean, scale, steps)` codes one part
         (flat arrays) and returns its values as they decode."""
         st, parts = self.st, []
+        new = slice(None) if new.all() else new  # (no copies of the group's arrays for all rows)
         for j in range(self.n_parts):
             if j == 0:
                 cols, mean, scale = st.first, grp.mean[new], grp.scale[new]
             else:
                 cols, (mean, scale) = st.rest, grp.rest(parts[0], new)
-            v = code_part(j, cols, mean.reshape(-1), scale.reshape(-1), grp.steps[new][:, cols].reshape(-1))
+            v = code_part(j, cols, mean.reshape(-1), scale.reshape(-1), grp.part(grp.steps, new, cols).reshape(-1))
             parts.append(v.reshape(-1, mean.shape[1]))
+            del mean, scale, v
         self.values[grp.rows[new]] = parts[0] if self.n_parts == 1 else st.assemble(*parts)
 
     def label(self, grp: Group, part: int | None = None) -> str:
@@ -221,7 +240,7 @@ def decode_stages(model: DirectEntropyModel, prep: Prepared, lam: float, chunk: 
     for stage in _stages(model, prep, lam, chunk, decoded, skips, progress, "decode"):
         st = stage.st
         guard, readers = read_part(sections[stage.name], stage.name, prep.n_groups * stage.n_parts)
-        steps = stage.steps(steps_from_guard(stage.raw_steps, STEP_BASE, guard))
+        steps = stage.step_index(steps_from_guard(stage.raw_steps, STEP_BASE, guard))
         palette = stage.palette()
         rep_data, rep_pos = sections[repeats.SECTION] if palette is not None else b"", 0
         for g in range(prep.n_groups):
@@ -237,8 +256,8 @@ def decode_stages(model: DirectEntropyModel, prep: Prepared, lam: float, chunk: 
 
             stage.code_in_full(grp, ~rep, decode_part)
             if palette is not None:
-                palette.add(stage.values[grp.rows[~rep]])
-                stage.values[grp.rows[rep]] = palette.entries[index]
+                palette.add(grp.rows[~rep])
+                stage.values[grp.rows[rep]] = palette.entry(index)
         if palette is not None and rep_pos != len(rep_data):
             raise FormatError(f"section {repeats.SECTION}: {len(rep_data) - rep_pos} bytes after its last group")
     return decoded
@@ -259,7 +278,8 @@ def encode_stages(model: DirectEntropyModel, prep: Prepared, lam: float, chunk: 
     for stage in _stages(model, prep, lam, chunk, decoded, skips, progress, "code"):
         st = stage.st
         index, guard = snap_steps(stage.raw_steps, STEP_BASE)
-        steps = stage.steps(index)
+        steps = stage.step_index(index)
+        del index
         log_w = log_weights.get(stage.name)
         palette = stage.palette()
         group_streams, records = [], []
@@ -273,9 +293,9 @@ def encode_stages(model: DirectEntropyModel, prep: Prepared, lam: float, chunk: 
                 choice = _RepeatChoice.make(palette, stage, grp, x, true, mean, scale, lw, lam)
             new = ~choice.rep if choice is not None else np.ones(grp.rows.size, dtype=bool)
 
-            def encode_part(j, cols, mean, scale, steps_, x_new=x[new]):
-                data, v = streams.encode_values(x_new[:, cols].reshape(-1), mean, scale, steps_, b"", st.family,
-                                                st.shifted, stage.half)
+            def encode_part(j, cols, mean, scale, steps_, x=x, new=new, grp=grp):
+                x_part = grp.part(x, slice(None) if new.all() else new, cols).reshape(-1)
+                data, v = streams.encode_values(x_part, mean, scale, steps_, b"", st.family, st.shifted, stage.half)
                 group_streams.append(data)
                 return v
 
@@ -397,7 +417,7 @@ class _RepeatChoice:
                 x[lead], _, mean[lead], scale[lead] = choose_values(
                     stage.name, st, true[lead], grp.mean[lead], grp.scale[lead], grp.steps[lead], lead_log_w, lam,
                     stage.cfg.swing_twist, stage.half, lambda first: grp.rest(first, lead))
-            ref = np.where((entry >= 0)[:, None], palette.entries[np.maximum(entry, 0)], x[np.maximum(owner, 0)])
+            ref = np.where((entry >= 0)[:, None], palette.entry(np.maximum(entry, 0)), x[np.maximum(owner, 0)])
             d_rep = (np.exp(log_w) * (ref - true) ** 2).sum(1) / (lam * LAMBDA_UNIT)
             keep = _rd_cost(true, x, mean, scale, grp.steps, log_w, lam, st.family, st.shifted).sum(1)
             rep = ((entry >= 0) | (owner >= 0)) & (math.log2(palette.size + n_rows) + d_rep < keep)
@@ -408,8 +428,8 @@ class _RepeatChoice:
         their rows; returns the group's record of the repeats section."""
         new = ~self.rep
         start = palette.size
-        palette.add_owners(stage.values[grp.rows[new]], self.true[new], self.weight[new])
+        palette.add_owners(grp.rows[new], self.true[new], self.weight[new])
         in_full = start + np.cumsum(new) - 1  # the entry of each of the group's rows coded in full
         index = np.where(self.entry >= 0, self.entry, in_full[np.maximum(self.owner, 0)])[self.rep]
-        stage.values[grp.rows[self.rep]] = palette.entries[index]
+        stage.values[grp.rows[self.rep]] = palette.entry(index)
         return repeats.encode_group(self.rep, index, palette.size)
