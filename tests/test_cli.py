@@ -92,3 +92,11 @@ def test_an_unwritable_output_is_refused_before_any_work(tmp_path, capsys, comma
     assert len(err) == 1 and err[0].startswith("hemgs: error: cannot write "), err  # no stage ran
     assert ("it is a folder" if command[0] == "render" else "does not exist") in err[0], err
     assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("dst", ["x.glb", "x.ply", "x.sog"])
+def test_an_spz_version_for_another_format_is_refused_in_one_line(tmp_path, capsys, dst):
+    assert main(["convert", str(DEMO_PLY), str(tmp_path / dst), "--spz-version", "3"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "--spz-version applies to a .spz output" in err[0], err
+    assert not (tmp_path / dst).exists()

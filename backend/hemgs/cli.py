@@ -106,6 +106,8 @@ def cmd_convert(args) -> int:
     from .io import save_scene
 
     check_outputs(args.dst)
+    if args.spz_version and not args.dst.lower().endswith(".spz"):
+        raise InputError(f"--spz-version applies to a .spz output, not {args.dst}")
     scene = load_scene_checked(args.src)
     kwargs = {"spz_version": args.spz_version} if args.spz_version else {}
     save_scene(scene, args.dst, **kwargs)
