@@ -120,6 +120,16 @@ def test_bad_input_is_one_line_and_exit_2_before_any_work(scenes, tmp_path, case
     assert not (out / RESULTS).exists() and not list(tmp_path.glob("**/*.hgs"))
 
 
+def test_a_second_batch_on_the_same_outdir_is_refused(scenes, tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".batch.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running batch holds it
+        rc, stdout, err = batch(scenes / "a.ply", "-o", out)
+    assert rc == 2 and "another hemgs batch is writing this folder" in err and not (out / RESULTS).exists()
+
+
 def test_results_say_what_a_rerun_skips(scenes, tmp_path):
     jobs = make_jobs([{"source": str(scenes / "a.ply")}], tmp_path, {"lambdas": [1.0, 2.0, 4.0]})
     log = ResultsLog(tmp_path / RESULTS)
@@ -228,7 +238,7 @@ def test_ray_runs_the_same_jobs_to_the_same_bytes_and_anchor_mode_trains_once(lo
     manifest.write_text(json.dumps({"defaults": {"iters": 10, "views": 2, "view_size": 64}, "scenes": [
         *({"source": str(scenes / name), "lambdas": [2, 1]} for name in ("a.ply", "b.spz", "broken.ply")),
         {"source": str(scenes / "a.ply"), "mode": "anchor", "lambdas": [1e-3, 2e-3], "steps": 2, "warm_steps": 2}]}))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         rc, stdout, err = batch("--manifest", manifest, "-o", out, "--ray", "auto")
     finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import InputError, one_line
 from .catalogue import SCENE_EXTENSIONS, make_jobs, read_manifest, scene_files
-from .results import RESULTS, ResultsLog, read_results, split_done
+from .results import RESULTS, ResultsLog, outdir_lock, read_results, split_done
 
 
 def default_workers() -> int:
@@ -107,9 +107,14 @@ def summary(lines: list[dict]) -> str:
 
 def run(args) -> int:
     """The batch: 0 when every job succeeded, 1 when some failed (each with its line)."""
+    outdir, jobs = _jobs(args)
+    with outdir_lock(outdir):
+        return _run(args, outdir, jobs)
+
+
+def _run(args, outdir: Path, jobs: list[dict]) -> int:
     from .engines import run_local, run_ray
 
-    outdir, jobs = _jobs(args)
     results_path = outdir / RESULTS
     todo, skipped = split_done(jobs, read_results(results_path), args.retry_failed)
     workers = args.workers or default_workers()

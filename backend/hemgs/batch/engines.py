@@ -124,7 +124,7 @@ def run_ray(jobs: list[dict], address: str, workers: int | None = None) -> Itera
     if own:
         try:
             if address == "local":
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+                ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
             else:
                 ray.init(address=address, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as exc:

@@ -6,11 +6,32 @@ is "failed" (unless --retry-failed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
+from ..errors import InputError
+
 RESULTS = "results.jsonl"
+
+
+@contextlib.contextmanager
+def outdir_lock(outdir: Path):
+    """Refuse a second batch on the same OUTDIR while one runs (both would run the same jobs).
+    An advisory lock (fcntl; where there is none, as on Windows, no lock), released at exit even
+    when the driver is killed."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(outdir / ".batch.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InputError(f"{outdir}: another hemgs batch is writing this folder") from None
+        yield
 
 
 def read_results(path: str | Path) -> dict[str, dict]:
