@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,7 @@ from ..errors import FormatError, HemgsError, InputError
 from ..scene import GaussianScene
 from .attributes import GEOM_WEIGHT, IMPORTANCE_OFFSET, coding_log_weights, scene_from_vectors, swing_target
 from .fit import DirectFitted
+from .memory import release
 from .geometry import MAX_LATTICE_BITS, Frame, decode_counts, encode_counts, layout_from_counts
 from .model import LAMBDA_UNIT, DirectConfig, DirectEntropyModel
 from .prepare import Prepared, prepare
@@ -118,21 +120,49 @@ def _balanced_factors(fitted: DirectFitted, lam: float, chunk: int, progress=Non
     factors, views = None, balance.Views(_source(fitted), progress)
     for _ in range(balance.BALANCE_PASSES):
         dec = _approximate_values(fitted, lam, factors)
+        release()
         if dec is None:  # (with the AR context: a full coding pass)
             dec = _encode(fitted, lam, None, chunk, True, factors)[2].values
         factors = _balance(fitted, dec, lam, views)
+        del dec
+        release()  # the renders' and the approximate pass's buffers
     return factors
 
 
-def _encoder_log_weights(model: DirectEntropyModel, values: dict, prep: Prepared,
-                         factors: dict[str, float] | None) -> dict[str, np.ndarray]:
+class _LogWeights(Mapping):
     """The log weights the encoder rounds with, per stepped stage: the coding weights of the true
-    values (attributes.coding_log_weights) times the stage balance's factor."""
-    cfg = model.cfg
-    true = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in values.items()}
-    log_rho = math.log(prep.frame.rho)
-    return {s: coding_log_weights(s, true, log_rho, cfg.scale_ranks, cfg.swing_twist).numpy()
-            + math.log((factors or {}).get(s, 1.0)) for s, st in model.stages.items() if not st.fixed_step}
+    values (attributes.coding_log_weights) times the stage balance's factor. Each stage's are
+    computed when asked for and not kept (the stages are coded one at a time: only the one being
+    coded holds its (N, dim) weights)."""
+
+    def __init__(self, model: DirectEntropyModel, values: dict, prep: Prepared, factors: dict[str, float] | None):
+        self.cfg, self.factors = model.cfg, factors or {}
+        self.stages = [s for s, st in model.stages.items() if not st.fixed_step]
+        self.true = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in values.items()}
+        self.log_rho = math.log(prep.frame.rho)
+
+    def __getitem__(self, s: str) -> np.ndarray:
+        if s not in self.stages:
+            raise KeyError(s)
+        cfg = self.cfg
+        return (coding_log_weights(s, self.true, self.log_rho, cfg.scale_ranks, cfg.swing_twist).numpy()
+                + math.log(self.factors.get(s, 1.0)))
+
+    def __contains__(self, s) -> bool:
+        return s in self.stages
+
+    def __iter__(self):
+        return iter(self.stages)
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+
+def _encoder_log_weights(model: DirectEntropyModel, values: dict, prep: Prepared,
+                         factors: dict[str, float] | None) -> Mapping[str, np.ndarray]:
+    """The log weights the encoder rounds with, per stepped stage (_LogWeights: made per stage
+    when asked for)."""
+    return _LogWeights(model, values, prep, factors)
 
 
 def _with_factors(model: DirectEntropyModel, factors: dict[str, float] | None) -> DirectEntropyModel:

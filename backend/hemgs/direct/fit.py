@@ -25,6 +25,7 @@ from ..scene import GaussianScene
 from .attributes import (coding_log_weights, combine_views, importance_log2, scene_vectors, step_log_weights,
                          twist_nearest, view_visibility)
 from .geometry import frame_for, layout_for
+from .memory import release
 from .model import LAMBDA_UNIT, DirectConfig, DirectEntropyModel, set_norms
 from .prepare import Prepared, prepare
 
@@ -131,11 +132,13 @@ def fit_direct(scene: GaussianScene, cfg: DirectConfig | None = None, fcfg: Dire
     layout, _ = layout_for(scene.means, frame)
     prep = prepare(frame, layout, cfg, sa)
     values, peak = _stage_values(prep, scene, cfg, stages, cameras)
+    release()  # the renders' buffers
     model = DirectEntropyModel(cfg, math.log(frame.rho), seed=fcfg.seed)
     set_norms(model, values)
     history = {"prepare_seconds": time.perf_counter() - t0}
     if prep.n:
         _train(model, prep, values, cfg, fcfg, _both(progress, stages), history)
+        release()  # the training steps' tensors
     history["fit_seconds"] = time.perf_counter() - t0
     return DirectFitted(model, prep, values, scene.sh_degree, sa.id if cfg.scene_agnostic else None, history,
                         views="cameras" if cameras else "sphere", peak=peak)

@@ -28,6 +28,7 @@ from ..coding.steps import snap_steps, step_values, steps_from_guard
 from ..entropy.ar import pack_context
 from ..errors import FormatError, InputError
 from .attributes import swing_target, twist_nearest
+from .memory import release
 from .model import LAMBDA_UNIT, DirectEntropyModel, DirectStage
 from .prepare import Prepared
 from . import repeats
@@ -63,17 +64,20 @@ def _run(fn, x: torch.Tensor, chunk: int) -> torch.Tensor:
     return run_deterministic(fn, x, chunk=_chunk_for(int(x.shape[0]), chunk))
 
 
-def _run_blocks(fn, make_inputs, n: int, chunk: int) -> np.ndarray:
+def _run_blocks(fn, make_inputs, n: int, chunk: int, split: int | None = None):
     """`_run(fn, make_inputs(slice over all n rows))`, bit for bit, with only one block of inputs
-    in memory at a time: each block is exactly one padded batch of the whole run."""
+    in memory at a time: each block is exactly one padded batch of the whole run. With `split`
+    k: its columns [:k] and [k:] as two contiguous arrays (a head's means and scales)."""
     c = _chunk_for(n, chunk)
     out = None
     for i in range(0, n, c):
         block = run_deterministic(fn, make_inputs(slice(i, min(i + c, n))), chunk=c).numpy()
         if out is None:  # filled in place: never the blocks and their concatenation at once
-            out = np.empty((n,) + block.shape[1:], dtype=block.dtype)
-        out[i:i + block.shape[0]] = block
-    return out
+            cuts = [(0, block.shape[1])] if split is None else [(0, split), (split, block.shape[1])]
+            out = [np.empty((n, b - a) + block.shape[2:], dtype=block.dtype) for a, b in cuts]
+        for o, (a, b) in zip(out, cuts):
+            o[i:i + block.shape[0]] = block[:, a:b]
+    return out[0] if split is None else tuple(out)
 
 
 def _prior(e64: DirectEntropyModel, prep: Prepared, chunk: int) -> torch.Tensor:
@@ -85,9 +89,11 @@ def _prior(e64: DirectEntropyModel, prep: Prepared, chunk: int) -> torch.Tensor:
     return _run(e64.prior, e64.hyper(grid, prep.sa_feat), chunk)
 
 
-def _mean_scale(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    k = params.shape[1] // 2
-    return params[:, :k], params[:, k:]
+def _mean_scale(fn, make_inputs, n: int, chunk: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A head's (mean, scale) of `k` channels each, from `_run_blocks`: two contiguous arrays."""
+    if not n:
+        return np.zeros((0, k)), np.zeros((0, k))
+    return _run_blocks(fn, make_inputs, n, chunk, split=k)
 
 
 # ---- what both sides compute ---------------------------------------------------------------------
@@ -118,8 +124,8 @@ class Group:
             return np.zeros((0, rest_dim)), np.zeros((0, rest_dim))
         rows = self.rows[np.asarray(sel)] if not isinstance(sel, slice) else self.rows[sel]
         first = np.ascontiguousarray(first, dtype=np.float64)
-        return _mean_scale(_run_blocks(stage.st.rest_rows, lambda b: torch.cat(
-            [stage.head_inputs(rows[b]), torch.from_numpy(first[b])], 1), rows.size, stage.chunk))
+        return _mean_scale(stage.st.rest_rows, lambda b: torch.cat(
+            [stage.head_inputs(rows[b]), torch.from_numpy(first[b])], 1), rows.size, stage.chunk, rest_dim)
 
 
 class StageParams:
@@ -184,9 +190,8 @@ class StageParams:
         rows = np.flatnonzero(prep.groups == g)
         if not st.fixed_step:
             rows = rows[self.live[rows]]
-        params = (_run_blocks(st.head_rows, lambda b: self.head_inputs(rows[b]), rows.size, self.chunk)
-                  if rows.size else np.zeros((0, 2 * self.first_dim)))
-        mean, scale = _mean_scale(params)
+        mean, scale = _mean_scale(st.head_rows, lambda b: self.head_inputs(rows[b]), rows.size, self.chunk,
+                                  self.first_dim)
         return Group(g, rows, mean, scale, step_values(step_index[rows], STEP_BASE), self)
 
     def code_in_full(self, grp: Group, new: np.ndarray, code_part) -> None:
@@ -224,10 +229,12 @@ def _stages(model: DirectEntropyModel, prep: Prepared, lam: float, chunk: int, d
         stage = StageParams(e64, prep, lam, chunk, name, prior, decoded, live)
         yield stage
         decoded[name] = stage.values
+        del stage
+        release()  # the stage's arrays, freed
         if progress is not None:
             progress(verb, len(decoded), len(e64.stages), {"stage": name})
         if name == "importance" and skips:
-            live = stage.values[:, 0] >= 0.5
+            live = decoded[name][:, 0] >= 0.5
 
 
 # ---- the decoder ---------------------------------------------------------------------------------
@@ -238,29 +245,37 @@ def decode_stages(model: DirectEntropyModel, prep: Prepared, lam: float, chunk: 
     total, info)` hears "decode" per stage."""
     decoded: dict[str, np.ndarray] = {}
     for stage in _stages(model, prep, lam, chunk, decoded, skips, progress, "decode"):
-        st = stage.st
         guard, readers = read_part(sections[stage.name], stage.name, prep.n_groups * stage.n_parts)
         steps = stage.step_index(steps_from_guard(stage.raw_steps, STEP_BASE, guard))
         palette = stage.palette()
         rep_data, rep_pos = sections[repeats.SECTION] if palette is not None else b"", 0
         for g in range(prep.n_groups):
-            grp = stage.group(g, steps)
-            rep = np.zeros(grp.rows.size, dtype=bool)
-            if palette is not None:
-                rep, index, rep_pos = repeats.decode_group(rep_data, rep_pos, grp.rows.size, palette.size,
-                                                           f"section {repeats.SECTION}, {stage.label(grp)}")
-
-            def decode_part(j, cols, mean, scale, steps_, grp=grp):
-                return streams.decode_values(readers[grp.index * stage.n_parts + j], mean, scale, steps_,
-                                             stage.label(grp, j), st.family, st.shifted, stage.half)
-
-            stage.code_in_full(grp, ~rep, decode_part)
-            if palette is not None:
-                palette.add(grp.rows[~rep])
-                stage.values[grp.rows[rep]] = palette.entry(index)
+            rep_pos = _decode_group(stage, g, steps, readers, palette, rep_data, rep_pos)
         if palette is not None and rep_pos != len(rep_data):
             raise FormatError(f"section {repeats.SECTION}: {len(rep_data) - rep_pos} bytes after its last group")
+        del stage, steps, readers, palette  # (freed before the next stage: _stages releases memory)
     return decoded
+
+
+def _decode_group(stage: StageParams, g: int, steps: np.ndarray, readers: list, palette: repeats.Palette | None,
+                  rep_data: bytes, rep_pos: int) -> int:
+    """Decode group `g` of `stage` into its values; returns the position after its repeats record."""
+    st = stage.st
+    grp = stage.group(g, steps)
+    rep = np.zeros(grp.rows.size, dtype=bool)
+    if palette is not None:
+        rep, index, rep_pos = repeats.decode_group(rep_data, rep_pos, grp.rows.size, palette.size,
+                                                   f"section {repeats.SECTION}, {stage.label(grp)}")
+
+    def decode_part(j, cols, mean, scale, steps_):
+        return streams.decode_values(readers[grp.index * stage.n_parts + j], mean, scale, steps_,
+                                     stage.label(grp, j), st.family, st.shifted, stage.half)
+
+    stage.code_in_full(grp, ~rep, decode_part)
+    if palette is not None:
+        palette.add(grp.rows[~rep])
+        stage.values[grp.rows[rep]] = palette.entry(index)
+    return rep_pos
 
 
 # ---- the encoder ---------------------------------------------------------------------------------
@@ -276,7 +291,6 @@ def encode_stages(model: DirectEntropyModel, prep: Prepared, lam: float, chunk: 
     sections: dict[str, bytes] = {}
     decoded: dict[str, np.ndarray] = {}
     for stage in _stages(model, prep, lam, chunk, decoded, skips, progress, "code"):
-        st = stage.st
         index, guard = snap_steps(stage.raw_steps, STEP_BASE)
         steps = stage.step_index(index)
         del index
@@ -284,28 +298,38 @@ def encode_stages(model: DirectEntropyModel, prep: Prepared, lam: float, chunk: 
         palette = stage.palette()
         group_streams, records = [], []
         for g in range(prep.n_groups):
-            grp = stage.group(g, steps)
-            lw = log_w[grp.rows] if log_w is not None else None
-            x, true, mean, scale = choose_values(stage.name, st, values[stage.name][grp.rows], grp.mean, grp.scale,
-                                                 grp.steps, lw, lam, stage.cfg.swing_twist, stage.half, grp.rest)
-            choice = None
-            if palette is not None:
-                choice = _RepeatChoice.make(palette, stage, grp, x, true, mean, scale, lw, lam)
-            new = ~choice.rep if choice is not None else np.ones(grp.rows.size, dtype=bool)
-
-            def encode_part(j, cols, mean, scale, steps_, x=x, new=new, grp=grp):
-                x_part = grp.part(x, slice(None) if new.all() else new, cols).reshape(-1)
-                data, v = streams.encode_values(x_part, mean, scale, steps_, b"", st.family, st.shifted, stage.half)
-                group_streams.append(data)
-                return v
-
-            stage.code_in_full(grp, new, encode_part)
-            if choice is not None:
-                records.append(choice.record(palette, stage, grp))
+            _encode_group(stage, g, steps, values[stage.name], log_w, lam, palette, group_streams, records)
         sections[stage.name] = write_part(guard, group_streams)
         if palette is not None:
             sections[repeats.SECTION] = b"".join(records)
+        del stage, steps, log_w, palette  # (freed before the next stage: _stages releases memory)
     return decoded, sections
+
+
+def _encode_group(stage: StageParams, g: int, steps: np.ndarray, values: np.ndarray, log_w: np.ndarray | None,
+                  lam: float, palette: repeats.Palette | None, group_streams: list, records: list) -> None:
+    """Code group `g` of `stage` (`values`, `log_w`: the stage's, every row): its streams join
+    `group_streams`, its repeats record `records`."""
+    st = stage.st
+    grp = stage.group(g, steps)
+    lw = log_w[grp.rows] if log_w is not None else None
+    x, true, mean, scale = choose_values(stage.name, st, values[grp.rows], grp.mean, grp.scale,
+                                         grp.steps, lw, lam, stage.cfg.swing_twist, stage.half, grp.rest)
+    choice = None
+    if palette is not None:
+        choice = _RepeatChoice.make(palette, stage, grp, x, true, mean, scale, lw, lam)
+    new = ~choice.rep if choice is not None else np.ones(grp.rows.size, dtype=bool)
+    del mean, scale  # (the repeats' choice was their last use)
+
+    def encode_part(j, cols, mean, scale, steps_):
+        x_part = grp.part(x, slice(None) if new.all() else new, cols).reshape(-1)
+        data, v = streams.encode_values(x_part, mean, scale, steps_, b"", st.family, st.shifted, stage.half)
+        group_streams.append(data)
+        return v
+
+    stage.code_in_full(grp, new, encode_part)
+    if choice is not None:
+        records.append(choice.record(palette, stage, grp))
 
 
 def _rd_round(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray, log_w: np.ndarray,
@@ -331,6 +355,12 @@ def _rd_round_block(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.nd
     j_lo = estimate_bits(lo, m - shift, sd, family) + k * (t - lo) ** 2
     j_hi = estimate_bits(lo + 1, m - shift, sd, family) + k * (lo + 1 - t) ** 2
     return (np.where(j_lo <= j_hi, lo, lo + 1) + shift) * q
+
+
+def _row_blocks(n_rows: int, dim: int) -> list[slice]:
+    """Slices of about BITS_BLOCK elements of rows of `dim` values."""
+    step = max(1, BITS_BLOCK // max(dim, 1))
+    return [slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step)]
 
 
 def _rd_cost(x: np.ndarray, x_hat: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
@@ -407,7 +437,11 @@ class _RepeatChoice:
         others may repeat are rounded again with those rows' error counted too (their `x`, `mean`,
         `scale` change in place). Without weights (no rate-distortion choices) nothing repeats."""
         st, n_rows = stage.st, grp.rows.size
-        weight = np.exp(log_w).sum(1) if log_w is not None else np.zeros(n_rows)
+        blocks = _row_blocks(n_rows, stage.dim)  # rowwise work: a block of rows at a time
+        weight = np.zeros(n_rows)
+        if log_w is not None:
+            for b in blocks:
+                weight[b] = np.exp(log_w[b]).sum(1)
         entry, owner, total = palette.references(true, weight)
         rep = np.zeros(n_rows, dtype=bool)
         if log_w is not None and n_rows:
@@ -417,10 +451,14 @@ class _RepeatChoice:
                 x[lead], _, mean[lead], scale[lead] = choose_values(
                     stage.name, st, true[lead], grp.mean[lead], grp.scale[lead], grp.steps[lead], lead_log_w, lam,
                     stage.cfg.swing_twist, stage.half, lambda first: grp.rest(first, lead))
-            ref = np.where((entry >= 0)[:, None], palette.entry(np.maximum(entry, 0)), x[np.maximum(owner, 0)])
-            d_rep = (np.exp(log_w) * (ref - true) ** 2).sum(1) / (lam * LAMBDA_UNIT)
-            keep = _rd_cost(true, x, mean, scale, grp.steps, log_w, lam, st.family, st.shifted).sum(1)
-            rep = ((entry >= 0) | (owner >= 0)) & (math.log2(palette.size + n_rows) + d_rep < keep)
+            index_bits = math.log2(palette.size + n_rows)
+            for b in blocks:
+                e, o = entry[b], owner[b]
+                ref = np.where((e >= 0)[:, None], palette.entry(np.maximum(e, 0)), x[np.maximum(o, 0)])
+                d_rep = (np.exp(log_w[b]) * (ref - true[b]) ** 2).sum(1) / (lam * LAMBDA_UNIT)
+                keep = _rd_cost(true[b], x[b], mean[b], scale[b], grp.steps[b], log_w[b], lam, st.family,
+                                st.shifted).sum(1)
+                rep[b] = ((e >= 0) | (o >= 0)) & (index_bits + d_rep < keep)
         return _RepeatChoice(rep, entry, owner, weight, true)
 
     def record(self, palette: repeats.Palette, stage: StageParams, grp: Group) -> bytes:
