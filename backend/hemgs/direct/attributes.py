@@ -40,6 +40,7 @@ import torch
 
 from ..coding import exact_math
 from ..scene import SH_C0, GaussianScene, sh_coeffs
+from .memory import release
 
 STAGES = ("importance", "opacity", "scale", "rotation", "position", "dc", "sh")
 IMPORTANCE_OFFSET = 30.0  # coded value = log2(V) + 30, clamped to [0, IMPORTANCE_MAX]
@@ -274,6 +275,8 @@ def view_visibility(scene: GaussianScene, views) -> np.ndarray:
                            torch.as_tensor(cam.K, dtype=torch.float32), cam.width, cam.height)
         (g,) = torch.autograd.grad(img[..., 0].sum(), colors)
         per_view.append(g[:, 0].double().numpy() / (cam.width * cam.height))
+        del img, g
+        release()  # the render's buffers, before the next view's
     if not per_view:
         return np.zeros((n, 0))
     return np.stack(per_view, 1) * scene.opacities.astype(np.float64)[:, None]

@@ -27,6 +27,7 @@ import math
 import numpy as np
 
 from ..scene import GaussianScene
+from .memory import release
 
 # Views of the measurement: the resolution decides how much geometry errors show (sharper edges at
 # more pixels), and 256² is where the weights' constants were calibrated and what the benchmarks
@@ -49,15 +50,20 @@ GROUPS = {"opacity": (("opacity",), "opacity_logits", None), "scale": (("scale",
           "dc": (("dc",), "sh", slice(0, 1)), "sh": (("sh",), "sh", slice(1, None))}
 
 
+_FIELDS = ("means", "quats", "log_scales", "opacity_logits", "sh")
+
+
 def _with(source: GaussianScene, decoded: GaussianScene, attr: str, cols: slice | None, rows: np.ndarray) -> GaussianScene:
-    out = source.subset(np.arange(len(source)))
-    arr = getattr(out, attr).copy()
+    """The source with `attr` (its columns `cols`) of rows `rows` decoded: a copy of that field
+    only, the others shared with the source (nothing writes to them)."""
+    fields = {f: getattr(source, f) for f in _FIELDS}
+    arr = fields[attr].copy()
     if cols is None:
         arr[rows] = getattr(decoded, attr)[rows]
     else:
         arr[rows, cols] = getattr(decoded, attr)[rows, cols]
-    setattr(out, attr, arr)
-    return out
+    fields[attr] = arr
+    return GaussianScene(**fields, meta=dict(source.meta))
 
 
 def _groups(source: GaussianScene) -> list[str]:
@@ -83,6 +89,7 @@ class Views:
         from ..render import render
 
         image = render(scene, camera)
+        release()  # the render's buffers
         self.done += 1
         if self.progress is not None:
             self.progress("balance", min(self.done, self.total), self.total, {})

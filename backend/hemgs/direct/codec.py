@@ -205,7 +205,8 @@ def _approximate_values(fitted: DirectFitted, lam: float,
             def rest(x0, st=st, earlier=earlier):
                 return tuple(v.double().numpy() for v in st.params_rest(prior, earlier, None, torch.as_tensor(x0, dtype=torch.float32)))
 
-            x = choose_values(s, st, x, mean, scale, q, log_w.get(s), lam, cfg.swing_twist, half, rest)[0] if s in log_w else np.rint(x)
+            x = (choose_values(s, st, x, mean, scale, q, log_w.get(s), lam, cfg.swing_twist, half, rest, dists=False)[0]
+                 if s in log_w else np.rint(x))
             dec[s] = torch.as_tensor(x, dtype=torch.float32)
     return {s: v.double().numpy() for s, v in dec.items()}
 

@@ -97,6 +97,7 @@ def _stage_values(prep: Prepared, scene: GaussianScene, cfg: DirectConfig, stage
     views = importance_views(ordered, cameras)
     seen = _reporting(views, stages, "importance") if stages and views else views
     pv = view_visibility(ordered, seen)
+    release()  # the renders' buffers
     peak = importance_log2(pv.max(1) if pv.shape[1] else np.zeros(len(ordered)))
     values = scene_vectors(ordered, residual, combine_views(pv, IMPORTANCE_POWER),
                            sort_scales=cfg.scale_ranks, swing_twist=cfg.swing_twist)
@@ -132,7 +133,7 @@ def fit_direct(scene: GaussianScene, cfg: DirectConfig | None = None, fcfg: Dire
     layout, _ = layout_for(scene.means, frame)
     prep = prepare(frame, layout, cfg, sa)
     values, peak = _stage_values(prep, scene, cfg, stages, cameras)
-    release()  # the renders' buffers
+    release()
     model = DirectEntropyModel(cfg, math.log(frame.rho), seed=fcfg.seed)
     set_norms(model, values)
     history = {"prepare_seconds": time.perf_counter() - t0}

@@ -294,25 +294,32 @@ def encode_stages(model: DirectEntropyModel, prep: Prepared, lam: float, chunk: 
         index, guard = snap_steps(stage.raw_steps, STEP_BASE)
         steps = stage.step_index(index)
         del index
-        log_w = log_weights.get(stage.name)
+        # the stage's (N, dim) log weights, in a list that drops them once the last group has its rows'
+        weights = [log_weights.get(stage.name)]
         palette = stage.palette()
         group_streams, records = [], []
         for g in range(prep.n_groups):
-            _encode_group(stage, g, steps, values[stage.name], log_w, lam, palette, group_streams, records)
+            _encode_group(stage, g, steps, values[stage.name], weights, g == prep.n_groups - 1, lam, palette,
+                          group_streams, records)
         sections[stage.name] = write_part(guard, group_streams)
         if palette is not None:
             sections[repeats.SECTION] = b"".join(records)
-        del stage, steps, log_w, palette  # (freed before the next stage: _stages releases memory)
+        del stage, steps, palette  # (freed before the next stage: _stages releases memory)
     return decoded, sections
 
 
-def _encode_group(stage: StageParams, g: int, steps: np.ndarray, values: np.ndarray, log_w: np.ndarray | None,
+def _encode_group(stage: StageParams, g: int, steps: np.ndarray, values: np.ndarray, weights: list, last: bool,
                   lam: float, palette: repeats.Palette | None, group_streams: list, records: list) -> None:
-    """Code group `g` of `stage` (`values`, `log_w`: the stage's, every row): its streams join
+    """Code group `g` of `stage` (`values`: the stage's, every row; `weights`: [its log weights,
+    every row, or None], emptied for the `last` group once its rows are taken): its streams join
     `group_streams`, its repeats record `records`."""
     st = stage.st
     grp = stage.group(g, steps)
+    log_w = weights[0]
+    if last:
+        weights.clear()
     lw = log_w[grp.rows] if log_w is not None else None
+    del log_w
     x, true, mean, scale = choose_values(stage.name, st, values[grp.rows], grp.mean, grp.scale,
                                          grp.steps, lw, lam, stage.cfg.swing_twist, stage.half, grp.rest)
     choice = None
@@ -403,19 +410,33 @@ def _round_stage(stage: str, st: DirectStage, true: np.ndarray, mean: np.ndarray
 
 def choose_values(stage: str, st: DirectStage, true: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray,
                   log_w: np.ndarray | None, lam: float, swing_twist: bool, half: float | None,
-                  rest=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                  rest=None, dists: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The encoder's values for one stage's rows and the distributions they are coded under:
     (values, the true values they stand for, mean, scale), every channel. `mean`, `scale` are the
     head's: of the first part for a chained stage, whose rest's distribution `rest(first values)`
-    gives (mean, scale) once the first part is rounded."""
+    gives (mean, scale) once the first part is rounded. `dists` False: a chained stage's mean and
+    scale are not assembled (None), for a caller that needs the values only."""
     if st.rest is None:
         return (*_round_stage(stage, st, true, mean, scale, q, log_w, lam, swing_twist, half), mean, scale)
+    # A block of rows at a time (each row's choice is its own: elementwise rounding), but `rest`
+    # once, on every row's first part: the rest's distributions are those of one call.
     p0, p1 = st.first, st.rest
-    cols = (lambda c: log_w[:, c]) if log_w is not None else (lambda c: None)
-    x0 = _round_stage(stage, st, true[:, p0], mean, scale, q[:, p0], cols(p0), lam, swing_twist, half)[0]
+    n = true.shape[0]
+    blocks = _row_blocks(n, st.dim)
+    cols = (lambda b, c: log_w[b][:, c]) if log_w is not None else (lambda b, c: None)
+    x0 = np.empty((n, len(p0)))
+    for b in blocks:
+        x0[b] = _round_stage(stage, st, true[b][:, p0], mean[b], scale[b], q[b][:, p0], cols(b, p0), lam,
+                             swing_twist, half)[0]
     m1, s1 = rest(x0)
-    x1 = _round_stage(stage, st, true[:, p1], m1, s1, q[:, p1], cols(p1), lam, swing_twist, half)[0]
-    return st.assemble(x0, x1), true, st.assemble(mean, m1), st.assemble(scale, s1)
+    x = np.empty((n, st.dim))
+    mean_all, scale_all = (np.empty((n, st.dim)), np.empty((n, st.dim))) if dists else (None, None)
+    for b in blocks:
+        x1 = _round_stage(stage, st, true[b][:, p1], m1[b], s1[b], q[b][:, p1], cols(b, p1), lam, swing_twist, half)[0]
+        x[b] = st.assemble(x0[b], x1)
+        if dists:
+            mean_all[b], scale_all[b] = st.assemble(mean[b], m1[b]), st.assemble(scale[b], s1[b])
+    return x, true, mean_all, scale_all
 
 
 @dataclass
