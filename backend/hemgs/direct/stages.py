@@ -104,10 +104,17 @@ class Group:
     channel, or of the first part's for a chained stage (`rest` gives the rest's)."""
     index: int
     rows: np.ndarray  # coded rows (a skipped Gaussian's are left out)
-    mean: np.ndarray
-    scale: np.ndarray
-    steps: np.ndarray  # (rows, dim)
+    mean: np.ndarray | None  # None once used up (code_in_full)
+    scale: np.ndarray | None
+    steps: np.ndarray | None  # (rows, dim); None where only parts of it are needed (step_part)
     stage: "StageParams"
+    step_index: np.ndarray  # (rows, dim) the steps' indices
+
+    def step_part(self, sel, cols) -> np.ndarray:
+        """`part(steps, sel, cols)`, from the step indices where the whole steps are not kept."""
+        if self.steps is not None:
+            return self.part(self.steps, sel, cols)
+        return step_values(self.part(self.step_index, sel, cols), STEP_BASE)
 
     def part(self, a: np.ndarray, sel, cols) -> np.ndarray:
         """`a[sel][:, cols]` (a: one of the group's row arrays) in one copy, not two."""
@@ -184,32 +191,41 @@ class StageParams:
             return repeats.Palette(self.values)
         return None
 
-    def group(self, g: int, step_index: np.ndarray) -> Group:
-        """Group `g`'s rows and distributions, from the values decoded in earlier groups."""
+    def group(self, g: int, step_index: np.ndarray, steps: bool = True) -> Group:
+        """Group `g`'s rows and distributions, from the values decoded in earlier groups; with
+        `steps`, its steps (rows, dim) too (else only their indices)."""
         st, prep = self.st, self.prep
         rows = np.flatnonzero(prep.groups == g)
         if not st.fixed_step:
             rows = rows[self.live[rows]]
         mean, scale = _mean_scale(st.head_rows, lambda b: self.head_inputs(rows[b]), rows.size, self.chunk,
                                   self.first_dim)
-        return Group(g, rows, mean, scale, step_values(step_index[rows], STEP_BASE), self)
+        index = step_index[rows]
+        return Group(g, rows, mean, scale, step_values(index, STEP_BASE) if steps else None, self, index)
 
     def code_in_full(self, grp: Group, new: np.ndarray, code_part) -> None:
         """Code (or decode) the group's rows `new` in full and keep their values as decoded: a
         chained stage's first part, then its rest under the distribution its decoded first part
         gives (the decoder's order). `code_part(part, cols, mean, scale, steps)` codes one part
-        (flat arrays) and returns its values as they decode."""
+        (flat arrays) and returns its values as they decode. Uses up the group's distributions
+        (grp.mean, grp.scale: None after the first part)."""
         st, parts = self.st, []
         new = slice(None) if new.all() else new  # (no copies of the group's arrays for all rows)
         for j in range(self.n_parts):
             if j == 0:
                 cols, mean, scale = st.first, grp.mean[new], grp.scale[new]
+                grp.mean = grp.scale = None
             else:
                 cols, (mean, scale) = st.rest, grp.rest(parts[0], new)
-            v = code_part(j, cols, mean.reshape(-1), scale.reshape(-1), grp.part(grp.steps, new, cols).reshape(-1))
+            v = code_part(j, cols, mean.reshape(-1), scale.reshape(-1), grp.step_part(new, cols).reshape(-1))
             parts.append(v.reshape(-1, mean.shape[1]))
             del mean, scale, v
-        self.values[grp.rows[new]] = parts[0] if self.n_parts == 1 else st.assemble(*parts)
+        rows = grp.rows[new]
+        if self.n_parts == 1:
+            self.values[rows] = parts[0]
+            return
+        for b in _row_blocks(rows.size, self.dim):  # (no whole assembled copy)
+            self.values[rows[b]] = st.assemble(parts[0][b], parts[1][b])
 
     def label(self, grp: Group, part: int | None = None) -> str:
         if part is None or self.n_parts == 1:
@@ -261,7 +277,7 @@ def _decode_group(stage: StageParams, g: int, steps: np.ndarray, readers: list, 
                   rep_data: bytes, rep_pos: int) -> int:
     """Decode group `g` of `stage` into its values; returns the position after its repeats record."""
     st = stage.st
-    grp = stage.group(g, steps)
+    grp = stage.group(g, steps, steps=False)
     rep = np.zeros(grp.rows.size, dtype=bool)
     if palette is not None:
         rep, index, rep_pos = repeats.decode_group(rep_data, rep_pos, grp.rows.size, palette.size,
@@ -326,7 +342,8 @@ def _encode_group(stage: StageParams, g: int, steps: np.ndarray, values: np.ndar
     if palette is not None:
         choice = _RepeatChoice.make(palette, stage, grp, x, true, mean, scale, lw, lam)
     new = ~choice.rep if choice is not None else np.ones(grp.rows.size, dtype=bool)
-    del mean, scale  # (the repeats' choice was their last use)
+    del mean, scale, true, lw  # (the repeats' choice was their last use)
+    grp.steps = None  # code_in_full makes each part's steps from their indices
 
     def encode_part(j, cols, mean, scale, steps_):
         x_part = grp.part(x, slice(None) if new.all() else new, cols).reshape(-1)
@@ -336,7 +353,7 @@ def _encode_group(stage: StageParams, g: int, steps: np.ndarray, values: np.ndar
 
     stage.code_in_full(grp, new, encode_part)
     if choice is not None:
-        records.append(choice.record(palette, stage, grp))
+        records.append(choice.record(palette, stage, grp, values))
 
 
 def _rd_round(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, q: np.ndarray, log_w: np.ndarray,
@@ -443,12 +460,11 @@ def choose_values(stage: str, st: DirectStage, true: np.ndarray, mean: np.ndarra
 class _RepeatChoice:
     """The encoder's SH repeats for one group (direct/repeats.py): `rep` marks the rows that take a
     palette row; `entry`, `owner` say which (Palette.references); `weight` is each row's summed
-    coding weight, `true` its source values."""
+    coding weight."""
     rep: np.ndarray
     entry: np.ndarray
     owner: np.ndarray
     weight: np.ndarray
-    true: np.ndarray
 
     @staticmethod
     def make(palette: repeats.Palette, stage: StageParams, grp: Group, x: np.ndarray, true: np.ndarray,
@@ -480,14 +496,16 @@ class _RepeatChoice:
                 keep = _rd_cost(true[b], x[b], mean[b], scale[b], grp.steps[b], log_w[b], lam, st.family,
                                 st.shifted).sum(1)
                 rep[b] = ((e >= 0) | (o >= 0)) & (index_bits + d_rep < keep)
-        return _RepeatChoice(rep, entry, owner, weight, true)
+        return _RepeatChoice(rep, entry, owner, weight)
 
-    def record(self, palette: repeats.Palette, stage: StageParams, grp: Group) -> bytes:
-        """Once the group's other rows are coded in full: they join the palette, the repeats take
-        their rows; returns the group's record of the repeats section."""
+    def record(self, palette: repeats.Palette, stage: StageParams, grp: Group, true: np.ndarray) -> bytes:
+        """Once the group's other rows are coded in full: they join the palette (keyed by their
+        source values, rows of `true`: the stage's, every row), the repeats take their rows;
+        returns the group's record of the repeats section."""
         new = ~self.rep
         start = palette.size
-        palette.add_owners(grp.rows[new], self.true[new], self.weight[new])
+        rows = grp.rows[new]
+        palette.add_owners(rows, true[rows], self.weight[new])
         in_full = start + np.cumsum(new) - 1  # the entry of each of the group's rows coded in full
         index = np.where(self.entry >= 0, self.entry, in_full[np.maximum(self.owner, 0)])[self.rep]
         stage.values[grp.rows[self.rep]] = palette.entry(index)
