@@ -111,6 +111,7 @@ def run_batch(label: str, scenes: Path, args, extra: list[str]) -> dict:
     ok = [ln for ln in lines if ln["status"] == "ok"]
     rec = {"run": label, "returncode": proc.returncode, "jobs": len(lines), "ok": len(ok), "wall_s": round(wall, 1),
            "jobs_per_min": round(len(ok) / wall * 60, 2), "job_s_sum": round(sum(ln["seconds"] for ln in ok), 1),
+           "job_cpu_s_sum": round(sum(ln.get("cpu_seconds") or 0 for ln in ok), 1),
            "fits": sum(bool(ln.get("fitted")) for ln in ok), "processes": len({(ln["host"], ln["pid"]) for ln in ok}),
            "loadavg_before": load, "loadavg_after": loadavg(), "waited_for_quiet_s": waited}
     if proc.returncode != 0:
@@ -235,7 +236,8 @@ def cpu_name() -> str:
 def write_doc(data: dict) -> None:
     recs = {r["run"]: r for r in data["runs"]}
     rows = [f"| {r['run']} | {r['ok']}/{r['jobs']} | {r['wall_s']:.0f} | **{r['jobs_per_min']:.2f}** | {r['fits']} | "
-            f"{r['processes']} | {r['job_s_sum']:.0f} | {r['loadavg_before']:.1f} / {r['loadavg_after']:.1f} |"
+            f"{r['processes']} | {r['job_s_sum']:.0f} | {r.get('job_cpu_s_sum') or '-'} | "
+            f"{r['loadavg_before']:.1f} / {r['loadavg_after']:.1f} |"
             for r in data["runs"] if r["run"] != "kill"]
     speed = []
     for engine in ("local", "ray"):
@@ -253,8 +255,8 @@ def write_doc(data: dict) -> None:
         "of 256 px each). One thread per job, `OMP_WAIT_POLICY=PASSIVE`. Wall time is the whole command, start-up "
         "and worker start included. Ray: `ray start --head --num-cpus 1` (ray-1), then a second "
         "`ray start --address … --num-cpus 1` with its own resources (ray-2), both on this machine.", "",
-        "| run | jobs ok | wall s | jobs/min | fits | processes | Σ job s | load avg before / after |",
-        "|---|---|---|---|---|---|---|---|", *rows, "",
+        "| run | jobs ok | wall s | jobs/min | fits | processes | Σ job s | Σ job CPU s | load avg before / after |",
+        "|---|---|---|---|---|---|---|---|---|", *rows, "",
         *speed, "",
         f"- Identical bytes: every run wrote the same bytes for each of the {sb['files']} files "
         f"({', '.join(sb['runs'])})" if not sb["differ"] else f"- Bytes differ: {', '.join(sb['differ'])}",
@@ -268,7 +270,11 @@ def write_doc(data: dict) -> None:
     text += ["", f"Fits: a scene's λ run as one unit on one worker, so each scene is fitted once ({data['scenes']} "
              f"fits for {data['jobs']} jobs); the rest of a job is coding at its λ, decoding the file and measuring it. "
              "Load average: this machine is shared; a load above the worker count means other work took "
-             "CPU time during the run.", ""]
+             "CPU time during the run. Σ job s is the jobs' wall time summed, Σ job CPU s their processes' CPU "
+             "time (`cpu_seconds` in results.jsonl; a dash where the runs predate that field): where 2 workers' "
+             "CPU sum matches 1 worker's but their wall sum is larger, the jobs did the same work and waited for "
+             "a core, i.e. other processes held the cores, not the batch.", ""]
+    text += [f"Notes: {data['notes']}", ""] if data.get("notes") else []
     DOC.write_text("\n".join(text))
 
 
@@ -281,7 +287,12 @@ def main() -> int:
     p.add_argument("--port", type=int, default=6397, help="the Ray head's port")
     p.add_argument("--quiet", type=float, default=0.8, help="start a run once the load average is below this")
     p.add_argument("--quiet-wait", type=float, default=240, help="... or after this many seconds")
+    p.add_argument("--report", action="store_true", help="only rewrite the doc from the JSON")
     args = p.parse_args()
+    if args.report:
+        write_doc(json.loads(JSON.read_text()))
+        print(f"wrote {DOC}")
+        return 0
     scenes = make_scenes(args.scenes)
     n_jobs = args.scenes * len(args.lambdas)
     runs = []
@@ -301,7 +312,8 @@ def main() -> int:
     labels = [r["run"] for r in runs if r["run"] != "kill" and (WORK / r["run"]).is_dir()]
     labels += ["kill"] if any(r["run"] == "kill" for r in runs) and (WORK / "kill").is_dir() else []
     data = {"date": time.strftime("%Y-%m-%d"), "machine": f"{cpu_name()}, {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}", **setup, "runs": runs, "same_bytes": same_bytes(labels)}
+            f"{platform.python_version()}", **setup, "runs": runs, "same_bytes": same_bytes(labels),
+            "notes": old.get("notes")}  # written by hand, kept across runs: review them after a new run
     print(json.dumps(data["same_bytes"]))
     JSON.write_text(json.dumps(data, indent=1) + "\n")
     write_doc(data)

@@ -172,7 +172,7 @@ def test_local_engine_writes_files_and_a_line_per_job_with_a_broken_scene_isolat
             continue
         assert ln["status"] == "ok" and ln["error"] is None and (out / key).stat().st_size == ln["bytes"]
         assert ln["ratio"] == pytest.approx(ln["source_bytes"] / ln["bytes"]) and 30 < ln["psnr"] < 90 and ln["worst_psnr"] <= ln["psnr"] and 0.9 < ln["ssim"] <= 1
-        assert ln["psnr_of_mean_mse"] is not None and ln["views"] == 2 and ln["seconds"] > 0
+        assert ln["psnr_of_mean_mse"] is not None and ln["views"] == 2 and ln["seconds"] > 0 < ln["cpu_seconds"]
         assert ln["host"] and ln["pid"] != os.getpid() and ln["lambda"] in (1.0, 2.0) and ln["mode"] == "direct"
     assert by_key["a.direct.lam2e+00.hgs"]["bytes"] < by_key["a.direct.lam1e+00.hgs"]["bytes"]
     # One fit per scene: the second λ of a scene reused its process's fit.

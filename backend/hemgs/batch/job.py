@@ -48,7 +48,7 @@ def _finite(value):
 
 def run_job(job: dict) -> dict:
     """Run `job` (catalogue.make_jobs) and answer its result line."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     line = {"key": job["key"], "source": job["source"], "mode": job["mode"], "lambda": job["lambda"],
             "output": job["output"], "options": job["options"], "status": "ok", "error": None,
             "started": _now()}
@@ -64,7 +64,9 @@ def run_job(job: dict) -> dict:
     except Exception as exc:  # noqa: BLE001 - the job's failure is its line, not the batch's
         known = isinstance(exc, (HemgsError, OSError))
         line.update(status="failed", error=one_line(exc) if known else f"{exc.__class__.__name__}: {one_line(exc)}")
-    line.update(warnings=warnings, seconds=round(time.perf_counter() - t0, 3), finished=_now(),
+    # cpu_seconds well under seconds: the job waited for a core (other work on the machine).
+    line.update(warnings=warnings, seconds=round(time.perf_counter() - t0, 3),
+                cpu_seconds=round(time.process_time() - cpu0, 3), finished=_now(),
                 host=socket.gethostname(), pid=os.getpid())
     return line
 
