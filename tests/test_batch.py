@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_PLY
-from hemgs.batch.__main__ import main
+from hemgs.cli import main
 from hemgs.batch.catalogue import lambda_tag, make_jobs, read_manifest
 from hemgs.batch.engines import scene_groups
 from hemgs.batch.results import RESULTS, ResultsLog, read_results, split_done
@@ -44,10 +44,10 @@ def scenes(tmp_path_factory):
 
 
 def batch(*args) -> tuple[int, str, str]:
-    """`python -m hemgs.batch ARGS` in this process: (exit code, stdout, stderr)."""
+    """`hemgs batch ARGS` in this process: (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
+        rc = main(["batch", *(str(a) for a in args)])
     return rc, out.getvalue(), err.getvalue()
 
 
