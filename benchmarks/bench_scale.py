@@ -23,8 +23,9 @@ Usage:
     .venv/bin/python benchmarks/bench_scale.py --report               # rewrite the doc from the JSON
 Writes docs/benchmarks/scale.json (records keyed by scene, merged with earlier runs),
 docs/benchmarks/scale.md and docs/img/scale.png (matplotlib where installed, else Pillow).
-The JSON's "notes" (the doc's Notes section) are written by hand and kept across runs: review
-them after a new run.
+The JSON's "notes" (the doc's Notes section) and "memory_map" (its "Where the memory goes"
+section: markdown lines, a profile of the peaks) are written by hand and kept across runs:
+review them after a new run; so is "conditions" (what else ran on the machine, default idle).
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def write_report(data: dict) -> None:
     L = ["# Scaling: compress and decompress against the number of Gaussians",
          "",
          "Written by `benchmarks/bench_scale.py` (issue #24 item 5). Machine: "
-         f"{data['machine']}; last run {data.get('measured_utc', '?')} UTC, one run per size, the machine otherwise idle. Each command runs alone, as a subprocess under `/usr/bin/time -v`, with "
+         f"{data['machine']}; last run {data.get('measured_utc', '?')} UTC, one run per size, {data.get('conditions', 'the machine otherwise idle')}. Each command runs alone, as a subprocess under `/usr/bin/time -v`, with "
          "`OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2`:",
          "",
          "```sh",
@@ -273,6 +274,8 @@ def write_report(data: dict) -> None:
         L += ["", f"![log–log plot of wall time and peak RSS against Gaussians](../img/{PNG.name})"]
     else:
         L += ["", f"No plot: {data.get('plot_skipped', 'not drawn')}."]
+    if data.get("memory_map"):  # hand-written, kept across runs like the notes: review after a run
+        L += ["", "## Where the memory goes", ""] + list(data["memory_map"])
     if data.get("notes"):
         L += ["", "## Notes", ""] + [f"- {n}" for n in data["notes"]]
     DOC.write_text("\n".join(L) + "\n")

@@ -8,8 +8,9 @@ How the range is kept tight without ever failing on a big value:
 - each element is coded relative to c = rint(mean), so the model's mean lies in [-0.5, 0.5];
 - elements are grouped by the half-width R of their alphabet [-R, R], the smallest power of two
   >= 8·std + 1 (tail mass beyond 8σ is ~1e-15, so a real Gaussian never escapes), one
-  constriction QuantizedGaussian(-R, R) family per group, all elements of a group coded in one
-  vectorized call. A tight alphabet matters: constriction gives every symbol in the alphabet at
+  constriction QuantizedGaussian(-R, R) family per group, a group's elements coded in index order
+  (in vectorized calls of up to BLOCK elements: one coder, so the same stream as one call; the
+  elementwise work is done a block at a time too, `*_from`). A tight alphabet matters: constriction gives every symbol in the alphabet at
   least 2^-24 of probability, so a needlessly wide one taxes every well-predicted symbol;
 - escape: a symbol outside [c-R, c+R] is coded as the boundary ±R, and its excess |d|-R goes to
   a side stream of varints (every boundary symbol has an entry, 0 for a true ±R).
