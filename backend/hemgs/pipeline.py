@@ -138,6 +138,7 @@ def compress_direct(source, out_hgs, *, lam: float = DIRECT_LAMBDA_DEFAULT, cfg=
     t0 = time.perf_counter()
     fitted = fit_direct(scene, cfg=cfg or DirectConfig(), fcfg=fcfg, progress=progress, stages=stages, cameras=cameras)
     fit_seconds = time.perf_counter() - t0
+    del scene, source  # the fit holds what the coding needs: a scene loaded here is freed (236 B a Gaussian)
     report = encode_direct(fitted, out_hgs, lam=lam, header_extra={**extra, **(header_extra or {})}, progress=stages)
     report.update(source_bytes=source_bytes, fit_seconds=fit_seconds, warnings=warnings, fitted=fitted)
     return report

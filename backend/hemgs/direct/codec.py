@@ -145,8 +145,9 @@ class _LogWeights(Mapping):
         if s not in self.stages:
             raise KeyError(s)
         cfg = self.cfg
-        return (coding_log_weights(s, self.true, self.log_rho, cfg.scale_ranks, cfg.swing_twist).numpy()
-                + math.log(self.factors.get(s, 1.0)))
+        out = coding_log_weights(s, self.true, self.log_rho, cfg.scale_ranks, cfg.swing_twist).numpy()
+        out += math.log(self.factors.get(s, 1.0))  # (in place: a new array from coding_log_weights)
+        return out
 
     def __contains__(self, s) -> bool:
         return s in self.stages
