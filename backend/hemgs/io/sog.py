@@ -290,10 +290,7 @@ def _lloyd(x: np.ndarray, w: np.ndarray, k: int, iterations: int,
         if np.array_equal(new, labels):
             break
         labels = new
-    used = np.unique(labels)
-    remap = np.full(k, -1, np.int64)
-    remap[used] = np.arange(used.size)
-    return centres[used], remap[labels]
+    return _compact(centres, labels)
 
 
 def sh_palette(rest: np.ndarray, size: int, iterations: int = 10, seed: int = 0, *, refine: int = 3,
@@ -382,10 +379,15 @@ def _refine(rows, weight, palette, labels, owner, centres, rounds: int, probes: 
         if np.array_equal(new, labels):
             break
         labels = new
+    return _compact(palette, labels)
+
+
+def _compact(centres: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The centres some row uses, in their order, and the labels renumbered to them."""
     used = np.unique(labels)
-    remap = np.full(k, -1, np.int64)
+    remap = np.full(len(centres), -1, np.int64)
     remap[used] = np.arange(used.size)
-    return palette[used], remap[labels]
+    return centres[used], remap[labels]
 
 
 def _weighted_sums(x: np.ndarray, w: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
