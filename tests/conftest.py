@@ -20,6 +20,18 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 DEMO_PLY = REPO / "data" / "demo" / "playbot_lod3.ply"
 
 
+def load_by_path(relpath: str):
+    """A module of the repository loaded from its file alone (the add-on's modules import without
+    Blender this way, without the package's __init__, which needs bpy)."""
+    import importlib.util
+
+    path = REPO / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def shared_file(name: str) -> Path:
     """A file of ../shared/data, or skip the test where that folder is absent."""
     path = SHARED_DATA / name

@@ -1,19 +1,15 @@
 """The extension zip: manifest, bundled wheels, and the rule that the add-on never imports torch."""
 
 import ast
-import importlib.util
 import tomllib
 import zipfile
 
 import hemgs
-from conftest import REPO
+from conftest import REPO, load_by_path
 
 
 def _load_builder():
-    spec = importlib.util.spec_from_file_location("build_addon", REPO / "build_addon.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_by_path("build_addon.py")
 
 
 def test_zip_has_manifest_addon_and_listed_wheels():

@@ -3,7 +3,6 @@ the built zip installs and enables in an isolated user folder, PLY/SPZ import ma
 with the preview attributes, the node group and material, and background-mode API calls run the
 worker and block until its result."""
 
-import importlib.util
 import json
 import math
 import os
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO_PLY, REPO, shared_file
+from conftest import DEMO_PLY, REPO, load_by_path, shared_file
 
 BLENDER_PY = REPO / ".venv-blender" / "bin" / "python"
 
@@ -377,9 +376,7 @@ def blender_run(tmp_path_factory):
             pytest.fail(f"{BLENDER_PY} is missing: scripts/setup.sh installs the bpy wheel there")
         pytest.skip(f"{BLENDER_PY} not present (run scripts/setup.sh)")
     tmp = tmp_path_factory.mktemp("blender")
-    spec = importlib.util.spec_from_file_location("build_addon", REPO / "build_addon.py")
-    builder = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builder)
+    builder = load_by_path("build_addon.py")
     zpath = builder.build()
     script = tmp / "run.py"
     script.write_text(SCRIPT)

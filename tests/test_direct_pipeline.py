@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DEMO_PLY, REPO
+from conftest import DEMO_PLY, REPO, load_by_path
 
 pytestmark = pytest.mark.slow  # fits and codecs on real patches: `make test-fast` leaves them out
 
@@ -220,11 +220,7 @@ def test_compress_direct_in_memory_and_encode_again(tiny, tmp_path):
 # ---- the worker ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("worker_client", REPO / "hemgs_blender" / "worker_client.py")
-    wc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(wc)
+    wc = load_by_path("hemgs_blender/worker_client.py")
     env = dict(os.environ, OMP_NUM_THREADS="1", HEMGS_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     c = wc.WorkerClient(sys.executable, env=env)
     c.wc = wc

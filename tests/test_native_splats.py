@@ -6,31 +6,22 @@ here), and the feature check and object building against a stand-in `bpy` with t
 With the bpy 5.0.1 wheel (.venv-blender): no splat type is found there, the preview takes
 today's path, and the hook hands a native object the same stand-up and properties."""
 
-import importlib.util
 import json
 import os
 import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_by_path
 from hemgs.preview import SplatPreview
 from hemgs.scene import SH_C0, GaussianScene
 
 BLENDER_PY = REPO / ".venv-blender" / "bin" / "python"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("native_splats", REPO / "hemgs_blender" / "native_splats.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ns = _load()
+ns = load_by_path("hemgs_blender/native_splats.py")
 
 
 # ---------------------------------------------------------------------------------------------

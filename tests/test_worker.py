@@ -3,7 +3,6 @@ handshake, real operations with progress, errors, cancel (process tree gone with
 left), a crashed worker, and the codec ops (train, compress, decompress, .hgs previews) on a
 few thousand Gaussians of the demo scene with a tiny training budget."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -14,21 +13,13 @@ import time
 
 import pytest
 
-from conftest import DEMO_PLY, REPO
+from conftest import DEMO_PLY, load_by_path
 from hemgs.io import formats
 
 pytestmark = pytest.mark.slow  # each test starts a worker process: `make test-fast` leaves them out
 
 
-def _load_client():
-    # worker_client.py has no bpy import: load it by path, without the add-on's __init__.
-    spec = importlib.util.spec_from_file_location("worker_client", REPO / "hemgs_blender" / "worker_client.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-wc = _load_client()
+wc = load_by_path("hemgs_blender/worker_client.py")  # no bpy import: loaded without the add-on's __init__
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ scene's λ in a row fits it once. The bytes are the same either way (tests/test_
 from __future__ import annotations
 
 import atexit
-import math
 import os
 import shutil
 import socket
@@ -20,6 +19,7 @@ import time
 from datetime import datetime, timezone
 
 from ..errors import HemgsError, one_line
+from ..protocol import finite
 
 # What a result line keeps of a coding report (service.compress_*_measured).
 REPORT_FIELDS = ("bytes", "source_bytes", "ratio", "psnr", "psnr_of_mean_mse", "worst_psnr", "ssim", "views",
@@ -41,11 +41,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _finite(value):
-    """JSON has no inf/nan: a PSNR of identical renders is written as null."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def run_job(job: dict) -> dict:
     """Run `job` (catalogue.make_jobs) and answer its result line."""
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -60,7 +55,7 @@ def run_job(job: dict) -> dict:
 
     try:
         report = (_direct if job["mode"] == "direct" else _anchor)(job, progress)
-        line.update({k: _finite(report[k]) for k in REPORT_FIELDS if k in report})
+        line.update({k: finite(report[k]) for k in REPORT_FIELDS if k in report})  # JSON: inf -> null
     except Exception as exc:  # noqa: BLE001 - the job's failure is its line, not the batch's
         known = isinstance(exc, (HemgsError, OSError))
         line.update(status="failed", error=one_line(exc) if known else f"{exc.__class__.__name__}: {one_line(exc)}")
