@@ -9,7 +9,7 @@ Every call blocks until it is done and returns its result, with or without a UI:
 
     model = api.train("/data/scene.ply", preset="quick")["model"]           # variable-rate HEMGS
     api.compress_model(model, "/tmp/scene.hgs", source="/data/scene.ply", lam=2e-3)  # size, ratio, PSNR, SSIM
-    api.compress(["/data/a.ply", "/data/b.ply"], lambdas=[1e-3, 4e-3], output_dir="/tmp/out")  # a list
+    api.compress(["/data/a.ply", "/data/b.ply"], lambdas=[1e-3, 4e-3], output_dir="/tmp/out", mode="anchor")
     api.compress_direct("/data/scene.ply", "/tmp/scene.direct.hgs", lam=1.0)  # anchor-free: no training
     api.compress(["/data/a.ply"], lambdas=[0.5, 2.0], mode="direct", output_dir="/tmp/out")
     api.decompress("/tmp/scene.hgs", "/tmp/scene_decoded.ply")
@@ -21,7 +21,8 @@ in the backend worker (preferences: Backend Python).
 `train` makes a variable-rate HEMGS model by default: one model codes any λ of its trained range
 (1e-3..4e-3, widened by the backend's margin), so `compress` trains one model per file and codes
 every λ from it. A fixed-rate model (`codec="hac"` or `variable_rate=False`) codes only the λ it
-was trained at; `compress` then trains one per (file, λ).
+was trained at; `compress` then trains one per (file, λ). `compress` runs `hemgs batch`'s jobs
+(docs/batch.md) one by one in the worker.
 
 Direct (anchor-free) mode (`mode="direct"`, `compress_direct`) has no model file: the worker fits
 the entropy model to the source's own Gaussians (seconds to a minute) and codes them; λ is in its
@@ -284,117 +285,73 @@ def compress_direct(source: str | os.PathLike, output: str | os.PathLike, lam: f
 
 def compress(sources: str | os.PathLike | Iterable[str | os.PathLike],
              lambdas: float | Iterable[float] | None = None, output_dir: str | os.PathLike | None = None,
-             preset: str = "quick", eval_views: int = 16, eval_width: int = 256, reuse_models: bool = True,
-             on_result: Callable[[dict], None] | None = None, codec: str = "hemgs", variable_rate: bool = True,
-             mode: str = "direct", **train_args) -> list[dict]:
-    """Batch: every file of `sources` at every λ of `lambdas` -> `<stem>.<lamtag>.hgs` in `output_dir`
-    (default: beside each source), each measured against its source over `eval_views` views at
-    `eval_width` pixels (0 views: sizes only).
+             mode: str = "direct", eval_views: int = 16, eval_width: int = 256, reuse_models: bool = True,
+             on_result: Callable[[dict], None] | None = None, report: Callable[[str], None] | None = print,
+             **options) -> list[dict]:
+    """Batch: every scene of `sources` (files, or folders of .ply/.spz) at every λ of `lambdas` (default:
+    the mode's) -> `<stem>.<mode>.lam<λ>.hgs` in `output_dir` (default: beside each source), each
+    measured against its source over `eval_views` views at `eval_width` pixels (0 views: sizes only).
+    The jobs are `hemgs batch`'s, run one after another in the API's worker by the same job
+    function (hemgs.batch.job.run_job).
 
     `mode="direct"` (default; the better mode at every rate measured so far, docs/anchor-model.md):
-    anchor-free, no model: each file is fitted once (in the worker; `train_args`
-    may hold iters, scene_agnostic, ar, acs) and coded at every λ of `lambdas` (direct units,
-    default 1.0) -> `<stem>.direct.<lamtag>.hgs`. Rows: source, lambda, mode, fitted (bool: this
-    λ's request fitted the source), output, bytes, source_bytes, ratio, psnr, ssim, sections.
+    each file is fitted once (the worker keeps its fit) and coded at every λ (direct units). Options:
+    iters, scene_agnostic, ar, acs, variable_rate, device.
 
-    `mode="anchor"` (`lambdas` default 1e-3):
+    `mode="anchor"`: one variable-rate model per file (or, with codec="hac" or variable_rate=False,
+    one fixed-rate model per (file, λ)) is trained and codes its λ. Options: preset (default "quick"),
+    steps, warm_steps, width, train_views, codec, scene_agnostic, ar, acs, variable_rate, device. With
+    `reuse_models` the models are kept beside the .hgs files (`<stem>.anchor[.lam<λ>].model.safetensors`)
+    and a later call reuses one that serves its λ; without, they are temporary.
 
-    A variable-rate model (the default) is trained ONCE per file, with `preset` (and `train_args`:
-    steps, warm_steps, width, views, scene_agnostic, ar, acs, lambdas), kept as
-    `<stem>.hemgs.safetensors` beside the .hgs files, and codes every λ. Fixed-rate (`codec="hac"`
-    or `variable_rate=False`): one model per (file, λ), `<stem>.<lamtag>.safetensors`. With
-    `reuse_models`, a model already there that serves the λ is used instead of training again.
-    Returns one dict per (file, λ): source, lambda, model, trained (bool: the model was trained by
-    this call), output, bytes, ratio, psnr, ssim. `on_result` is called with each as it is done.
+    Returns one dict per job (hemgs batch's result line): source, lambda, mode, output, status ("ok"
+    or "failed" with `error`, the scene's one-line message; the other scenes still run), bytes,
+    source_bytes, ratio, psnr, psnr_of_mean_mse, worst_psnr, ssim, sections, fitted (this job fitted
+    or trained), model (a kept model), seconds. `on_result` is called with each as it is done, and
+    `report` (default print; None: silent) gets one line per job and the stages of a slow one.
 
-    Both modes check everything first, in the backend: a λ the models would not serve, a bad
-    option or an output that cannot be written raises WorkerError before anything is trained,
-    written, overwritten or made (`output_dir` included)."""
+    Everything is checked first, in the backend: a bad λ or option, a missing source or an output
+    that cannot be written raises WorkerError before anything is trained, written or made
+    (`output_dir` included)."""
     if mode not in ("anchor", "direct"):
         raise ValueError(f"unknown mode {mode!r}: use 'anchor' or 'direct'")
-    if mode == "direct" and codec != "hemgs":
-        raise ValueError(f"codec={codec!r} applies to mode='anchor'; direct mode is HEMGS only")
     srcs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
-    if lambdas is None:
-        lambdas = (1.0,) if mode == "direct" else (1e-3,)
-    lams = [float(lambdas)] if isinstance(lambdas, (int, float)) else [float(x) for x in lambdas]
-    if mode == "direct":
-        return _compress_direct_batch(srcs, lams, output_dir, eval_views, eval_width, on_result, train_args)
-    variable = codec == "hemgs" and variable_rate
-    # One model per file (variable rate) or per (file, λ), each coding its group of λ.
-    groups: list[tuple[float | None, list[float]]] = [(None, lams)] if variable else [(lam, [lam]) for lam in lams]
-    plan = []
-    for src in srcs:
-        for model_lam, group in groups:
-            model = default_model_path(src, model_lam, output_dir, make=False)
-            trained = not (reuse_models and model.exists() and _model_serves(model, group, variable))
-            model_args = dict(preset=preset, codec=codec, variable_rate=variable, serve=group, **train_args)
-            if model_lam is not None:
-                model_args["lam"] = model_lam
-            if trained:  # the backend checks the options and that the model will serve the group
-                train(src, model, dry_run=True, **model_args)
-            plan.append((src, group, model, trained, model_args))
-    outputs = {(str(src), lam): default_hgs_path(src, lam, output_dir, make=False)
-               for src, group, *_ in plan for lam in group}
-    _make_and_check(output_dir, [m for _, _, m, trained, _ in plan if trained], outputs.values())
-    rows: list[dict] = []
-    for src, group, model, trained, model_args in plan:
-        if trained:
-            train(src, model, **model_args)
-        for lam in group:
-            res = compress_model(model, outputs[(str(src), lam)], source=src, views=eval_views, width=eval_width,
-                                 lam=lam if variable else None)
-            _add_row(rows, on_result, {"source": str(src), "lambda": lam, "model": str(model), "trained": trained}, res)
+    lams = None if lambdas is None else [float(lambdas)] if isinstance(lambdas, (int, float)) else [
+        float(x) for x in lambdas]
+    if {"views", "view_size"} & set(options):
+        raise TypeError("compress: the measured views are eval_views and eval_width; anchor mode's training "
+                        "views are train_views")
+    options = {**options, "views": int(eval_views), "view_size": int(eval_width)}
+    if mode == "anchor":
+        options["keep_models"] = bool(reuse_models)
+    plan = _worker().run("batch_plan", {"sources": [str(x) for x in srcs], "lambdas": lams, "mode": mode,
+                                        "output_dir": None if output_dir is None else str(output_dir),
+                                        "options": options})
+    jobs, rows = plan["jobs"], []
+    for i, job in enumerate(jobs, 1):
+        row = _run_job(job, f"[{i}/{len(jobs)}] {job['key']}", report)
+        rows.append(row)
+        if on_result is not None:
+            on_result(row)
     return rows
 
 
-def _make_and_check(output_dir, *outputs: Iterable[Path]) -> None:
-    """Make the batch's folder, once all else is checked, then check every file it will write."""
-    if output_dir is not None:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-    check_outputs(*(path for group in outputs for path in group))
-
-
-def _add_row(rows: list, on_result, fields: dict, res: dict, extra: tuple[str, ...] = ()) -> None:
-    """One batch row: `fields`, then the result's file, sizes and metrics; passed to `on_result`."""
-    keys = ("output", "bytes", "source_bytes", "ratio", "psnr", "psnr_of_mean_mse", "worst_psnr", "ssim", "sections") + extra
-    row = {**fields, **{k: res.get(k) for k in keys}}
-    rows.append(row)
-    if on_result is not None:
-        on_result(row)
-
-
-def _compress_direct_batch(srcs, lams: list[float], output_dir, eval_views: int, eval_width: int,
-                           on_result, options: dict) -> list[dict]:
-    allowed = {"iters", "scene_agnostic", "ar", "acs", "variable_rate", "device", "timeout"}
-    if set(options) - allowed:
-        raise TypeError(f"mode='direct' takes no {', '.join(sorted(set(options) - allowed))} (anchor-mode training "
-                        f"options); it takes {', '.join(sorted(allowed))}")
-    plan = [(src, lam, default_hgs_path(src, lam, output_dir, mode="direct", make=False))
-            for src in srcs for lam in lams]
-    for src, lam, out in plan:  # the backend checks λ, the options and the source's format
-        compress_direct(src, out, lam=lam, views=eval_views, width=eval_width, dry_run=True, **options)
-    _make_and_check(output_dir, [out for _, _, out in plan])
-    rows: list[dict] = []
-    for src, lam, out in plan:  # the worker keeps the source's fit: only the first λ fits
-        res = compress_direct(src, out, lam=lam, views=eval_views, width=eval_width, **options)
-        _add_row(rows, on_result, {"source": str(src), "lambda": lam, "mode": "direct",
-                                   "fitted": bool(res.get("fitted"))}, res, extra=("gaussians",))
-    return rows
-
-
-def _model_serves(model: Path, lams: list[float], variable: bool) -> bool:
-    """Whether the model file at `model` is of the kind asked for and codes every λ of `lams`."""
-    from .worker_client import WorkerError
-
-    try:
-        info = model_info(model)
-    except WorkerError:
-        return False  # unreadable: train it again
-    if bool(info.get("variable_rate")) != variable:
-        return False
-    lo, hi = info.get("lambda_serves") or (info["lambda_min"], info["lambda_max"])
-    return all(lo * (1 - 1e-6) <= lam <= hi * (1 + 1e-6) for lam in lams)
+def _run_job(job: dict, name: str, report: Callable[[str], None] | None) -> dict:
+    """One batch job in the worker, blocking; `report` gets its stages (at most every 5 s) and its result."""
+    running = _worker().submit("batch_job", {"job": job}, outputs=[job["output"]])
+    said = 0.0
+    while not running.finished:
+        running.poll()
+        if report is not None and time.monotonic() - said > 5 and running.stage != "starting":
+            report(f"{name}: {running.message or running.stage} {100 * running.fraction:.0f}%")
+            said = time.monotonic()
+        time.sleep(0.1)
+    row = running.wait()
+    if report is not None:
+        psnr = "" if row.get("psnr") is None else f", {row['psnr_of_mean_mse']:.2f} dB"
+        report(f"{name}: " + (f"failed: {row['error']}" if row["status"] != "ok"
+                              else f"{row['bytes']:,} B, {row['ratio']:.1f}x{psnr}, {row['seconds']:.0f} s"))
+    return row
 
 
 def decompress(path: str | os.PathLike, output: str | os.PathLike, sh_degree: int | None = None,

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,6 +68,21 @@ def test_sources_make_one_job_per_scene_and_lambda(scenes, tmp_path):
     assert [len(g) for g in scene_groups(jobs, 2)] == [2, 2]
     assert [len(g) for g in scene_groups(jobs[:2], 2)] == [1, 1]
     assert [len(g) for g in scene_groups(jobs, 1)] == [2, 2]
+
+
+def test_anchor_jobs_keep_their_model_only_when_asked_and_one_worker_trains_it(scenes, tmp_path):
+    src = [{"source": str(scenes / "a.ply")}]
+    jobs = make_jobs(src, tmp_path, {"mode": "anchor", "lambdas": [1e-3, 2e-3]})
+    assert [j["model"] for j in jobs] == [None, None] and [len(g) for g in scene_groups(jobs, 2)] == [1, 1]
+    kept = make_jobs(src, tmp_path, {"mode": "anchor", "lambdas": [1e-3, 2e-3], "keep_models": True})
+    assert {j["model"] for j in kept} == {str(tmp_path.resolve() / "a.anchor.model.safetensors")}  # variable rate
+    assert [len(g) for g in scene_groups(kept, 2)] == [2]
+    fixed = make_jobs(src, None, {"mode": "anchor", "lambdas": [1e-3, 2e-3], "keep_models": True, "codec": "hac"})
+    assert [Path(j["model"]).name for j in fixed] == ["a.anchor.lam1e-03.model.safetensors",
+                                                      "a.anchor.lam2e-03.model.safetensors"]
+    assert all(Path(j["output"]).parent == scenes.resolve() for j in fixed)  # no outdir: beside the source
+    with pytest.raises(InputError, match="'keep_models' does not apply to direct mode"):
+        make_jobs([{**src[0], "keep_models": True}], tmp_path, {})
 
 
 def test_a_manifest_gives_each_scene_its_mode_lambda_and_options(scenes, tmp_path):

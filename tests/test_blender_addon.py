@@ -259,18 +259,20 @@ res["load_model"] = list(p2)
 # The batch API: one tiny variable-rate model per file, coded at each λ and measured against the source.
 t = time.perf_counter()
 rows = api.compress(tiny, [1e-3, 4e-3], output_dir=os.path.join(work, "batch"), eval_views=2, eval_width=32,
-                    steps=5, warm_steps=10, width=32, views=8, mode="anchor")
+                    steps=5, warm_steps=10, width=32, train_views=8, mode="anchor", report=None)
 res["t_batch"] = time.perf_counter() - t
 res["batch"] = rows
-again = api.compress(tiny, [4e-3], output_dir=os.path.join(work, "batch"), eval_views=0, mode="anchor")
-res["batch_again"] = again
+said = []
+again = api.compress(tiny, [4e-3], output_dir=os.path.join(work, "batch"), eval_views=0, mode="anchor",
+                     steps=5, warm_steps=10, width=32, train_views=8, report=said.append)
+res["batch_again"], res["batch_said"] = again, said
 # Refused before any work: a λ the models would not serve (the kept model is not retrained), an
 # output that is a folder; a refused batch makes no folder.
-batch_model = os.path.join(work, "batch", "tiny.hemgs.safetensors")
+batch_model = os.path.join(work, "batch", "tiny.anchor.model.safetensors")
 before = os.stat(batch_model).st_mtime_ns
-os.mkdir(os.path.join(work, "batch", "tiny.lam2e-03.hgs"))
+os.mkdir(os.path.join(work, "batch", "tiny.anchor.lam2e-03.hgs"))
 res["refused"] = []
-quick = {"steps": 5, "warm_steps": 10, "width": 32, "views": 8, "eval_views": 0, "mode": "anchor"}
+quick = {"steps": 5, "warm_steps": 10, "width": 32, "train_views": 8, "eval_views": 0, "mode": "anchor"}
 for lams, kw in (([0.5], {"output_dir": os.path.join(work, "batch"), **quick}),
                  ([0.5], {"output_dir": os.path.join(work, "refused"), **quick}),
                  ([2e-3], {"output_dir": os.path.join(work, "batch"), **quick}),
@@ -488,10 +490,11 @@ def test_batch_api_trains_one_model_per_file_and_codes_every_lambda(blender_run)
 
     r = blender_run
     rows = r["batch"]
-    assert [row["lambda"] for row in rows] == [1e-3, 4e-3] and all(row["trained"] for row in rows)
-    (model,) = {row["model"] for row in rows}  # one model for the file
-    assert model.endswith("tiny.hemgs.safetensors") and Path(model).is_file()
-    assert [Path(row["output"]).name for row in rows] == ["tiny.lam1e-03.hgs", "tiny.lam4e-03.hgs"]
+    assert [row["lambda"] for row in rows] == [1e-3, 4e-3] and [row["fitted"] for row in rows] == [True, False]
+    assert all(row["status"] == "ok" and row["mode"] == "anchor" for row in rows)
+    (model,) = {row["model"] for row in rows}  # one model for the file, trained once
+    assert model.endswith("tiny.anchor.model.safetensors") and Path(model).is_file()
+    assert [Path(row["output"]).name for row in rows] == ["tiny.anchor.lam1e-03.hgs", "tiny.anchor.lam4e-03.hgs"]
     for row in rows:
         assert Path(row["output"]).stat().st_size == row["bytes"] and row["ratio"] > 1
         assert 10 < row["psnr"] < 60 and 0 < row["ssim"] < 1
@@ -499,7 +502,8 @@ def test_batch_api_trains_one_model_per_file_and_codes_every_lambda(blender_run)
     assert rows[0]["bytes"] != rows[1]["bytes"]
     # A second run reuses the model, which serves that λ.
     (again,) = r["batch_again"]
-    assert again["trained"] is False and again["model"] == rows[1]["model"] and again["psnr"] is None
+    assert again["fitted"] is False and again["model"] == rows[1]["model"] and again["psnr"] is None
+    assert r["batch_said"][-1].startswith(f"[1/1] tiny.anchor.lam4e-03.hgs: {again['bytes']:,} B")  # the console's report
     assert r["decompress"]["gaussians"] == r["hgs_preview_points"] > 0
     print(f"panel train {r['t_train_op']:.1f} s, batch of 2 {r['t_batch']:.1f} s")
 
@@ -593,10 +597,10 @@ def test_outputs_and_lambda_are_checked_before_any_work(blender_run):
     assert "does not exist" in says_missing and missing in says_missing
     wrong_lambda, wrong_lambda_new_folder, folder_output, wrong_direct_lambda = r["refused"]
     for kind, wkind, message in (wrong_lambda, wrong_lambda_new_folder):
-        assert kind == "WorkerError" and wkind == "InputError" and "outside what this model serves" in message
+        assert kind == "WorkerError" and wkind == "InputError" and "λ must be a number in [0.0001, 0.1]" in message
     assert r["batch_model_kept"]  # not retrained, not overwritten
     kind, wkind, message = folder_output
-    assert wkind == "InputError" and "tiny.lam2e-03.hgs: it is a folder" in message and ".tmp" not in message
+    assert wkind == "InputError" and "tiny.anchor.lam2e-03.hgs: it is a folder" in message and ".tmp" not in message
     kind, wkind, message = wrong_direct_lambda
     assert wkind == "InputError" and "outside what direct mode serves" in message
     assert r["refused_folders"] == [False, False]  # a refused batch makes no folder

@@ -387,3 +387,32 @@ def test_cancel_during_train_leaves_no_model_and_no_worker(client, tiny_ply, tmp
     assert time.monotonic() - t0 < 2.0 and not _alive(pid)
     assert job.state == wc.CANCELLED
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_addons_batch_plans_every_job_first_and_runs_them_through_the_batch_job(client, tiny_ply, tmp_path):
+    """api.compress's path: batch_plan checks the whole batch before anything is made, batch_job
+    runs hemgs batch's job function with its progress, and a scene that fails is its line."""
+    out = tmp_path / "out"
+    for args, says in [({"options": {"steps": 3}}, "direct mode takes no option 'steps'"),
+                       ({"lambdas": [100.0]}, "outside what direct mode serves"),
+                       ({"sources": [str(tmp_path / "nope.ply")]}, "no such file")]:
+        with pytest.raises(wc.WorkerError, match=says):
+            client.run("batch_plan", {"sources": [str(tiny_ply)], "mode": "direct", "output_dir": str(out),
+                                      **args}, timeout=60)
+    assert not out.exists()  # refused before the folder is made
+    broken = tmp_path / "broken.ply"
+    broken.write_bytes(tiny_ply.read_bytes()[:3000])
+    plan = client.run("batch_plan", {"sources": [str(tiny_ply), str(broken)], "mode": "direct", "lambdas": [2.0],
+                                     "output_dir": str(out), "options": {"iters": 10, "views": 2}}, timeout=60)
+    assert [j["key"] for j in plan["jobs"]] == ["tiny.direct.lam2e+00.hgs", "broken.direct.lam2e+00.hgs"]
+    job = client.submit("batch_job", {"job": plan["jobs"][0]}, outputs=[plan["jobs"][0]["output"]])
+    events = []
+    while not job.finished:
+        events += job.poll()
+        time.sleep(0.02)
+    line = job.wait(1)
+    assert line["status"] == "ok" and line["fitted"] and line["psnr"] > 20 and line["sections"]
+    assert (out / line["key"]).stat().st_size == line["bytes"]
+    assert {"fitting", "encoding"} <= {e["stage"] for e in events if e.get("event") == "progress"}
+    failed = client.run("batch_job", {"job": plan["jobs"][1]}, timeout=60)
+    assert failed["status"] == "failed" and "truncated" in failed["error"] and not (out / failed["key"]).exists()

@@ -92,7 +92,7 @@ class FitConfig:
             raise InputError("steps must be >= 0 and views >= 2")
         if self.codec not in ("hemgs", "hac"):
             raise InputError(f"unknown codec {self.codec!r}: expected hemgs or hac")
-        if self.codec == "hemgs" and self.variable_rate:
+        if self.variable:
             bad = [v for v in self.lambdas if not (math.isfinite(v) and lo <= v <= hi)]
             if bad or len(self.lambdas) < 2:
                 raise InputError(f"a variable-rate model trains on >= 2 λ values in [{lo:g}, {hi:g}], got {list(self.lambdas)}")
@@ -105,9 +105,14 @@ class FitConfig:
         return REFINE_PER_STEP * self.steps if self.refine_steps is None else int(self.refine_steps)
 
     @property
+    def variable(self) -> bool:
+        """Whether the model is variable-rate (HAC's is always fixed-rate)."""
+        return self.codec == "hemgs" and self.variable_rate
+
+    @property
     def lambda_range(self) -> tuple[float, float]:
         """The λ values a model trained with this config serves."""
-        if self.codec == "hemgs" and self.variable_rate:
+        if self.variable:
             return min(self.lambdas), max(self.lambdas)
         return self.lam, self.lam
 

@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from . import __version__, service
@@ -230,6 +231,51 @@ def op_decompress(args: dict, progress: Callable) -> dict:
             "bytes": os.path.getsize(output), "hgs_bytes": os.path.getsize(path), "anchors": scene.meta["anchors"]}
 
 
+# ---- the add-on's batch (api.compress): the jobs of hemgs batch, run one by one --------------------
+def op_batch_plan(args: dict, progress: Callable) -> dict:
+    """The jobs of `sources` (files or folders) at `lambdas` (None: the mode's default) in `mode`
+    (None: by the source) with `options` (batch.catalogue's), written into `output_dir` (None:
+    beside each source). Everything is checked before anything is made: then `output_dir` is made
+    and every output (and kept model) checked writable."""
+    from .batch.catalogue import ANCHOR, COMMON, DIRECT, make_jobs, scene_files
+
+    op = "batch"
+    sources = args.get("sources")
+    if not isinstance(sources, list) or not sources or not all(isinstance(x, str) for x in sources):
+        raise InputError("batch: sources must be a non-empty list of paths")
+    options = args.get("options") or {}
+    if not isinstance(options, dict):
+        raise InputError("batch: options must be an object")
+    mode = opt(args, "mode", str, op)
+    applies = {**COMMON, **(DIRECT if mode == "direct" else ANCHOR if mode == "anchor" else {**DIRECT, **ANCHOR})}
+    wrong = sorted(set(options) - set(applies))
+    if wrong:
+        raise InputError(f"batch: {mode or 'this'} mode takes no option {wrong[0]!r}; it takes "
+                         f"{', '.join(sorted(applies))}"[:300])
+    lambdas = numbers(args, "lambdas", op) or None
+    output_dir = opt(args, "output_dir", str, op)
+    jobs = make_jobs([{"source": str(p)} for p in scene_files(sources)], output_dir,
+                     {"mode": mode, "lambdas": lambdas, **options})
+    if output_dir is not None:
+        try:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"batch: cannot make {output_dir} ({one_line(exc)})"[:300]) from None
+    service.check_outputs(*(j["output"] for j in jobs), *{j["model"] for j in jobs if j["model"]})
+    return {"jobs": jobs}
+
+
+def op_batch_job(args: dict, progress: Callable) -> dict:
+    """Run one job of op_batch_plan (batch.job.run_job, as `hemgs batch` does): its result line,
+    status "failed" with the error's line when the scene fails."""
+    from .batch.job import run_job
+
+    job = args.get("job")
+    if not isinstance(job, dict) or not {"key", "source", "mode", "lambda", "output", "options"} <= set(job):
+        raise InputError("batch_job: job must be one of batch_plan's jobs")
+    return finite(run_job(job, progress))
+
+
 OPS: dict[str, Callable[[dict, Callable], dict]] = {
     "versions": op_versions,
     "info": op_info,
@@ -241,6 +287,8 @@ OPS: dict[str, Callable[[dict, Callable], dict]] = {
     "compress": op_compress,
     "decompress": op_decompress,
     "model_info": op_model_info,
+    "batch_plan": op_batch_plan,
+    "batch_job": op_batch_job,
 }
 
 

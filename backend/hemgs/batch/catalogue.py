@@ -3,8 +3,9 @@ before any work: a missing source, a bad λ or option, a malformed manifest or t
 one file is an InputError with one line.
 
 A job is a plain dict (pickles for a process pool, travels to Ray, is written to results.jsonl):
-key (the output's file name, which identifies the job), name, source, mode, lambda, output and
-options (the settings that change the output; a result line is reused only for equal options).
+key (the output's file name, which identifies the job), name, source, mode, lambda, output, model
+(anchor mode with keep_models: where its trained model is kept, else None) and options (the
+settings that change the output; a result line is reused only for equal options).
 """
 
 from __future__ import annotations
@@ -20,11 +21,17 @@ from ..modes import (ANCHOR_LAMBDA_DEFAULT, DIRECT_LAMBDA_DEFAULT, DIRECT_SWITCH
 
 SCENE_EXTENSIONS = (".ply", ".spz")
 DEVICES = ("auto", "cpu", "cuda")
-# Options by the mode they apply to, with their type; "views"/"view_size": the evaluation views.
+# Options by the mode they apply to, with their type; "views"/"view_size": the evaluation views,
+# "train_views": anchor mode's training views. keep_models: keep (and reuse) anchor models.
 COMMON = {"views": int, "view_size": int, "device": str}
-DIRECT = {"iters": int, **{name: bool for name in DIRECT_SWITCH_DEFAULTS}}
-ANCHOR = {"preset": str, "steps": int, "warm_steps": int}
-DEFAULTS = {"views": 16, "view_size": 256, "device": "auto", "preset": "quick", **DIRECT_SWITCH_DEFAULTS}
+SWITCHES = {name: bool for name in DIRECT_SWITCH_DEFAULTS}
+DIRECT = {"iters": int, **SWITCHES}
+ANCHOR = {"preset": str, "steps": int, "warm_steps": int, "width": int, "train_views": int, "codec": str,
+          "keep_models": bool, **SWITCHES}
+# Unset options: None (the fit's own), else these. Anchor mode has every HEMGS part on (cli's too).
+DEFAULTS = {"direct": {"views": 16, "view_size": 256, "device": "auto", **DIRECT_SWITCH_DEFAULTS},
+            "anchor": {"views": 16, "view_size": 256, "device": "auto", "preset": "quick", "codec": "hemgs",
+                       "keep_models": False, **dict.fromkeys(DIRECT_SWITCH_DEFAULTS, True)}}
 ENTRY_KEYS = {"source", "name", "mode", "lambda", "lambdas"}
 
 
@@ -36,6 +43,11 @@ def lambda_tag(lam: float) -> str:
 
 def output_name(name: str, mode: str, lam: float) -> str:
     return f"{name}.{mode}.{lambda_tag(lam)}.hgs"
+
+
+def model_name(name: str, lam: float | None) -> str:
+    """A kept anchor model's file name: one per scene (variable rate, lam None) or per (scene, λ)."""
+    return f"{name}.anchor.{lambda_tag(lam) + '.' if lam is not None else ''}model.safetensors"
 
 
 def scene_files(paths: list[str]) -> list[Path]:
@@ -155,14 +167,18 @@ def anchor_fit_config(opts: dict, lam: float):
     """Anchor mode's FitConfig: the preset's budget, steps/warm_steps when given, coding at λ."""
     from .. import service
 
-    fields = {k: opts[k] for k in ("steps", "warm_steps") if opts.get(k) is not None}
-    return service.fit_config(opts["preset"], lam=lam, **fields)
+    fields = {k: opts[k] for k in ("steps", "warm_steps", "width") if opts.get(k) is not None}
+    if opts.get("train_views") is not None:
+        fields["views"] = opts["train_views"]
+    switches = {k: opts[k] for k in SWITCHES}
+    return service.fit_config(opts["preset"], lam=lam, codec=opts["codec"], **switches, **fields)
 
 
-def make_jobs(entries: list[dict], outdir: str | Path, defaults: dict) -> list[dict]:
+def make_jobs(entries: list[dict], outdir: str | Path | None, defaults: dict) -> list[dict]:
     """The jobs of `entries` ({"source", optional name/mode/lambda(s)/options}) written into
-    `outdir`; `defaults`: the command line's mode, lambdas and options (None: not given). A
-    manifest's own settings win: its entry's, then its "defaults", then the command line's."""
+    `outdir` (None: beside each source); `defaults`: the command line's mode, lambdas and options
+    (None: not given). A manifest's own settings win: its entry's, then its "defaults", then the
+    command line's."""
     jobs: list[dict] = []
     seen: dict[str, str] = {}
     for raw in entries:
@@ -195,19 +211,24 @@ def make_jobs(entries: list[dict], outdir: str | Path, defaults: dict) -> list[d
         wrong = set(entry) & (set(DIRECT) | set(ANCHOR)) - set(kinds)
         if wrong:
             raise InputError(f"{where}: '{sorted(wrong)[0]}' does not apply to {mode} mode")
-        opts = {k: DEFAULTS.get(k) for k in kinds}
+        opts = {k: DEFAULTS[mode].get(k) for k in kinds}
         opts.update({k: _value(kinds[k], v, where, k) for k, v in fallback.items() if k in kinds})
         opts.update({k: _value(kinds[k], v, where, k) for k, v in entry.items() if k in kinds})
         _check_options(mode, opts, lams, where)
         name = str(entry.get("name") or source.stem)
         if not name or "/" in name or name.startswith("."):
             raise InputError(f"{where}: bad name {name!r}"[:200])
+        folder = (Path(outdir) if outdir is not None else source.parent).resolve()
         for lam in lams:
             key = output_name(name, mode, lam)
-            if key in seen:
-                raise InputError(f"{source} and {seen[key]} would both write {key}; give one a 'name' "
+            output = str(folder / key)
+            if output in seen:
+                raise InputError(f"{source} and {seen[output]} would both write {key}; give one a 'name' "
                                  "(manifest) or use distinct λ"[:300])
-            seen[key] = str(source)
+            seen[output] = str(source)
+            model = None
+            if mode == "anchor" and opts["keep_models"]:
+                model = str(folder / model_name(name, None if anchor_fit_config(opts, lam).variable else lam))
             jobs.append({"key": key, "name": name, "source": str(source.resolve()), "mode": mode, "lambda": lam,
-                         "output": str(Path(outdir).resolve() / key), "options": opts})
+                         "output": output, "model": model, "options": opts})
     return jobs

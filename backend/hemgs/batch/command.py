@@ -41,6 +41,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--preset", help="anchor mode: training budget, quick or standard (default quick)")
     s.add_argument("--steps", type=int, help="anchor mode: render-space training steps")
     s.add_argument("--warm-steps", type=int, help="anchor mode: warm-start steps")
+    s.add_argument("--keep-models", action="store_true", default=None,
+                   help="anchor mode: keep each trained model in OUTDIR (<stem>.anchor.model.safetensors) and "
+                        "reuse it in later runs that it serves")
     s.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
                    help="where each job computes (default auto)")
     s.add_argument("--workers", type=int, default=None,
@@ -75,7 +78,7 @@ def _jobs(args) -> tuple[Path, list[dict]]:
     entries = read_manifest(args.manifest) if args.manifest else [{"source": str(p)} for p in scene_files(args.sources)]
     defaults = {"mode": args.mode, "lambdas": args.lambdas, "iters": args.iters, "views": args.views,
                 "view_size": args.view_size, "preset": args.preset, "steps": args.steps,
-                "warm_steps": args.warm_steps, "device": args.device}
+                "warm_steps": args.warm_steps, "keep_models": args.keep_models, "device": args.device}
     jobs = make_jobs(entries, args.output, defaults)  # every check before the folder is made
     return _outdir(args.output), jobs
 

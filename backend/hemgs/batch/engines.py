@@ -27,7 +27,7 @@ def scene_groups(jobs: list[dict], slots: int) -> list[list[dict]]:
     split = max(1, slots // max(len(runs), 1))
     out = []
     for run in runs.values():
-        n = min(split, len(run))
+        n = 1 if run[0].get("model") else min(split, len(run))  # a kept model is trained once, by one worker
         out += [run[i * len(run) // n:(i + 1) * len(run) // n] for i in range(n)]
     return out
 

@@ -5,12 +5,16 @@ leaves the rest of a batch alone.
 
 Every λ of a scene is coded from one fit: direct mode keeps the process's last fit (service), and
 anchor mode here keeps the process's last trained model, so an engine that hands one process a
-scene's λ in a row fits it once. The bytes are the same either way (tests/test_batch.py).
+scene's λ in a row fits it once. The bytes are the same either way (tests/test_batch.py). An anchor
+job with a `model` path keeps its model there, and reuses one found there that serves its λ.
+
+The CLI's engines and the add-on's batch (the worker's "batch_job") both run `run_job`.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import socket
@@ -23,7 +27,7 @@ from ..protocol import finite
 
 # What a result line keeps of a coding report (service.compress_*_measured).
 REPORT_FIELDS = ("bytes", "source_bytes", "ratio", "psnr", "psnr_of_mean_mse", "worst_psnr", "ssim", "views",
-                 "gaussians", "anchors", "fitted", "fit_seconds", "encode_seconds")
+                 "gaussians", "anchors", "fitted", "fit_seconds", "encode_seconds", "sections")
 # One thread per job: as many jobs as cores run side by side, and the bytes do not depend on
 # the thread count. PASSIVE: idle OpenMP threads must not spin on a shared machine.
 PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HEMGS_THREADS": "1"}
@@ -41,21 +45,25 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run_job(job: dict) -> dict:
-    """Run `job` (catalogue.make_jobs) and answer its result line."""
+def run_job(job: dict, progress=None) -> dict:
+    """Run `job` (catalogue.make_jobs) and answer its result line; `progress`, when given,
+    receives service's events (stage, done=, total=, message=, fraction=) as they come."""
     t0, cpu0 = time.perf_counter(), time.process_time()
     line = {"key": job["key"], "source": job["source"], "mode": job["mode"], "lambda": job["lambda"],
-            "output": job["output"], "options": job["options"], "status": "ok", "error": None,
-            "started": _now()}
+            "output": job["output"], "model": job.get("model"), "options": job["options"], "status": "ok",
+            "error": None, "started": _now()}
     warnings: list[str] = []
+    forward = progress
 
-    def progress(kind: str, message: str | None = None, **_) -> None:  # service's events
+    def progress(kind: str, message: str | None = None, **fields) -> None:  # service's events
         if kind == "warning" and message:
             warnings.append(message)
+        if forward is not None:
+            forward(kind, message=message, **fields)
 
     try:
         report = (_direct if job["mode"] == "direct" else _anchor)(job, progress)
-        line.update({k: finite(report[k]) for k in REPORT_FIELDS if k in report})  # JSON: inf -> null
+        line.update({k: finite(report.get(k)) for k in REPORT_FIELDS})  # JSON: inf -> null; absent: null
     except Exception as exc:  # noqa: BLE001 - the job's failure is its line, not the batch's
         known = isinstance(exc, (HemgsError, OSError))
         line.update(status="failed", error=one_line(exc) if known else f"{exc.__class__.__name__}: {one_line(exc)}")
@@ -84,14 +92,31 @@ def _direct(job: dict, progress) -> dict:
         device=resolve_device(opts["device"]), progress=progress)
 
 
-# The last model this process trained (anchor mode): a variable-rate model codes every λ of a scene.
+# The last model this process trained or found kept (anchor mode): a variable-rate model codes
+# every λ of a scene.
 _MODEL: dict = {"key": None, "path": None}
+_TEMPORARY: list[str] = []  # this process's file for models that are not kept
 
 
-def _model_folder() -> str:
-    folder = tempfile.mkdtemp(prefix="hemgs-batch-")
-    atexit.register(shutil.rmtree, folder, True)
-    return folder
+def _temporary_model() -> str:
+    if not _TEMPORARY:
+        folder = tempfile.mkdtemp(prefix="hemgs-batch-")
+        atexit.register(shutil.rmtree, folder, True)
+        _TEMPORARY.append(os.path.join(folder, "model.safetensors"))
+    return _TEMPORARY[0]
+
+
+def _serves(model: str, cfg, lam: float) -> bool:
+    """Whether the model file at `model` is of the kind `cfg` asks for and codes at `lam`."""
+    from ..service import model_summary
+
+    try:
+        info = model_summary(model)
+    except (HemgsError, OSError):
+        return False  # unreadable: train it again
+    lo, hi = info["lambda_serves"]
+    return (info["codec"] == cfg.codec and bool((info["switches"] or {}).get("variable_rate")) == cfg.variable
+            and lo * (1 - 1e-6) <= lam <= hi * (1 + 1e-6))
 
 
 def _anchor(job: dict, progress) -> dict:
@@ -101,13 +126,17 @@ def _anchor(job: dict, progress) -> dict:
 
     opts, device = job["options"], resolve_device(job["options"]["device"])
     cfg = anchor_fit_config(opts, job["lambda"])
+    kept = job.get("model")
     st = os.stat(job["source"])
     # A variable-rate model serves every λ; a fixed-rate one only its own.
-    key = (job["source"], st.st_mtime_ns, st.st_size, opts["preset"], opts.get("steps"), opts.get("warm_steps"),
-           None if cfg.variable_rate else job["lambda"], str(device))
+    training = {k: v for k, v in opts.items() if k not in ("views", "view_size")}  # those only measure
+    key = (job["source"], st.st_mtime_ns, st.st_size, json.dumps(training, sort_keys=True),
+           None if cfg.variable else job["lambda"], str(device), kept)
+    if kept and _MODEL["key"] != key and os.path.isfile(kept) and _serves(kept, cfg, job["lambda"]):
+        _MODEL.update(key=key, path=kept)  # a model kept by an earlier run
     fitted = _MODEL["key"] != key
     if fitted:
-        _MODEL.update(key=None, path=_MODEL["path"] or os.path.join(_model_folder(), "model.safetensors"))
+        _MODEL.update(key=None, path=kept or _temporary_model())
         train_model(job["source"], _MODEL["path"], cfg, device, progress)
         _MODEL["key"] = key
     out = compress_model_measured(_MODEL["path"], job["output"], lam=job["lambda"], source=job["source"],
