@@ -92,6 +92,20 @@ def test_steps_blocks_identical(monkeypatch):
         assert np.array_equal(step_values(index.reshape(30, 10).astype(np.int16), 1.0), values.reshape(30, 10))
 
 
+def test_steps_with_a_base_per_element_blocks_identical(monkeypatch):
+    """The anchor codecs give each element its channel's base: blocks must slice it with the steps
+    (a model of more than one block's coded elements, ~100k anchors, crashed here)."""
+    rng = np.random.default_rng(3)
+    q = np.exp(rng.uniform(-12, 6, 300))
+    base = np.exp(rng.uniform(-3, 1, 300))
+    index, guard = snap_steps(q, base)
+    monkeypatch.setattr(exact_params, "BLOCK", 7)
+    i2, g2 = snap_steps(q, base)
+    assert g2 == guard and np.array_equal(i2, index)
+    assert np.array_equal(steps_from_guard(q * (1 + 1e-14), base, guard), index)
+    assert np.array_equal(index, snap_steps(q / base, 1.0)[0])  # each element on its own base's grid
+
+
 @pytest.mark.parametrize("shifted", [False, True])
 @pytest.mark.parametrize("family", ["gaussian", "laplace", "uniform"])
 def test_streams_blocks_identical(monkeypatch, family, shifted):

@@ -25,23 +25,28 @@ def _grid_values(q: np.ndarray, base: float) -> tuple[np.ndarray, np.ndarray]:
     return t / MEAN_STEPS, np.full(t.shape, SCALE_TABLE[0])
 
 
-def _grid_params(q):
-    """(n, params(slice)): `_grid_values` of `q` a block at a time (elementwise: the same values)."""
+def _grid_params(q, base):
+    """(n, params(slice)): `_grid_values` of `q` a block at a time (elementwise: the same values).
+    `base` is one number or one per element of `q` (the anchor codecs' per-channel bases)."""
     q = np.asarray(q).reshape(-1)
-    return q.size, lambda b, base: _grid_values(q[b], base)
+    base = np.asarray(base, dtype=np.float64)
+    if base.ndim == 0:
+        return q.size, lambda b: _grid_values(q[b], float(base))
+    base = np.broadcast_to(base, q.shape).reshape(-1)
+    return q.size, lambda b: _grid_values(q[b], base[b])
 
 
-def snap_steps(q, base: float) -> tuple[np.ndarray, bytes]:
+def snap_steps(q, base) -> tuple[np.ndarray, bytes]:
     """Encoder: step indices j and the guard bytes the decoder needs."""
-    n, grid = _grid_params(q)
-    params, guard = snap_blocks(n, lambda b: grid(b, base))
+    n, grid = _grid_params(q, base)
+    params, guard = snap_blocks(n, grid)
     return params.mean_idx, guard
 
 
-def steps_from_guard(q, base: float, guard: bytes) -> np.ndarray:
+def steps_from_guard(q, base, guard: bytes) -> np.ndarray:
     """Decoder: the encoder's step indices, from the decoder's own predicted steps."""
-    n, grid = _grid_params(q)
-    return apply_guard_blocks(n, lambda b: grid(b, base), guard).mean_idx
+    n, grid = _grid_params(q, base)
+    return apply_guard_blocks(n, grid, guard).mean_idx
 
 
 def step_values(idx: np.ndarray, base: float) -> np.ndarray:
