@@ -99,9 +99,10 @@ def test_steps_with_a_base_per_element_blocks_identical(monkeypatch):
     q = np.exp(rng.uniform(-12, 6, 300))
     base = np.exp(rng.uniform(-3, 1, 300))
     index, guard = snap_steps(q, base)
+    values = step_values(index, base)
     monkeypatch.setattr(exact_params, "BLOCK", 7)
     i2, g2 = snap_steps(q, base)
-    assert g2 == guard and np.array_equal(i2, index)
+    assert g2 == guard and np.array_equal(i2, index) and np.array_equal(step_values(index, base), values)
     assert np.array_equal(steps_from_guard(q * (1 + 1e-14), base, guard), index)
     assert np.array_equal(index, snap_steps(q / base, 1.0)[0])  # each element on its own base's grid
 

@@ -49,12 +49,15 @@ def steps_from_guard(q, base, guard: bytes) -> np.ndarray:
     return apply_guard_blocks(n, grid, guard).mean_idx
 
 
-def step_values(idx: np.ndarray, base: float) -> np.ndarray:
-    """base * 2^(j/16), exactly the same on every machine (a block at a time: elementwise)."""
+def step_values(idx: np.ndarray, base) -> np.ndarray:
+    """base * 2^(j/16), exactly the same on every machine (a block at a time: elementwise);
+    `base` is one number or one per element of `idx`."""
     idx = np.asarray(idx)
     out = np.empty(idx.shape)
     flat, res = idx.reshape(-1), out.reshape(-1)
+    base = np.asarray(base, dtype=np.float64)
+    bases = np.broadcast_to(base, idx.shape).reshape(-1) if base.ndim else None
     for b in exact_params._blocks(flat.size):
         j = flat[b].astype(np.int64)
-        res[b] = base * np.ldexp(_FRAC[j % STEPS_PER_OCTAVE], j // STEPS_PER_OCTAVE)
+        res[b] = (base if bases is None else bases[b]) * np.ldexp(_FRAC[j % STEPS_PER_OCTAVE], j // STEPS_PER_OCTAVE)
     return out
