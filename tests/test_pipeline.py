@@ -65,3 +65,18 @@ def test_compress_straight_from_a_ply(trained):
     out = d / "direct.hgs"
     assert main(["compress", str(src), "-o", str(out), "--mode", "anchor", "--lambda", "2e-3", *TINY]) == 0
     assert out.stat().st_size > 0
+
+
+def test_anchor_training_the_machine_cannot_hold_is_refused_before_any_work(monkeypatch, tmp_path, capsys):
+    """Issue #24 item 3: a scene whose training would need more memory than the machine has gets one
+    line and exit 2 before the teacher renders, not the system's kill minutes later."""
+    from hemgs.anchor import memory
+
+    monkeypatch.setattr(memory, "machine_bytes", lambda: 10**9)  # the demo's 31,000 need ~1.7 GB
+    model = tmp_path / "m.safetensors"
+    assert main(["train", str(DEMO_PLY), "-o", str(model), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "anchor mode on 31,000 Gaussians needs about 2 GB" in err
+    assert "this machine has 1 GB" in err and "--mode direct" in err and "rendering" not in err
+    assert not model.exists()
+    assert memory.training_bytes(1_000_000) > 8.95e9  # above the measured peak (module docstring)

@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .anchor.memory import check_training_memory
 from .anchor.model import AnchorConfig, AnchorModel
 from .anchor.render import render_anchor, visible_anchors
 from .anchor.warm_start import build_anchor_model, warm_start
@@ -189,6 +190,8 @@ def fit(scene: GaussianScene | None, *, source_path=None, cfg: FitConfig | None 
         raise InputError("explicit targets need their views")
     report = progress or (lambda *a: None)
     device = device or torch.device("cpu")
+    if scene is not None and device.type == "cpu":  # (on a GPU the peak is the GPU's, not measured)
+        check_training_memory(len(scene))  # before minutes of teacher renders
     torch.manual_seed(cfg.seed)
     history: dict = {"config": asdict(cfg)}
 
