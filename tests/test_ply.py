@@ -103,6 +103,8 @@ def test_big_endian_reordered_extra_props_no_normals_float64(demo, demo_vertex, 
     cols = columns_of(demo_vertex)
     variants = {
         "be": (dict(cols), {"byte_order": ">"}),
+        # float32 only, any order: read as one matrix (io/ply.py's fast path)
+        "reversed_float32": ({**dict(reversed(cols.items())), "extra": np.ones(len(demo), np.float32)}, {}),
         "reversed_with_extras": (
             {"label": np.arange(len(demo), dtype=np.uint8), **dict(reversed(cols.items())),
              "nx": np.zeros(len(demo), np.float32), "confidence": np.ones(len(demo), np.float32)}, {}),
