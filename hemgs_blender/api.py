@@ -57,16 +57,19 @@ def _worker() -> WorkerClient:
 
 
 def read_preview(path: str | os.PathLike):
-    """The preview arrays (hemgs.preview.SplatPreview) of a 3DGS/Scaffold PLY, SPZ or .hgs file.
+    """The preview arrays (hemgs.preview.SplatPreview) of a 3DGS/Scaffold PLY, SPZ, glTF, SOG or
+    .hgs file.
 
-    Read in Blender's Python when the bundled readers import; otherwise, and for .hgs files (which
-    the decoder, in torch, must decode and bake), the worker bakes them."""
+    Read in Blender's Python when the bundled readers import; otherwise, and for the formats it
+    cannot read (.hgs: the decoder is torch; SOG: its images need Pillow), the worker bakes them."""
     try:
         from hemgs.io import detect_format
+        from hemgs.io.formats import get
         from hemgs.preview import preview_file
     except ImportError:
         return _read_preview_via_worker(path)
-    if detect_format(path) == "hgs":
+    fmt = detect_format(path)
+    if get(fmt).backend:
         return _read_preview_via_worker(path)
     return preview_file(path)
 

@@ -47,14 +47,16 @@ def _stand_up_prop():
     return bpy.props.BoolProperty(name=hprops.STAND_UP_NAME, description=hprops.STAND_UP_DESCRIPTION, default=True)
 
 
-def _show_preview_npz(npz: str, path: str, stand_up: bool, beside: str = "") -> object:
-    """Build the preview object of the .hgs `path` from its worker-baked .npz (then deleted); with
-    `beside` (a source path), place it next to that source's preview, or in its place with the
-    source hidden. Runs when the job ends, so it takes the context of that moment."""
+def _show_preview_npz(npz: str, path: str, stand_up: bool, beside: str = "", kind: str = "decoded",
+                      source_format: str = "hgs") -> object:
+    """Build the preview object of `path` (a .hgs file unless `source_format` says otherwise) from
+    its worker-baked .npz (then deleted); with `beside` (a source path), place it next to that
+    source's preview, or in its place with the source hidden. Runs when the job ends, so it takes
+    the context of that moment."""
     from .preview_object import build_preview_object
 
     context = bpy.context
-    obj = build_preview_object(context, api.preview_from_npz(npz, path), stand_up=stand_up)
+    obj = build_preview_object(context, api.preview_from_npz(npz, path, kind, source_format), stand_up=stand_up)
     if beside:
         _place_beside(context, obj, beside)
     return obj
@@ -84,21 +86,25 @@ def _place_beside(context, obj, source: str) -> None:
 
 # The files the importer takes: hemgs.io.formats.preview_extensions(), kept here as a literal since
 # registering the operators must not import the backend (tests/test_formats.py keeps them equal).
-IMPORT_EXTENSIONS = (".ply", ".spz", ".glb", ".hgs")
+IMPORT_EXTENSIONS = (".ply", ".spz", ".glb", ".sog", ".hgs")
 IMPORT_GLOB = ";".join(f"*{ext}" for ext in IMPORT_EXTENSIONS)
+# Of those, what Blender's Python cannot read (hemgs.io.formats.backend_extensions(): .hgs needs the
+# decoder, SOG Pillow): the backend worker bakes their previews.
+BACKEND_EXTENSIONS = (".sog", ".hgs")
 
 
-def _import_hgs_files(op, context, paths: list[str], stand_up: bool):
-    """Decode .hgs files in the worker, one job after the other (the panel runs one job at a time);
-    each preview appears when its file is decoded. With a UI the later jobs start after `op` has
-    returned, so their errors go to the panel only."""
+def _import_in_backend(op, context, paths: list[str], stand_up: bool):
+    """Bake the previews of files Blender cannot read (.hgs, SOG) in the worker, one job after the
+    other (the panel runs one job at a time); each preview appears when its file is done. With a UI
+    the later jobs start after `op` has returned, so their errors go to the panel only."""
     path, rest = paths[0], paths[1:]
-    npz = str(api.preview_cache_path("hgs"))
+    npz = str(api.preview_cache_path("import"))
 
     def done(res: dict) -> None:
-        _show_preview_npz(npz, path, stand_up)
+        _show_preview_npz(npz, path, stand_up, kind=res.get("kind") or "decoded",
+                          source_format=res.get("source_format") or "hgs")
         if rest:
-            _import_hgs_files(op if bpy.app.background else None, bpy.context, rest, stand_up)
+            _import_in_backend(op if bpy.app.background else None, bpy.context, rest, stand_up)
 
     return _start(op, context, "load_preview", {"path": path, "output": npz}, [npz], on_done=done)
 
@@ -131,10 +137,10 @@ class _SplatImport(ImportHelper):
         if not paths:
             self.report({"ERROR"}, "no file to import")
             return {"CANCELLED"}
-        hgs = [p for p in paths if p.lower().endswith(".hgs")]
-        results = [_import(self, context, p, self.stand_up) for p in paths if p not in hgs]
-        if hgs:
-            results.append(_import_hgs_files(self, context, hgs, self.stand_up))
+        backend = [p for p in paths if p.lower().endswith(BACKEND_EXTENSIONS)]
+        results = [_import(self, context, p, self.stand_up) for p in paths if p not in backend]
+        if backend:
+            results.append(_import_in_backend(self, context, backend, self.stand_up))
         return {"FINISHED"} if {"FINISHED"} in results else {"CANCELLED"}
 
 

@@ -220,12 +220,13 @@ res["api_decoded_name"] = api.load_preview(p.output_path).name
 res["decoded_rotations"] = [list(o.rotation_euler) for o in dec + imported]
 res["import_points"] = [len(o.data.points) for o in imported]
 res["export_hgs"] = list(bpy.ops.hemgs.export_hgs(filepath=os.path.join(work, "exported.hgs")))
-# The one importer, two files at once (as File > Import's multi-select passes them): a PLY read here
-# and a .hgs the worker decodes; then they are removed again. A real drop on the viewport cannot run
+# The one importer, three files at once (as File > Import's multi-select passes them): a PLY read
+# here, a .hgs the worker decodes and a SOG the worker reads (Pillow); then they are removed again. A real drop on the viewport cannot run
 # headless: the drag-and-drop handler is checked by its registration and its operator.
 before = set(bpy.data.objects)
 res["import_two"] = list(bpy.ops.hemgs.import_splats(directory=work, files=[{"name": "tiny.ply"},
-                                                                            {"name": "panel.hgs"}]))
+                                                                            {"name": "panel.hgs"},
+                                                                            {"name": "tiny.sog"}]))
 two = [o for o in bpy.data.objects if o not in before]
 res["import_two_objects"] = sorted([os.path.basename(o["hemgs_path"]), len(o.data.points)] for o in two)
 for o in two:
@@ -343,13 +344,14 @@ def _tiny_ply(tmp_path: Path) -> Path:
     """3,000 Gaussians of the demo scene, in a folder of their own (models and .hgs files go there)."""
     import numpy as np
 
-    from hemgs.io import load_scene, write_ply
+    from hemgs.io import load_scene, save_scene, write_ply
 
     scene = load_scene(DEMO_PLY)
     keep = np.sort(np.random.default_rng(0).choice(len(scene), 3000, replace=False))
     (tmp_path / "codec").mkdir()
     path = tmp_path / "codec" / "tiny.ply"
     write_ply(scene.subset(keep), path)
+    save_scene(scene.subset(keep), path.with_suffix(".sog"))  # for the importer: Blender cannot read SOG
     return path
 
 
@@ -474,8 +476,9 @@ def test_train_and_compress_from_the_panel_show_results_and_decoded_preview(blen
     assert x > max(r["source_x"])
     # File > Import HEMGS (.hgs): a second decoded object, the same baked Gaussians.
     assert r["import_hgs"] == ["FINISHED"] and r["import_points"] == [points]
-    # Two files through the one importer; the drag-and-drop handler takes the registry's extensions.
-    assert r["import_two"] == ["FINISHED"] and r["import_two_objects"] == [["panel.hgs", points], ["tiny.ply", 3000]]
+    # Three files through the one importer; the drag-and-drop handler takes the registry's extensions.
+    assert r["import_two"] == ["FINISHED"]
+    assert r["import_two_objects"] == [["panel.hgs", points], ["tiny.ply", 3000], ["tiny.sog", 3000]]
     from hemgs.io.formats import preview_extensions
 
     assert r["file_handler"] == ["hemgs.import_splats", ";".join(preview_extensions()), "HEMGS_OT_import_splats"]

@@ -96,8 +96,9 @@ def test_the_table_says_what_every_front_end_said_before():
     assert [f.name for f in formats.readable()] == ["ply", "spz", "glb", "sog"]
     assert formats.labels(formats.listed()) == "PLY, SPZ, glTF, SOG or .hgs"
     assert formats.extension_list(formats.writable()) == ".ply, .spz, .glb or .sog"
-    # SOG is marked preview=False: its images need Pillow, which Blender's Python lacks.
-    assert formats.preview_extensions() == [".ply", ".spz", ".glb", ".hgs"]
+    assert formats.preview_extensions() == [".ply", ".spz", ".glb", ".sog", ".hgs"]
+    # SOG's images need Pillow and .hgs the decoder (torch): Blender's Python reads neither.
+    assert formats.backend_extensions() == [".sog", ".hgs"]
 
 
 def test_a_trained_model_is_named_as_one_by_load_scene(tmp_path):
@@ -120,3 +121,4 @@ def test_the_blender_importer_takes_the_registrys_extensions():
     # The add-on never imports hemgs to register its operators, so it keeps the list as a literal.
     exts = _literal(REPO / "hemgs_blender" / "ops.py", "IMPORT_EXTENSIONS")
     assert list(exts) == formats.preview_extensions()
+    assert list(_literal(REPO / "hemgs_blender" / "ops.py", "BACKEND_EXTENSIONS")) == formats.backend_extensions()

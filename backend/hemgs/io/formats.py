@@ -47,6 +47,9 @@ class FileFormat:
     write: Callable[..., None] | None = None  # save_scene's writer: (scene, path, **options)
     not_a_scene: str = ""  # load_scene's message for a format it does not read ("<path>: " before it)
     preview: bool = True  # the Blender importer takes it (preview_extensions)
+    # Blender's own Python cannot read it (.hgs: the decoder is torch; SOG: its images need Pillow),
+    # so the add-on has the backend worker bake its preview (backend_extensions).
+    backend: bool = False
 
 
 def _sniff_hgs(head: bytes, path: Path) -> bool:
@@ -67,8 +70,8 @@ FORMATS: list[FileFormat] = [
     FileFormat("ply", (".ply",), sniff_ply, label="PLY", read=read_ply, write=write_ply),
     FileFormat("spz", (".spz",), sniff_spz, label="SPZ", read=read_spz, write=write_spz),
     FileFormat("glb", (".glb",), sniff_glb, label="glTF", read=read_glb, write=write_glb),
-    FileFormat("sog", (".sog",), sniff_sog, label="SOG", read=read_sog, write=write_sog, preview=False),
-    FileFormat("hgs", (".hgs",), _sniff_hgs, kind="hgs", label=".hgs",
+    FileFormat("sog", (".sog",), sniff_sog, label="SOG", read=read_sog, write=write_sog, backend=True),
+    FileFormat("hgs", (".hgs",), _sniff_hgs, kind="hgs", label=".hgs", backend=True,
                not_a_scene="is a .hgs file; decode it with the HEMGS decoder, not load_scene"),
     FileFormat("model", (".safetensors",), _sniff_model, kind="model",
                not_a_scene="is a trained model (safetensors), not a scene; code it with `hemgs compress`"),
@@ -127,9 +130,15 @@ def extension_list(formats: Iterable[FileFormat], conj: str = "or") -> str:
 
 def preview_extensions() -> list[str]:
     """What a viewer opens as a splat preview: every kind but a trained model, less the formats marked
-    `preview=False` (SOG: its images need Pillow, which Blender's Python lacks) (the Blender add-on's
-    importer; it keeps these as a literal, which tests/test_formats.py keeps equal)."""
+    `preview=False` (the Blender add-on's importer; it keeps these as a literal, which
+    tests/test_formats.py keeps equal)."""
     return extensions(f for f in FORMATS if f.kind != "model" and f.preview)
+
+
+def backend_extensions() -> list[str]:
+    """The previews the Blender add-on has the backend worker bake (`FileFormat.backend`; a literal
+    in the add-on too)."""
+    return extensions(f for f in FORMATS if f.backend and f.preview)
 
 
 def _sentence(words: list[str], conj: str) -> str:
