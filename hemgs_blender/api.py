@@ -81,9 +81,18 @@ def preview_cache_path(tag: str = "preview") -> Path:
     return out
 
 
+def preview_request() -> dict:
+    """What a worker-baked preview holds: the Gaussians' shape and SH only where native splats draw
+    them (Blender 5.3+); a point-cloud preview needs the positions, colours and sizes alone."""
+    from .preview_object import has_gaussian_splat_type
+
+    return {"preview_gaussians": has_gaussian_splat_type()}
+
+
 def _read_preview_via_worker(path):
     out = preview_cache_path()
-    res = _worker().run("load_preview", {"path": str(path), "output": str(out)}, outputs=[str(out)])
+    res = _worker().run("load_preview", {"path": str(path), "output": str(out), **preview_request()},
+                        outputs=[str(out)])
     return preview_from_npz(out, path, res.get("kind") or "decoded", res.get("source_format") or "hgs")
 
 

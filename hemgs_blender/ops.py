@@ -106,7 +106,8 @@ def _import_in_backend(op, context, paths: list[str], stand_up: bool):
         if rest:
             _import_in_backend(op if bpy.app.background else None, bpy.context, rest, stand_up)
 
-    return _start(op, context, "load_preview", {"path": path, "output": npz}, [npz], on_done=done)
+    return _start(op, context, "load_preview", {"path": path, "output": npz, **api.preview_request()}, [npz],
+                  on_done=done)
 
 
 class _SplatImport(ImportHelper):
@@ -312,11 +313,12 @@ def compress_args(props, output: str) -> tuple[dict, str]:
     """Worker arguments for coding to `output` and measuring it against the source: anchor mode
     codes the loaded model; direct mode sends the source itself (the worker fits and codes it)."""
     npz = str(api.preview_cache_path("decoded"))
+    shown = {"preview": npz, **api.preview_request()}
     args: dict
     if hprops.is_direct(props):
         args = {"mode": "direct", "source": bpy.path.abspath(props.source_path), "output": output,
                 "lambda": hprops.direct_compress_lambda(props), "views": props.views, "width": props.eval_width,
-                "preview": npz, "scene_agnostic": props.direct_scene_agnostic, "ar": props.direct_ar,
+                **shown, "scene_agnostic": props.direct_scene_agnostic, "ar": props.direct_ar,
                 "acs": props.direct_acs, "variable_rate": props.direct_variable_rate}
         if props.direct_iters > 0:
             args["iters"] = props.direct_iters
@@ -324,7 +326,7 @@ def compress_args(props, output: str) -> tuple[dict, str]:
             args["for_cameras"] = True
         return args, npz
     args = {"model": bpy.path.abspath(props.model_path), "output": output, "views": props.views,
-            "width": props.eval_width, "preview": npz}
+            "width": props.eval_width, **shown}
     if props.source_path:
         args["source"] = bpy.path.abspath(props.source_path)
     lam = hprops.compress_lambda(props)

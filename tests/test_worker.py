@@ -416,3 +416,25 @@ def test_the_addons_batch_plans_every_job_first_and_runs_them_through_the_batch_
     assert {"fitting", "encoding"} <= {e["stage"] for e in events if e.get("event") == "progress"}
     failed = client.run("batch_job", {"job": plan["jobs"][1]}, timeout=60)
     assert failed["status"] == "failed" and "truncated" in failed["error"] and not (out / failed["key"]).exists()
+
+
+def test_a_preview_carries_the_gaussians_shape_and_sh_only_when_asked(client, tiny_ply, tmp_path):
+    """Point-cloud previews (Blender before 5.3) need positions, colours and sizes alone: without the
+    Gaussians' shape and SH the file is a fraction of the size, for the worker to write and Blender to read."""
+    import numpy as np
+
+    from hemgs.preview import GAUSSIAN_KEYS, PREVIEW_KEYS
+
+    sizes = {}
+    for gaussians in (True, False):
+        out = tmp_path / f"p{gaussians}.npz"
+        res = client.run("load_preview", {"path": str(tiny_ply), "output": str(out), "preview_gaussians": gaussians},
+                         timeout=60)
+        assert res["count"] == 3000
+        with np.load(out) as data:
+            assert sorted(data.files) == sorted(PREVIEW_KEYS + (GAUSSIAN_KEYS if gaussians else ()))
+        sizes[gaussians] = out.stat().st_size
+    assert sizes[False] < 0.5 * sizes[True]  # SH degree 2: 27 floats of 44 a Gaussian are SH
+    with pytest.raises(wc.WorkerError, match="preview_gaussians"):
+        client.run("load_preview", {"path": str(tiny_ply), "output": str(tmp_path / "x.npz"),
+                                    "preview_gaussians": "no"}, timeout=60)

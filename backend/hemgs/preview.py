@@ -174,14 +174,16 @@ def preview_file(path: str | os.PathLike) -> SplatPreview:
     return out
 
 
-def save_preview(preview: SplatPreview, path: str | os.PathLike) -> None:
-    """Write the preview arrays to an uncompressed `.npz` (atomically)."""
+def save_preview(preview: SplatPreview, path: str | os.PathLike, gaussians: bool = True) -> None:
+    """Write the preview arrays to an uncompressed `.npz` (atomically); `gaussians`: with the
+    Gaussians' own shape and SH (GAUSSIAN_KEYS), which only native splats draw. Without them a
+    6M SH-3 scene's file is 0.2 GB instead of 1.5 GB, to write and for Blender to read."""
     from .io.atomic import atomic_write
 
+    keys = PREVIEW_KEYS + (GAUSSIAN_KEYS if gaussians else ())
     with atomic_write(path) as tmp:
         with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a bare name
-            np.savez(fh, **{k: getattr(preview, k) for k in PREVIEW_KEYS + GAUSSIAN_KEYS
-                            if getattr(preview, k) is not None})
+            np.savez(fh, **{k: getattr(preview, k) for k in keys if getattr(preview, k) is not None})
 
 
 def load_preview_npz(path: str | os.PathLike) -> SplatPreview:

@@ -263,15 +263,16 @@ def measure(out: dict, source: str | None, draw: Callable, spec: ViewSpec, devic
                                     "ssim_per_view", "views", "width", "height") if k in res})
 
 
-def preview(out: dict, preview_out: str | None, scene_fn: Callable, progress: Events) -> None:
-    """With `preview_out`: the preview .npz (hemgs.preview) of the decoded scene `scene_fn()` gives."""
+def preview(out: dict, preview_out: str | None, scene_fn: Callable, progress: Events, gaussians: bool = True) -> None:
+    """With `preview_out`: the preview .npz (hemgs.preview) of the decoded scene `scene_fn()` gives,
+    with the Gaussians' shape and SH when `gaussians` (hemgs.preview.save_preview)."""
     from .preview import preview_from_scene, save_preview
 
     if preview_out is None:
         return
     progress("baking", done=0, total=1, message="preview of the decoded scene", fraction=0.9)
     pv = preview_from_scene(scene_fn())
-    save_preview(pv, preview_out)
+    save_preview(pv, preview_out, gaussians)
     out["preview"], out["preview_count"] = preview_out, len(pv)
     progress("baking", done=1, total=1, fraction=1.0)
 
@@ -391,7 +392,8 @@ def train_and_compress(src: str | None, output: str, cfg, device, progress, *, i
 
 
 def compress_model_measured(model: str, output: str, *, lam: float, source: str | None, spec: ViewSpec,
-                            preview_out: str | None, device, progress: Events) -> dict:
+                            preview_out: str | None, device, progress: Events,
+                            preview_gaussians: bool = True) -> dict:
     """Code the trained `model` at `lam` (model_lambda's) into `output`, then decode the file as
     written and, with `source`, measure it (`measure`) and bake its preview (`preview`)."""
     from .pipeline import compress, decode_file
@@ -410,7 +412,7 @@ def compress_model_measured(model: str, output: str, *, lam: float, source: str 
         out["source_bytes"] = report["source_bytes"]  # recorded at training time
         out["ratio"] = report["source_bytes"] / max(report["bytes"], 1)
     measure(out, source, decoded.renderer(device), spec, device, progress, start=0.25)
-    preview(out, preview_out, decoded.gaussians, progress)
+    preview(out, preview_out, decoded.gaussians, progress, preview_gaussians)
     return out
 
 
@@ -447,7 +449,8 @@ _DIRECT_FIT: dict[str, Any] = {"key": None, "fitted": None, "extra": None}
 
 def compress_direct_measured(source: str, output: str, *, lam: float, switches: dict, iters: int | None,
                              for_cameras: bool | str | None, cameras: list | None, spec: ViewSpec,
-                             preview_out: str | None, device, progress: Events) -> dict:
+                             preview_out: str | None, device, progress: Events,
+                            preview_gaussians: bool = True) -> dict:
     """Direct mode, checked arguments: fit `source` (for `cameras`, own_views(source, for_cameras))
     or reuse the last fit of the same file and settings (`fitted` false), code it at `lam` into
     `output`, then decode the file as written, measure it (`measure`) and bake its preview."""
@@ -487,5 +490,5 @@ def compress_direct_measured(source: str, output: str, *, lam: float, switches: 
     decoded = decode_file(output)
     progress("decoding", done=1, total=1, fraction=0.7)
     measure(out, source, decoded.renderer(device), spec, device, progress, start=0.7)
-    preview(out, preview_out, decoded.gaussians, progress)
+    preview(out, preview_out, decoded.gaussians, progress, preview_gaussians)
     return out

@@ -51,11 +51,12 @@ def op_load_preview(args: dict, progress: Callable) -> dict:
     from .preview import preview_file, save_preview
 
     path, output = arg(args, "path", str, op="load_preview"), arg(args, "output", str, op="load_preview")
+    gaussians = arg(args, "preview_gaussians", bool, True, "load_preview")
     service.check_outputs(output)
     progress("reading", done=0, total=1)
     preview = preview_file(path)
     progress("writing", done=1, total=1)
-    save_preview(preview, output)
+    save_preview(preview, output, gaussians)
     for w in preview.meta.get("warnings", []):
         progress("warning", message=f"{path}: {w}")
     return {"output": output, "count": len(preview), "kind": preview.meta.get("kind"),
@@ -170,6 +171,7 @@ def op_compress(args: dict, progress: Callable) -> dict:
     model, output = arg(args, "model", str, op="compress"), arg(args, "output", str, op="compress")
     source = opt(args, "source", str, "compress")
     preview_out = opt(args, "preview", str, "compress")
+    preview_gaussians = arg(args, "preview_gaussians", bool, True, "compress")
     lam = opt(args, "lambda", float, "compress")
     device = device_arg(args, "compress")
     spec = view_spec(args, "compress", none_ok=True)
@@ -180,7 +182,8 @@ def op_compress(args: dict, progress: Callable) -> dict:
     if dry_run:
         return {"dry_run": True, "output": output, "model": model, "lambda": lam}
     return finite(service.compress_model_measured(model, output, lam=lam, source=source, spec=spec,
-                                                   preview_out=preview_out, device=device, progress=progress))
+                                                   preview_out=preview_out, device=device, progress=progress,
+                                                   preview_gaussians=preview_gaussians))
 
 
 def op_compress_direct(args: dict, progress: Callable) -> dict:
@@ -199,6 +202,7 @@ def op_compress_direct(args: dict, progress: Callable) -> dict:
     iters = opt(args, "iters", int, op)
     service.check_iters(iters, "compress: iters")
     preview_out = opt(args, "preview", str, op)
+    preview_gaussians = arg(args, "preview_gaussians", bool, True, op)
     spec = view_spec(args, op, none_ok=True)
     device = device_arg(args, op)
     check_direct_source(source, asked="mode 'direct'", op="compress: ")
@@ -212,7 +216,8 @@ def op_compress_direct(args: dict, progress: Callable) -> dict:
     service.check_outputs(output, preview_out)
     return finite(service.compress_direct_measured(
         source, output, lam=lam, switches=switches, iters=iters, for_cameras=for_cameras, cameras=cameras,
-        spec=spec, preview_out=preview_out, device=device, progress=progress))
+        spec=spec, preview_out=preview_out, device=device, progress=progress,
+        preview_gaussians=preview_gaussians))
 
 
 def op_decompress(args: dict, progress: Callable) -> dict:
