@@ -237,3 +237,16 @@ def test_networks_decode_bit_for_bit_in_every_layout(network_bits, encoded, anch
     assert _digest(dec.model) == _digest(result.model)
     if network_bits is None:  # the quantized default takes fewer bytes than float16
         assert len(encoded("all_on")[2].sections["networks"]) < 0.7 * len(f.sections["networks"])
+
+
+def test_small_scenes_get_narrower_entropy_networks_recorded_in_the_header(encoded, anchor_model):
+    """Issue #20 item 3: the networks are part of the file, so a scene of few anchors gets narrower
+    ones; the header records the widths, so a decoder needs no rule (the codec tests here decode them)."""
+    from hemgs.entropy.hemgs import SMALL_SCENE_ANCHORS, SMALL_WIDTHS, HemgsConfig, widths_for_anchor_count
+
+    assert widths_for_anchor_count(SMALL_SCENE_ANCHORS) == SMALL_WIDTHS
+    assert widths_for_anchor_count(SMALL_SCENE_ANCHORS + 1) == {}  # larger scenes: HemgsConfig's own
+    assert anchor_model.num_anchors <= SMALL_SCENE_ANCHORS
+    header = encoded("all_on")[2].header["hemgs"]
+    assert {k: header[k] for k in SMALL_WIDTHS} == SMALL_WIDTHS
+    assert all(SMALL_WIDTHS[k] < getattr(HemgsConfig(), k) for k in SMALL_WIDTHS)

@@ -33,7 +33,7 @@ from .anchor.warm_start import build_anchor_model, warm_start
 from .cameras import Camera, scene_views, split_views
 from .entropy.hac import AnchorAttrs, HacEntropyModel
 from .entropy.hashgrid import HashGridConfig
-from .entropy.hemgs import LAMBDAS, HemgsConfig, HemgsEntropyModel
+from .entropy.hemgs import LAMBDAS, HemgsConfig, HemgsEntropyModel, widths_for_anchor_count
 from .entropy.refine import init_from_anchors, refine_entropy
 from .errors import InputError, SceneError
 from .metrics import ssim_loss_term
@@ -148,7 +148,7 @@ def new_entropy_model(model: AnchorModel, cfg: FitConfig | None = None, seed: in
     hc = HemgsConfig(feat_dim=model.config.feat_dim, k=model.config.k, sa_dim=sa_dim,
                      scene_agnostic=cfg.scene_agnostic, ar=cfg.ar, acs=cfg.acs, variable_rate=cfg.variable_rate,
                      lambdas=sorted(cfg.lambdas) if cfg.variable_rate else [cfg.lam], grid=grid.to_dict(),
-                     rate_exponent=float(cfg.rate_exponent))
+                     rate_exponent=float(cfg.rate_exponent), **widths_for_anchor_count(model.num_anchors))
     return HemgsEntropyModel(hc, lo, hi, seed=seed)
 
 
