@@ -142,7 +142,8 @@ def fit_direct(scene: GaussianScene, cfg: DirectConfig | None = None, fcfg: Dire
     model = DirectEntropyModel(cfg, math.log(frame.rho), seed=fcfg.seed)
     set_norms(model, values)
     history = {"prepare_seconds": time.perf_counter() - t0}
-    dilation = pixel_dilation(scene, frame.rho)
+    # seen as the evaluation sees the scene (a scene's own cameras: its own shape, as before)
+    dilation = 0.0 if cameras else pixel_dilation(scene, frame.rho)
     if prep.n:
         _train(model, prep, values, cfg, fcfg, _both(progress, stages), history, dilation)
         release()  # the training steps' tensors
