@@ -101,3 +101,40 @@ def test_a_gaussian_that_one_side_needs_is_not_skipped():
     alpha = dec.scene.opacities  # coding order, as the masks
     assert (alpha[spared] > 1 / 255).all()
     assert (alpha[by_peak] < 1e-4).all()
+
+
+def test_v_stands_for_the_evaluations_width():
+    """Measured at 128², a Gaussian much smaller than a pixel covers the renderer's EPS2D px², 4x
+    its share of a 256² image; at_resolution rescales it (a large one keeps its share against the
+    others), and the scene's total V stays as measured."""
+    from hemgs.cameras import sphere_views
+    from hemgs.direct.attributes import at_resolution
+    from hemgs.scene import GaussianScene
+
+    means = np.array([[0.0, 0, 0], [0.1, 0, 0], [2.0, 2, 2], [-2.0, -2, -2]])
+    log_scales = np.log(np.array([[1e-4] * 3, [0.5] * 3, [0.5] * 3, [0.5] * 3]))
+    scene = GaussianScene(means, np.tile([1.0, 0, 0, 0], (4, 1)), log_scales, np.zeros(4), np.zeros((4, 1, 3)))
+    views = sphere_views(scene, n=3, width=128, height=128)
+    pv = np.ones((4, 3))
+    out = at_resolution(pv, scene, views)
+    assert np.isclose(out.sum(), pv.sum())
+    assert np.allclose(out[0] / out[1], 0.25, rtol=0.02)  # tiny against large, every view
+    assert np.allclose(out[1:], out[1, 0], rtol=0.05)
+
+
+def test_rotation_weights_follow_the_drawn_footprint():
+    """With the renderer's widening, a Gaussian thinner than a pixel turns without showing it:
+    its twist and swing weigh less; a large one's barely change, and no other stage's do."""
+    import torch
+
+    from hemgs.direct.attributes import coding_log_weights
+
+    vals = {"importance": torch.full((2, 1), 20.0), "opacity": torch.zeros((2, 1)),
+            "scale": torch.log(torch.tensor([[0.01, 0.02, 0.05], [1.0, 2.0, 5.0]], dtype=torch.float64)),
+            "rotation": torch.zeros((2, 3)), "position": torch.zeros((2, 3)), "dc": torch.zeros((2, 3))}
+    for stage in ("opacity", "scale", "position", "dc"):
+        assert torch.equal(coding_log_weights(stage, vals, 0.0, True, True, 0.3),
+                           coding_log_weights(stage, vals, 0.0, True, True))
+    change = coding_log_weights("rotation", vals, 0.0, True, True, 0.3) - coding_log_weights("rotation", vals, 0.0, True, True)
+    assert (change[0] < -5).all()  # σ_max 0.05 against a dilation of 0.3
+    assert (change[1].abs() < 0.05).all()

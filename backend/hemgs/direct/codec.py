@@ -135,8 +135,9 @@ class _LogWeights(Mapping):
     computed when asked for and not kept (the stages are coded one at a time: only the one being
     coded holds its (N, dim) weights)."""
 
-    def __init__(self, model: DirectEntropyModel, values: dict, prep: Prepared, factors: dict[str, float] | None):
-        self.cfg, self.factors = model.cfg, factors or {}
+    def __init__(self, model: DirectEntropyModel, values: dict, prep: Prepared, factors: dict[str, float] | None,
+                 dilation: float = 0.0):
+        self.cfg, self.factors, self.dilation = model.cfg, factors or {}, dilation
         self.stages = [s for s, st in model.stages.items() if not st.fixed_step]
         self.true = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in values.items()}
         self.log_rho = math.log(prep.frame.rho)
@@ -145,7 +146,7 @@ class _LogWeights(Mapping):
         if s not in self.stages:
             raise KeyError(s)
         cfg = self.cfg
-        out = coding_log_weights(s, self.true, self.log_rho, cfg.scale_ranks, cfg.swing_twist).numpy()
+        out = coding_log_weights(s, self.true, self.log_rho, cfg.scale_ranks, cfg.swing_twist, self.dilation).numpy()
         out += math.log(self.factors.get(s, 1.0))  # (in place: a new array from coding_log_weights)
         return out
 
@@ -160,10 +161,10 @@ class _LogWeights(Mapping):
 
 
 def _encoder_log_weights(model: DirectEntropyModel, values: dict, prep: Prepared,
-                         factors: dict[str, float] | None) -> Mapping[str, np.ndarray]:
+                         factors: dict[str, float] | None, dilation: float = 0.0) -> Mapping[str, np.ndarray]:
     """The log weights the encoder rounds with, per stepped stage (_LogWeights: made per stage
     when asked for)."""
-    return _LogWeights(model, values, prep, factors)
+    return _LogWeights(model, values, prep, factors, dilation)
 
 
 def _with_factors(model: DirectEntropyModel, factors: dict[str, float] | None) -> DirectEntropyModel:
@@ -187,7 +188,7 @@ def _approximate_values(fitted: DirectFitted, lam: float,
         return None
     model = _with_factors(fitted.model, factors) if factors else fitted.model
     cfg = model.cfg
-    log_w = _encoder_log_weights(model, fitted.values, prep, factors)
+    log_w = _encoder_log_weights(model, fitted.values, prep, factors, fitted.dilation)
     with torch.no_grad():
         sa = prep.sa_feat.float() if prep.sa_feat is not None else None
         prior = model.prior(model.hyper(model.grid(prep.xyz01.float()), sa))[torch.as_tensor(prep.layout.voxel_of)]
@@ -238,7 +239,8 @@ def _balance(fitted: DirectFitted, dec: dict[str, np.ndarray], lam: float,
     for s in cfg.dims:
         if s == "importance":
             continue
-        w = np.exp(coding_log_weights(s, t, math.log(prep.frame.rho), cfg.scale_ranks, cfg.swing_twist).numpy())
+        w = np.exp(coding_log_weights(s, t, math.log(prep.frame.rho), cfg.scale_ranks, cfg.swing_twist,
+                                      fitted.dilation).numpy())
         modelled[s] = float((w[live] * (dec[s][live] - true[s][live]) ** 2).sum())
     return balance.balance_factors(balance.stage_errors(source, decoded, live, views), modelled)
 
@@ -276,7 +278,7 @@ def _encode(fitted: DirectFitted, lam: float, header_extra: dict | None, chunk: 
     values, log_w = fitted.values, {}
     if rdoq and n:
         values = _skip_values(fitted.values, float(lam), fitted.skip_importance())
-        log_w = _encoder_log_weights(model, values, prep, factors)
+        log_w = _encoder_log_weights(model, values, prep, factors, fitted.dilation)
     dec, stage_sections = encode_stages(model, prep, float(lam), chunk, values, log_w, skips=bool(rdoq),
                                         progress=progress)
     sections.update(stage_sections)

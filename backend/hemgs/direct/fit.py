@@ -22,8 +22,8 @@ import torch
 from ..entropy.rate import quantize, symbol_bits, uniform_bits
 from ..errors import InputError
 from ..scene import GaussianScene
-from .attributes import (coding_log_weights, combine_views, importance_log2, scene_vectors, step_log_weights,
-                         twist_nearest, view_visibility)
+from .attributes import (at_resolution, coding_log_weights, combine_views, importance_log2, pixel_dilation,
+                         scene_vectors, step_log_weights, twist_nearest, view_visibility)
 from .geometry import frame_for, layout_for
 from .memory import release
 from .model import LAMBDA_UNIT, DirectConfig, DirectEntropyModel, set_norms
@@ -53,6 +53,9 @@ class DirectFitted:
     # log2 importance (as values["importance"]) from the one view that shows each Gaussian most:
     # what the skip decision reads, so that no Gaussian one view needs is left out (None: the mean)
     peak: np.ndarray | None = None
+    # the renderer's widening of a Gaussian in RHO² (attributes.pixel_dilation): the rotation's
+    # coding weights follow the footprint it draws (0: its own shape)
+    dilation: float = 0.0
 
     def skip_importance(self) -> np.ndarray:
         return self.values["importance"].reshape(-1) if self.peak is None else self.peak
@@ -98,6 +101,8 @@ def _stage_values(prep: Prepared, scene: GaussianScene, cfg: DirectConfig, stage
     seen = _reporting(views, stages, "importance") if stages and views else views
     pv = view_visibility(ordered, seen)
     release()  # the renders' buffers
+    if not cameras:  # the sphere's views stand for the evaluation's width (a scene's own cameras for theirs)
+        pv = at_resolution(pv, ordered, views)
     peak = importance_log2(pv.max(1) if pv.shape[1] else np.zeros(len(ordered)))
     values = scene_vectors(ordered, residual, combine_views(pv, IMPORTANCE_POWER),
                            sort_scales=cfg.scale_ranks, swing_twist=cfg.swing_twist)
@@ -137,12 +142,14 @@ def fit_direct(scene: GaussianScene, cfg: DirectConfig | None = None, fcfg: Dire
     model = DirectEntropyModel(cfg, math.log(frame.rho), seed=fcfg.seed)
     set_norms(model, values)
     history = {"prepare_seconds": time.perf_counter() - t0}
+    # seen as the evaluation sees the scene (a scene's own cameras: its own shape, as before)
+    dilation = 0.0 if cameras else pixel_dilation(scene, frame.rho)
     if prep.n:
-        _train(model, prep, values, cfg, fcfg, _both(progress, stages), history)
+        _train(model, prep, values, cfg, fcfg, _both(progress, stages), history, dilation)
         release()  # the training steps' tensors
     history["fit_seconds"] = time.perf_counter() - t0
     return DirectFitted(model, prep, values, scene.sh_degree, sa.id if cfg.scene_agnostic else None, history,
-                        views="cameras" if cameras else "sphere", peak=peak)
+                        views="cameras" if cameras else "sphere", peak=peak, dilation=dilation)
 
 
 def _coded(x: torch.Tensor, mean: torch.Tensor, q: torch.Tensor, shifted: bool) -> torch.Tensor:
@@ -186,23 +193,24 @@ def _both(progress, stages):
     return report
 
 
-def _train(model, prep, values, cfg, fcfg, progress, history) -> None:
+def _train(model, prep, values, cfg, fcfg, progress, history, dilation: float = 0.0) -> None:
     threads = torch.get_num_threads()
     if _passive_threads():
         torch.set_num_threads(1)
     try:
-        _steps(model, prep, values, cfg, fcfg, progress, history)
+        _steps(model, prep, values, cfg, fcfg, progress, history, dilation)
     finally:
         torch.set_num_threads(threads)
 
 
-def _steps(model, prep, values, cfg, fcfg, progress, history) -> None:
+def _steps(model, prep, values, cfg, fcfg, progress, history, dilation: float = 0.0) -> None:
     torch.manual_seed(fcfg.seed)
     rng = np.random.default_rng(fcfg.seed)
     n = prep.n
     log_rho = math.log(prep.frame.rho)
     true = {s: torch.as_tensor(v, dtype=torch.float32) for s, v in values.items()}
-    true_logw = {s: coding_log_weights(s, true, log_rho, cfg.scale_ranks, cfg.swing_twist).detach() for s in model.stages}
+    true_logw = {s: coding_log_weights(s, true, log_rho, cfg.scale_ranks, cfg.swing_twist, dilation).detach()
+                 for s in model.stages}
     voxel_of = torch.as_tensor(prep.layout.voxel_of)
     lookup = model.grid.lookup(prep.xyz01.float())
     sa = prep.sa_feat.float() if prep.sa_feat is not None else None
