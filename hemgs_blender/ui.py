@@ -50,8 +50,14 @@ class HEMGS_PT_main(bpy.types.Panel):
     def draw_solid_hint(layout, context):
         """Solid mode shows the splats' colours with its "Attribute" colour type: a button for
         this view, rather than changing the user's shading behind their back."""
+        from .preview_object import SOLID_GROUP
+
         shading = getattr(context.space_data, "shading", None)
-        if shading is not None and shading.type == "SOLID" and shading.color_type != "VERTEX":
+        if shading is None or shading.type != "SOLID" or shading.color_type == "VERTEX":
+            return
+        # Only point-cloud previews draw their colours through Solid mode's attribute colours;
+        # Blender's own splats (5.3+) draw themselves.
+        if any(o.modifiers.get(SOLID_GROUP) for o in getattr(context, "visible_objects", ())):
             row = layout.row(align=True)
             row.label(text="Splat colours in Solid view:")
             row.prop_enum(shading, "color_type", "VERTEX")

@@ -155,6 +155,19 @@ def panel_lambda():
 
 
 res["panel_direct"] = panel_lambda()
+
+
+def solid_hint(objects) -> int:
+    """Rows the sidebar's Solid-view hint draws, in a Solid view coloured by material, with `objects` visible."""
+    out = []
+    view = types.SimpleNamespace(shading=types.SimpleNamespace(type="SOLID", color_type="MATERIAL"))
+    ui_mod.HEMGS_PT_main.draw_solid_hint(_Layout(out), types.SimpleNamespace(space_data=view, visible_objects=objects))
+    return len(out)
+
+
+# Shown for a point-cloud preview (it has the Solid-colours modifier), not for other objects
+# (Blender 5.3's native splats have none).
+res["solid_hint"] = [solid_hint([ob]), solid_hint([]), solid_hint([bpy.data.objects.new("empty", None)])]
 bpy.context.scene.hemgs.mode = "ANCHOR"  # the anchor-mode panel first; direct mode after it
 res["train_poll_no_source"] = bpy.ops.hemgs.train.poll()
 res["compress_poll_no_model"] = bpy.ops.hemgs.compress.poll()
@@ -477,6 +490,7 @@ def test_train_and_compress_from_the_panel_show_results_and_decoded_preview(blen
     # File > Import HEMGS (.hgs): a second decoded object, the same baked Gaussians.
     assert r["import_hgs"] == ["FINISHED"] and r["import_points"] == [points]
     # Three files through the one importer; the drag-and-drop handler takes the registry's extensions.
+    assert r["solid_hint"][0] > 0 and r["solid_hint"][1:] == [0, 0]
     assert r["import_two"] == ["FINISHED"]
     assert r["import_two_objects"] == [["panel.hgs", points], ["tiny.ply", 3000], ["tiny.sog", 3000]]
     from hemgs.io.formats import preview_extensions

@@ -122,3 +122,16 @@ def test_encoders_write_their_codecs_current_format(tmp_path):
     header, sections, _ = encode(tiny_direct_fit(0, 120, 0), lam=1.0, balance=False)
     assert header["format"] == registry.get("direct", "hemgs").format
     assert registry.current_header(header) is header  # nothing to upgrade
+
+
+def test_a_file_naming_an_unknown_codec_or_a_newer_format_says_which_file(tmp_path):
+    from hemgs.container import pack_hgs
+    from hemgs.pipeline import decode_file
+
+    f = _golden("tiny_direct_twist.hgs")
+    for change, says in (({"codec": "jpeg"}, "unknown codec 'jpeg'"), ({"format": 99}, "format 99 of its codec")):
+        path = tmp_path / "odd.hgs"
+        path.write_bytes(pack_hgs({**f.header, **change}, f.sections))
+        with pytest.raises(FormatError, match=says) as err:
+            decode_file(path)
+        assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)

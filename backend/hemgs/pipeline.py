@@ -19,7 +19,7 @@ import numpy as np
 from .cameras import Camera
 from .codec import registry
 from .container import read_hgs, write_hgs
-from .errors import InputError
+from .errors import FormatError, InputError
 from .fit import FitConfig, Fitted, Progress, fit
 from .io import detect_format, formats, load_scene, save_scene
 from .model_store import load_model, save_model
@@ -166,7 +166,11 @@ def decode_file(path, progress: Progress | None = None) -> registry.Decoded:
     file's Gaussians `.scene`. `progress(stage, step, total, info)` hears stage "decode" (a direct
     file per coded stage, an anchor file as one step)."""
     hgs = read_hgs(path)
-    return registry.decode(hgs.header, hgs.sections, progress=progress)
+    try:
+        header = registry.current_header(hgs.header)  # an unknown codec or format: say which file
+    except FormatError as exc:
+        raise FormatError(f"{path}: {exc}") from None
+    return registry.decode(header, hgs.sections, progress=progress)
 
 
 def check_decompress(out_path, sh_degree: int | None) -> None:
