@@ -19,7 +19,6 @@ import signal
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from . import __version__, service
@@ -239,10 +238,9 @@ def op_decompress(args: dict, progress: Callable) -> dict:
 # ---- the add-on's batch (api.compress): the jobs of hemgs batch, run one by one --------------------
 def op_batch_plan(args: dict, progress: Callable) -> dict:
     """The jobs of `sources` (files or folders) at `lambdas` (None: the mode's default) in `mode`
-    (None: by the source) with `options` (batch.catalogue's), written into `output_dir` (None:
-    beside each source). Everything is checked before anything is made: then `output_dir` is made
-    and every output (and kept model) checked writable."""
-    from .batch.catalogue import ANCHOR, COMMON, DIRECT, make_jobs, scene_files
+    (None: by the source) with `options` (batch.catalogue's) into `output_dir` (None: beside each
+    source), every check done before anything is made (batch.catalogue.plan)."""
+    from .batch.catalogue import plan
 
     op = "batch"
     sources = args.get("sources")
@@ -251,23 +249,8 @@ def op_batch_plan(args: dict, progress: Callable) -> dict:
     options = args.get("options") or {}
     if not isinstance(options, dict):
         raise InputError("batch: options must be an object")
-    mode = opt(args, "mode", str, op)
-    applies = {**COMMON, **(DIRECT if mode == "direct" else ANCHOR if mode == "anchor" else {**DIRECT, **ANCHOR})}
-    wrong = sorted(set(options) - set(applies))
-    if wrong:
-        raise InputError(f"batch: {mode or 'this'} mode takes no option {wrong[0]!r}; it takes "
-                         f"{', '.join(sorted(applies))}"[:300])
-    lambdas = numbers(args, "lambdas", op) or None
-    output_dir = opt(args, "output_dir", str, op)
-    jobs = make_jobs([{"source": str(p)} for p in scene_files(sources)], output_dir,
-                     {"mode": mode, "lambdas": lambdas, **options})
-    if output_dir is not None:
-        try:
-            Path(output_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"batch: cannot make {output_dir} ({one_line(exc)})"[:300]) from None
-    service.check_outputs(*(j["output"] for j in jobs), *{j["model"] for j in jobs if j["model"]})
-    return {"jobs": jobs}
+    return {"jobs": plan(sources, numbers(args, "lambdas", op) or None, opt(args, "mode", str, op),
+                        opt(args, "output_dir", str, op), options)}
 
 
 def op_batch_job(args: dict, progress: Callable) -> dict:

@@ -232,3 +232,27 @@ def make_jobs(entries: list[dict], outdir: str | Path | None, defaults: dict) ->
             jobs.append({"key": key, "name": name, "source": str(source.resolve()), "mode": mode, "lambda": lam,
                          "output": output, "model": model, "options": opts})
     return jobs
+
+
+def plan(sources: list[str], lambdas: list[float] | None, mode: str | None, outdir: str | None,
+         options: dict) -> list[dict]:
+    """The jobs of SOURCES (files or folders) as the add-on's batch asks for them (api.compress,
+    through the worker): options of another mode are refused rather than ignored, every job is
+    checked, then `outdir` (None: beside each source) is made and every output and kept model
+    checked writable, before any work."""
+    from ..service import check_outputs
+
+    applies = {**COMMON, **(DIRECT if mode == "direct" else ANCHOR if mode == "anchor" else {**DIRECT, **ANCHOR})}
+    wrong = sorted(set(options) - set(applies))
+    if wrong:
+        raise InputError(f"batch: {mode or 'this'} mode takes no option {wrong[0]!r}; it takes "
+                         f"{', '.join(sorted(applies))}"[:300])
+    jobs = make_jobs([{"source": str(p)} for p in scene_files(sources)], outdir,
+                     {"mode": mode, "lambdas": lambdas, **options})
+    if outdir is not None:
+        try:
+            Path(outdir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"batch: cannot make {outdir} ({exc.strerror or exc.__class__.__name__})"[:300]) from None
+    check_outputs(*(j["output"] for j in jobs), *{j["model"] for j in jobs if j["model"]})
+    return jobs
