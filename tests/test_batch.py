@@ -269,3 +269,22 @@ def test_ray_runs_the_same_jobs_to_the_same_bytes_and_anchor_mode_trains_once(lo
     first, second = by_key["a.anchor.lam1e-03.hgs"], by_key["a.anchor.lam2e-03.hgs"]
     assert first["status"] == second["status"] == "ok" and first["fitted"] and not second["fitted"]
     assert first["anchors"] == second["anchors"] > 0 and first["psnr"] > 5
+
+
+@pytest.mark.slow
+def test_kept_anchor_models_are_trained_once_and_reused_by_a_later_batch(scenes, tmp_path):
+    out = tmp_path / "out"
+    anchor = ["--mode", "anchor", "--steps", "2", "--warm-steps", "2", "--views", "0", "--keep-models", "--workers", "1"]
+    rc, stdout, err = batch(scenes / "b.spz", "-o", out, "--lambda", "1e-3", *anchor)
+    assert rc == 0, err
+    model = out / "b.anchor.model.safetensors"
+    (first,) = lines(out)
+    assert first["fitted"] and first["model"] == str(model.resolve()) and model.is_file()
+    stamp = model.stat().st_mtime_ns
+    # Another λ of the same scene and settings, in a later run (another process): the kept model codes it.
+    rc, stdout, err = batch(scenes / "b.spz", "-o", out, "--lambda", "1e-3", "3e-3", *anchor)
+    assert rc == 0, err
+    by_key = {ln["key"]: ln for ln in lines(out)}
+    again = by_key["b.anchor.lam3e-03.hgs"]
+    assert again["status"] == "ok" and again["fitted"] is False and model.stat().st_mtime_ns == stamp
+    assert again["anchors"] == first["anchors"] and (out / again["key"]).is_file()
