@@ -16,7 +16,8 @@ import time
 
 from .cli_args import DEFAULT_VIEWS, build_parser
 from .errors import HemgsError, InputError, one_line
-from .modes import DIRECT_LAMBDA_DEFAULT, DIRECT_SWITCH_DEFAULTS, anchor_only, check_direct_source, mode_for
+from .modes import (ANCHOR_SWITCH_DEFAULTS, DIRECT_LAMBDA_DEFAULT, DIRECT_SWITCH_DEFAULTS, anchor_only,
+                    check_direct_source, mode_for)
 from .progress import Reporter
 from .service import (ViewSpec, check_iters, check_outputs, direct_configs, evaluate, file_info, fit_config,
                       load_scene_checked, own_views, save_png, scene_and_draw, train_and_compress)
@@ -127,8 +128,8 @@ def cmd_eval(args) -> int:
 
 def _fit_config(args):
     given = {k: v for k, v in (("width", args.width), ("steps", args.steps), ("views", args.views)) if v is not None}
-    on = dict.fromkeys(("scene_agnostic", "ar", "acs", "variable_rate"), True)  # anchor mode: every part
-    return fit_config(lam=args.lam, warm_steps=args.warm_steps, codec=args.codec, **_switches(args, on), **given)
+    return fit_config(lam=args.lam, warm_steps=args.warm_steps, codec=args.codec,
+                      **_switches(args, ANCHOR_SWITCH_DEFAULTS), **given)
 
 
 def cmd_train(args) -> int:

@@ -67,6 +67,8 @@ ANCHOR_LAMBDA_DEFAULT = 1e-3
 # parts on: +2.9%; docs/direct-mode.md, "Defaults") and double the decode time of
 # playbot_lod2 (6.5 s against 3.3 s on 2 cores), past the 5 s a near-lossless format needs.
 DIRECT_SWITCH_DEFAULTS = {"scene_agnostic": False, "ar": False, "acs": True, "variable_rate": True}
+# Anchor mode, the paper's method: every part on (`hemgs train`, the worker's train, batch).
+ANCHOR_SWITCH_DEFAULTS = dict.fromkeys(DIRECT_SWITCH_DEFAULTS, True)
 
 
 def check_mode(mode) -> str:

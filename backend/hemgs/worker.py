@@ -23,8 +23,8 @@ from typing import Any, Callable, TextIO
 
 from . import __version__, service
 from .errors import HemgsError, InputError, one_line
-from .modes import (ANCHOR_LAMBDA_DEFAULT, DIRECT_LAMBDA_DEFAULT, DIRECT_SWITCH_DEFAULTS, check_direct_lambda,
-                    check_direct_source, mode_for)
+from .modes import (ANCHOR_LAMBDA_DEFAULT, ANCHOR_SWITCH_DEFAULTS, DIRECT_LAMBDA_DEFAULT, DIRECT_SWITCH_DEFAULTS,
+                    check_direct_lambda, check_direct_source, mode_for)
 from .protocol import CODEC, DRY_RUN_OPS, PROTOCOL, Emitter, arg, device_arg, finite, numbers, opt, view_spec, warn
 from .service import TRAIN_PRESETS
 
@@ -125,7 +125,7 @@ def _fit_config(args: dict):
             values[name] = arg(args, name, int, op="train")
     lam = arg(args, "lambda", float, ANCHOR_LAMBDA_DEFAULT, "train")
     codec = arg(args, "codec", str, "hemgs", "train")
-    switches = {name: arg(args, name, bool, True, "train") for name in ("scene_agnostic", "ar", "acs", "variable_rate")}
+    switches = {name: arg(args, name, bool, on, "train") for name, on in ANCHOR_SWITCH_DEFAULTS.items()}
     if args.get("lambdas") is not None:
         values["lambdas"] = tuple(sorted(numbers(args, "lambdas", "train")))
     return service.fit_config(preset, lam=lam, codec=codec, **switches, **values)

@@ -15,9 +15,9 @@ import json
 import math
 from pathlib import Path
 
-from ..errors import FormatError, InputError
-from ..modes import (ANCHOR_LAMBDA_DEFAULT, DIRECT_LAMBDA_DEFAULT, DIRECT_SWITCH_DEFAULTS, anchor_only,
-                     check_direct_lambda, check_mode, mode_for)
+from ..errors import FormatError, InputError, one_line
+from ..modes import (ANCHOR_LAMBDA_DEFAULT, ANCHOR_SWITCH_DEFAULTS, DIRECT_LAMBDA_DEFAULT, DIRECT_SWITCH_DEFAULTS,
+                     anchor_only, check_direct_lambda, check_mode, mode_for)
 
 SCENE_EXTENSIONS = (".ply", ".spz")
 DEVICES = ("auto", "cpu", "cuda")
@@ -31,7 +31,7 @@ ANCHOR = {"preset": str, "steps": int, "warm_steps": int, "width": int, "train_v
 # Unset options: None (the fit's own), else these. Anchor mode has every HEMGS part on (cli's too).
 DEFAULTS = {"direct": {"views": 16, "view_size": 256, "device": "auto", **DIRECT_SWITCH_DEFAULTS},
             "anchor": {"views": 16, "view_size": 256, "device": "auto", "preset": "quick", "codec": "hemgs",
-                       "keep_models": False, **dict.fromkeys(DIRECT_SWITCH_DEFAULTS, True)}}
+                       "keep_models": False, **ANCHOR_SWITCH_DEFAULTS}}
 ENTRY_KEYS = {"source", "name", "mode", "lambda", "lambdas"}
 
 
@@ -219,6 +219,9 @@ def make_jobs(entries: list[dict], outdir: str | Path | None, defaults: dict) ->
         if not name or "/" in name or name.startswith("."):
             raise InputError(f"{where}: bad name {name!r}"[:200])
         folder = (Path(outdir) if outdir is not None else source.parent).resolve()
+        # a kept model: one per scene when variable-rate (which no λ changes), else one per λ
+        keep = mode == "anchor" and opts["keep_models"]
+        per_lambda = keep and not anchor_fit_config(opts, lams[0]).variable
         for lam in lams:
             key = output_name(name, mode, lam)
             output = str(folder / key)
@@ -226,9 +229,7 @@ def make_jobs(entries: list[dict], outdir: str | Path | None, defaults: dict) ->
                 raise InputError(f"{source} and {seen[output]} would both write {key}; give one a 'name' "
                                  "(manifest) or use distinct λ"[:300])
             seen[output] = str(source)
-            model = None
-            if mode == "anchor" and opts["keep_models"]:
-                model = str(folder / model_name(name, None if anchor_fit_config(opts, lam).variable else lam))
+            model = str(folder / model_name(name, lam if per_lambda else None)) if keep else None
             jobs.append({"key": key, "name": name, "source": str(source.resolve()), "mode": mode, "lambda": lam,
                          "output": output, "model": model, "options": opts})
     return jobs
@@ -253,6 +254,6 @@ def plan(sources: list[str], lambdas: list[float] | None, mode: str | None, outd
         try:
             Path(outdir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InputError(f"batch: cannot make {outdir} ({exc.strerror or exc.__class__.__name__})"[:300]) from None
+            raise InputError(f"batch: cannot make {outdir} ({one_line(exc)})"[:300]) from None
     check_outputs(*(j["output"] for j in jobs), *{j["model"] for j in jobs if j["model"]})
     return jobs
