@@ -396,6 +396,12 @@ def _cameras_beside(source_path) -> Path | None:
     return Path(source_path).with_name("cameras.json") if source_path else None
 
 
+def has_cameras_beside(source_path) -> bool:
+    """Whether a cameras.json sits next to the scene file (what `scene_views` would use)."""
+    cams_file = _cameras_beside(source_path)
+    return cams_file is not None and cams_file.is_file()
+
+
 def own_cameras(source_path, cameras_file=None) -> list[Camera]:
     """A scene's own cameras: `cameras_file` (cameras.json or transforms.json), else the
     cameras.json beside `source_path`. InputError when there are none: coding a scene for its own

@@ -30,7 +30,7 @@ from .anchor.memory import check_training_memory
 from .anchor.model import AnchorConfig, AnchorModel
 from .anchor.render import render_anchor, visible_anchors
 from .anchor.warm_start import build_anchor_model, warm_start
-from .cameras import Camera, scene_views, split_views
+from .cameras import ENCODER_PHASE, Camera, has_cameras_beside, scene_views, sphere_views, split_views
 from .entropy.hac import AnchorAttrs, HacEntropyModel
 from .entropy.hashgrid import HashGridConfig
 from .entropy.hemgs import LAMBDAS, HemgsConfig, HemgsEntropyModel, widths_for_anchor_count
@@ -56,6 +56,8 @@ class FitConfig:
     steps: int = 300  # render-space steps
     rate_start: float = 0.3  # fraction of the render steps trained before the rate joins
     target_ratio: float = 4.0  # source Gaussians per anchor (voxel size choice)
+    hidden: int | None = 128  # the rendering MLPs' hidden width (None: the feature width, as Scaffold-GS)
+    importance: bool = True  # weight the warm start by each Gaussian's measured share of the images
     lr_features: float = 5e-3
     lr_offsets: float = 5e-3
     lr_scaling: float = 5e-3
@@ -129,7 +131,11 @@ class Fitted:
 
 
 def teacher_views(scene: GaussianScene, source_path, cfg: FitConfig) -> tuple[list[Camera], list[Camera]]:
-    cams = scene_views(scene, source_path, n=cfg.views, width=cfg.width, height=cfg.height or cfg.width)
+    height = cfg.height or cfg.width
+    if has_cameras_beside(source_path):
+        cams = scene_views(scene, source_path, n=cfg.views, width=cfg.width, height=height)
+    else:  # the whole sphere, as the evaluation (an artist orbits freely), at the encoder's phase
+        cams = sphere_views(scene, n=cfg.views, width=cfg.width, height=height, phase=ENCODER_PHASE)
     train, test = split_views(cams)
     if not train or not test:
         raise SceneError(f"need at least 2 views to train and evaluate, got {len(cams)}")
@@ -229,8 +235,10 @@ def fit(scene: GaussianScene | None, *, source_path=None, cfg: FitConfig | None 
         model = init_model.to(device)
         history["warm_final_loss"] = None
     else:
-        model = build_anchor_model(scene, AnchorConfig(), target_ratio=cfg.target_ratio, seed=cfg.seed).to(device)
-        ws = warm_start(model, scene, steps=cfg.warm_steps, seed=cfg.seed,
+        model = build_anchor_model(scene, AnchorConfig(hidden=cfg.hidden), target_ratio=cfg.target_ratio,
+                                   seed=cfg.seed).to(device)
+        imp = scene_importance(scene, report) if cfg.importance else None
+        ws = warm_start(model, scene, steps=cfg.warm_steps, seed=cfg.seed, importance=imp,
                         progress=lambda s, n, loss: report("warm", s, n, {"loss": loss}))
         history["warm_final_loss"] = ws.losses["total"][-1] if ws.losses["total"] else None
     history["warm_seconds"] = time.perf_counter() - t0
@@ -253,6 +261,21 @@ def fit(scene: GaussianScene | None, *, source_path=None, cfg: FitConfig | None 
     if test:
         history["heldout_psnr"] = heldout_psnr(model, test, test_targets)
     return Fitted(model, entropy, cfg, train, test, history)
+
+
+def scene_importance(scene: GaussianScene, report: Progress) -> np.ndarray:
+    """Each Gaussian's share of the images over the whole sphere, as direct mode measures it."""
+    from .direct.attributes import at_resolution, combine_views, view_visibility
+    from .direct.fit import importance_views
+
+    views = importance_views(scene)
+
+    def seen():
+        for i, cam in enumerate(views):
+            yield cam
+            report("importance", i + 1, len(views), {})
+
+    return combine_views(at_resolution(view_visibility(scene, seen()), scene, views))
 
 
 def heldout_psnr(model: AnchorModel, views: list[Camera], targets: list) -> float:

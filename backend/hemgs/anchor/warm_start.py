@@ -47,6 +47,7 @@ class SlotTargets:
     quats: torch.Tensor  # (N,k,4) unit, w,x,y,z
     sh: torch.Tensor  # (N,k,K,3)
     unplaced: int  # source Gaussians left out (anchor full, or outside every anchor's voxel)
+    weight: torch.Tensor | None = None  # (N,k) each slot's loss weight, mean 1 over valid slots
 
 
 @dataclass
@@ -72,11 +73,14 @@ def build_anchor_model(
     return AnchorModel(cfg, coords, origin, seed=seed)
 
 
-def assign_slots(model: AnchorModel, scene: GaussianScene) -> SlotTargets:
+def assign_slots(model: AnchorModel, scene: GaussianScene, importance: np.ndarray | None = None,
+                 weight_power: float = 0.5) -> SlotTargets:
     """Give each source Gaussian a slot of the anchor whose voxel holds it.
 
-    Members are ranked by opacity x largest scale (a proxy for how much they show on screen);
-    the first k get slots 0..k-1 and the rest are left out (counted in `unplaced`).
+    Members are ranked by `importance` (N,) when given (each Gaussian's measured share of the
+    images), else by opacity x largest scale (a proxy for it); the first k get slots 0..k-1 and the
+    rest are left out (counted in `unplaced`). With `importance`, each slot's loss weight is
+    (importance / its mean)^weight_power.
     """
     n, k = model.num_anchors, int(model.config.k)
     if n == 0:
@@ -99,10 +103,10 @@ def assign_slots(model: AnchorModel, scene: GaussianScene) -> SlotTargets:
     found = inside & (skey[pos] == gkey)
     anchor = np.where(found, order[pos], -1)
 
-    importance = scene.opacities * scene.scales.max(axis=1)
+    rank_by = scene.opacities * scene.scales.max(axis=1) if importance is None else np.asarray(importance, np.float64)
     idx = np.nonzero(found)[0]
     # Sort members by anchor, then by importance (descending), to number them within the anchor.
-    srt = idx[np.lexsort((-importance[idx], anchor[idx]))]
+    srt = idx[np.lexsort((-rank_by[idx], anchor[idx]))]
     a_sorted = anchor[srt]
     first = np.searchsorted(a_sorted, a_sorted, side="left")
     rank = np.arange(len(srt)) - first
@@ -118,11 +122,17 @@ def assign_slots(model: AnchorModel, scene: GaussianScene) -> SlotTargets:
     # Zero-size Gaussians (sanitize's ZERO_LOG_SCALE) would dominate the squared log-scale loss;
     # a thousandth of a voxel renders the same (sub-pixel, under the 0.3 px blur) from any view.
     log_scales = np.maximum(scene.log_scales, np.float32(math.log(model.voxel_size) - TINY_LOG_SCALE))
+    weight = None
+    if importance is not None:
+        w = np.where(valid, np.maximum(rank_by[take], 0.0), 0.0)
+        mean = w[valid].mean() if valid.any() else 0.0
+        w = (w / mean) ** weight_power if mean > 0 else valid.astype(np.float64)
+        weight = torch.from_numpy(np.where(valid, w, 0.0).astype(np.float32))
     return SlotTargets(
         valid=torch.from_numpy(valid), source=torch.from_numpy(src),
         means=t(scene.means), opacity=t(scene.opacities.astype(np.float32)),
         log_scales=t(log_scales), quats=t(quats.astype(np.float32)), sh=t(scene.sh),
-        unplaced=unplaced,
+        unplaced=unplaced, weight=weight,
     )
 
 
@@ -175,11 +185,17 @@ def slot_losses(model: AnchorModel, targets: SlotTargets, index: torch.Tensor, c
     t_means = targets.means[index][valid]
     colors_t = _sh_colors(targets.sh[index][valid], t_means - cams[:, None, :].expand(-1, valid.shape[1], -1)[valid])
     dot = (out.quats[valid] * targets.quats[index][valid]).sum(-1)
+    w = None if targets.weight is None else targets.weight[index][valid]
+
+    def mean(err: torch.Tensor) -> torch.Tensor:  # per slot (M,) or (M,c), weighted over the slots
+        err = err.reshape(err.shape[0], -1).mean(dim=1)
+        return err.mean() if w is None else (err * w).sum() / w.sum().clamp_min(1e-12)
+
     return {
-        "opacity": F.mse_loss(out.opacity[valid], targets.opacity[index][valid]),
-        "scale": F.mse_loss(out.log_scales[valid], targets.log_scales[index][valid]),
-        "rotation": (1.0 - dot * dot).mean(),  # q and -q are the same rotation
-        "color": F.mse_loss(out.colors[valid], colors_t),
+        "opacity": mean((out.opacity[valid] - targets.opacity[index][valid]) ** 2),
+        "scale": mean((out.log_scales[valid] - targets.log_scales[index][valid]) ** 2),
+        "rotation": mean(1.0 - dot * dot),  # q and -q are the same rotation
+        "color": mean((out.colors[valid] - colors_t) ** 2),
     }
 
 
@@ -197,7 +213,8 @@ def warm_start(
     model: AnchorModel, scene: GaussianScene, *, steps: int | None = None, batch_anchors: int = 4096,
     lr_features: float = 0.05, lr_mlp: float = 0.02, seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
-    weights: dict[str, float] | None = None,
+    weights: dict[str, float] | None = None, importance: np.ndarray | None = None,
+    weight_power: float = 0.5,
 ) -> WarmStartResult:
     """Initialise `model` from `scene` (offsets, masks, scaling) and fit features + MLPs.
 
@@ -213,7 +230,7 @@ def warm_start(
         raise SceneError(f"warm start needs steps >= 0 and batch_anchors >= 1, got {steps}, {batch_anchors}")
     t0 = time.perf_counter()
     dev = model.features.device
-    targets = _on(assign_slots(model, scene), dev)
+    targets = _on(assign_slots(model, scene, importance, weight_power), dev)
     init_from_targets(model, targets)
     w = dict(DEFAULT_WEIGHTS)
     w.update(weights or {})
