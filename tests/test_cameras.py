@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_PLY, shared_file
-from hemgs.cameras import (Camera, load_cameras, look_at, sample_views, save_cameras, scene_views,
-                           split_views)
+from hemgs.cameras import (Camera, has_cameras_beside, load_cameras, look_at, sample_views, save_cameras,
+                           scene_views, split_views)
 from hemgs.errors import InputError
 from hemgs.io import load_scene
 
@@ -222,6 +222,59 @@ def test_scene_views_prefers_cameras_json_next_to_the_source(demo, tmp_path):
     assert (got[0].width, got[0].height) == (200, 150)  # resized, aspect kept
     assert np.allclose(got[0].viewmat, own[0].viewmat) and np.allclose(got[-1].viewmat, own[-1].viewmat)
     assert np.isclose(got[0].K[0, 0], own[0].K[0, 0] / 2)
+
+
+
+def test_has_cameras_beside_only_with_a_cameras_json_file_next_to_the_source(demo, tmp_path):
+    ply = tmp_path / "scene.ply"
+    assert not has_cameras_beside(None) and not has_cameras_beside(ply)
+    (tmp_path / "transforms.json").write_text("{}")  # only cameras.json counts beside a file
+    assert not has_cameras_beside(ply)
+    (tmp_path / "cameras.json").mkdir()  # a folder of that name is no camera file
+    assert not has_cameras_beside(ply)
+    (tmp_path / "cameras.json").rmdir()
+    save_cameras(sample_views(demo, n=2, width=32, height=32), tmp_path / "cameras.json")
+    assert has_cameras_beside(ply) and has_cameras_beside(str(ply))
+    assert not has_cameras_beside(tmp_path / "elsewhere" / "scene.ply")
+
+
+# ---- the anchor fit's teacher views --------------------------------------------------------
+def test_teacher_views_without_cameras_cover_the_whole_sphere_at_the_encoders_phase(demo, tmp_path):
+    from hemgs.cameras import ENCODER_PHASE, UP_AXES, robust_bounds, sphere_views
+    from hemgs.fit import FitConfig, teacher_views
+
+    cfg = FitConfig(views=16, width=48, height=32)
+    for source in (None, tmp_path / "scene.ply"):
+        train, test = teacher_views(demo, source, cfg)
+        cams = [*test[:1], *train[:7], *test[1:], *train[7:]]  # every 8th held out, from the first
+        assert (len(train), len(test)) == (14, 2)
+        assert all((c.width, c.height) == (48, 32) for c in cams)
+        ref = sphere_views(demo, n=16, width=48, height=32, phase=ENCODER_PHASE)
+        assert all(np.allclose(a.viewmat, b.viewmat) and np.allclose(a.K, b.K) for a, b in zip(cams, ref))
+        # Both hemispheres: from well below the scene's centre along the up axis as from above
+        # (the sampled orbit of scene_views stays within -20..65 degrees).
+        lo, hi = robust_bounds(demo.means)
+        centre = (lo + hi) / 2
+        dirs = np.array([(c.center - centre) / np.linalg.norm(c.center - centre) for c in cams])
+        elev = np.degrees(np.arcsin(dirs @ np.asarray(UP_AXES["-y"], float)))
+        assert elev.min() < -45 and elev.max() > 45
+        assert (elev < 0).sum() >= 6 and (elev > 0).sum() >= 6
+
+
+def test_teacher_views_use_the_scenes_own_cameras_json(demo, tmp_path):
+    from hemgs.fit import FitConfig, teacher_views
+
+    own = sample_views(demo, n=16, width=64, height=48, seed=2)
+    save_cameras(own, tmp_path / "cameras.json")
+    train, test = teacher_views(demo, tmp_path / "scene.ply", FitConfig(views=16, width=64))
+    assert [c.name for c in test] == [own[0].name, own[8].name]
+    assert [c.name for c in train] == [c.name for i, c in enumerate(own) if i % 8]
+    for got, want in zip([*test[:1], *train[:7], *test[1:], *train[7:]], own):
+        assert np.allclose(got.viewmat, want.viewmat) and np.allclose(got.K, want.K)
+        assert (got.width, got.height) == (64, 48)  # their own aspect, not the square default
+    # More cameras than cfg.views: that many of them, evenly spaced.
+    train, test = teacher_views(demo, tmp_path / "scene.ply", FitConfig(views=8, width=64))
+    assert len(train) + len(test) == 8 and {c.name for c in train + test} <= {c.name for c in own}
 
 
 def test_a_scene_without_extent_is_seen_whole():

@@ -99,3 +99,126 @@ def test_warm_start_rejects_bad_arguments(piece):
     broken.opacity_logits[5] = np.nan
     with pytest.raises(SceneError, match="sanitize"):
         warm_start(model, broken, steps=1)
+
+
+# ---- ranking and loss weights by measured importance ------------------------------------------
+def _crowded_voxel(model, piece):
+    """An anchor whose voxel holds more than k Gaussians, and its members."""
+    _, _, assign = voxelize(piece.means, model.voxel_size)
+    counts = np.bincount(assign, minlength=model.num_anchors)
+    crowded = np.nonzero(counts > model.config.k)[0]
+    assert len(crowded), "the piece should have a voxel with more members than slots"
+    a = int(crowded[0])
+    return a, np.nonzero(assign == a)[0]
+
+
+def test_importance_decides_which_members_get_slots(piece):
+    model = build_anchor_model(piece, target_ratio=4.0)
+    a, members = _crowded_voxel(model, piece)
+    proxy = piece.opacities * piece.scales.max(axis=1)  # the default ranking
+    default = assign_slots(model, piece)
+    # The proxy itself as importance ranks exactly as the default does.
+    same = assign_slots(model, piece, importance=proxy)
+    assert torch.equal(same.source, default.source) and torch.equal(same.valid, default.valid)
+    # The member the proxy ranks last (left out by default) is made the most important of all.
+    weak = int(members[np.argmin(proxy[members])])
+    assert weak not in default.source[a].tolist()
+    imp = proxy.astype(np.float64).copy()
+    imp[weak] = 10.0 * imp.max()
+    got = assign_slots(model, piece, importance=imp)
+    assert got.source[a, 0] == weak  # first slot of its own anchor
+    assert got.unplaced == default.unplaced  # one in, one out: the count of slots is the same
+    # Only that anchor's membership changed; and the one now left out is its weakest remaining member.
+    changed = np.nonzero((got.source != default.source).any(dim=1).numpy())[0]
+    assert changed.tolist() == [a]
+    dropped = set(default.source[a].tolist()) - set(got.source[a].tolist())
+    assert len(dropped) == 1 and proxy[dropped.pop()] == min(proxy[m] for m in default.source[a].tolist())
+    # Within the anchor the slots run in order of decreasing importance.
+    assert np.all(np.diff(imp[got.source[a][got.valid[a]].numpy()]) <= 0)
+
+
+def test_importance_weights_follow_the_power_and_are_zero_on_empty_slots(piece):
+    model = build_anchor_model(piece, target_ratio=4.0)
+    imp = np.random.default_rng(3).gamma(0.5, 2.0, size=len(piece))
+    assert assign_slots(model, piece).weight is None  # no importance: plain mean over slots
+    valid_any = None
+    for power in (0.5, 1.0, 0.0):
+        targets = assign_slots(model, piece, importance=imp, weight_power=power)
+        w, valid = targets.weight.numpy(), targets.valid.numpy()
+        assert w.shape == valid.shape == (model.num_anchors, model.config.k)
+        assert (~valid).any() and (w[~valid] == 0).all()  # empty slots weigh nothing
+        picked = imp[targets.source.numpy()[valid]]
+        # (importance / its mean over the valid slots) ^ weight_power: the normalisation comes
+        # before the power, so the weights' mean is 1 only at power 1 (or 0); below 1 for 0.5
+        # (Jensen). slot_losses divides by the weights' sum, so their scale does not matter.
+        assert np.allclose(w[valid], (picked / picked.mean()) ** power, rtol=1e-5)
+        if power in (0.0, 1.0):
+            assert w[valid].mean() == pytest.approx(1.0, rel=1e-5)
+        else:
+            assert w[valid].mean() < 1.0
+        if power == 0.0:
+            assert (w[valid] == 1.0).all()
+        else:
+            assert w[valid].std() > 0.1  # really not uniform
+        valid_any = valid if valid_any is None else valid_any
+        assert (valid == valid_any).all()  # the power changes weights, never the assignment
+    # All-zero importance: no measure to weight by, every valid slot weighs 1.
+    zero = assign_slots(model, piece, importance=np.zeros(len(piece)))
+    assert (zero.weight.numpy()[zero.valid.numpy()] == 1.0).all()
+
+
+def test_slot_losses_are_a_weighted_mean_over_slots(piece):
+    from hemgs.anchor.warm_start import slot_losses
+
+    model = build_anchor_model(piece, target_ratio=4.0, seed=0)
+    imp = np.random.default_rng(5).gamma(0.5, 2.0, size=len(piece))
+    weighted = assign_slots(model, piece, importance=imp)
+    init_from_targets(model, weighted)
+    index = torch.arange(model.num_anchors)
+    cams = model.view_sphere()[0][None].cpu() + torch.tensor([[0.0, -4.0, 1.0]]).expand(model.num_anchors, 3)
+
+    def losses(weight):
+        weighted.weight = weight
+        with torch.no_grad():
+            return {k: float(v) for k, v in slot_losses(model, weighted, index, cams).items()}
+
+    w = weighted.weight
+    plain = losses(None)
+    uniform = losses(torch.where(weighted.valid, 2.5, 0.0))  # any constant weight: the plain mean
+    for name in LOSS_NAMES:
+        assert uniform[name] == pytest.approx(plain[name], rel=1e-5), name
+    with torch.no_grad():
+        out = model.slots(cams, index)
+    v = weighted.valid
+    err = (out.opacity[v] - weighted.opacity[v]) ** 2
+    # Weights that favour the slots the untrained model gets worst raise the opacity loss.
+    skew = torch.zeros_like(weighted.weight)
+    skew[v] = torch.where(err > err.median(), 1.0, 0.01)
+    favour_bad = losses(skew)
+    assert favour_bad["opacity"] > 1.3 * plain["opacity"], (favour_bad, plain)
+    by_imp = losses(w)
+    # The opacity term by hand: sum(w * err^2) / sum(w) over the valid slots.
+    assert by_imp["opacity"] == pytest.approx(float((err * w[v]).sum() / w[v].sum()), rel=1e-4)
+    assert plain["opacity"] == pytest.approx(float(err.mean()), rel=1e-4)
+
+
+def test_warm_start_passes_importance_on(piece):
+    """steps=0 only initialises: the offsets show which Gaussian sits in which slot."""
+    a_model = build_anchor_model(piece, target_ratio=4.0, seed=0)
+    a, members = _crowded_voxel(a_model, piece)
+    proxy = piece.opacities * piece.scales.max(axis=1)
+    imp = proxy.astype(np.float64).copy()
+    imp[members[np.argmin(proxy[members])]] = 10.0 * imp.max()
+    warm_start(a_model, piece, steps=0, importance=imp)
+    b_model = build_anchor_model(piece, target_ratio=4.0, seed=0)
+    init_from_targets(b_model, assign_slots(b_model, piece, importance=imp))
+    c_model = build_anchor_model(piece, target_ratio=4.0, seed=0)
+    warm_start(c_model, piece, steps=0)
+    assert torch.equal(a_model.offsets, b_model.offsets)
+    assert not torch.equal(a_model.offsets[a], c_model.offsets[a])
+    # and the weights reach the loss: the same steps from the same seed give other losses
+    la = warm_start(build_anchor_model(piece, target_ratio=4.0, seed=0), piece, steps=3,
+                    batch_anchors=256, seed=1, importance=np.ones(len(piece)) + proxy).losses["total"]
+    lc = warm_start(build_anchor_model(piece, target_ratio=4.0, seed=0), piece, steps=3,
+                    batch_anchors=256, seed=1).losses["total"]
+    assert la != lc
