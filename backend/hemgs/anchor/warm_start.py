@@ -80,7 +80,7 @@ def assign_slots(model: AnchorModel, scene: GaussianScene, importance: np.ndarra
     Members are ranked by `importance` (N,) when given (each Gaussian's measured share of the
     images), else by opacity x largest scale (a proxy for it); the first k get slots 0..k-1 and the
     rest are left out (counted in `unplaced`). With `importance`, each slot's loss weight is
-    (importance / its mean)^weight_power.
+    importance^weight_power, scaled to mean 1 over the valid slots.
     """
     n, k = model.num_anchors, int(model.config.k)
     if n == 0:
@@ -126,7 +126,8 @@ def assign_slots(model: AnchorModel, scene: GaussianScene, importance: np.ndarra
     if importance is not None:
         w = np.where(valid, np.maximum(rank_by[take], 0.0), 0.0)
         mean = w[valid].mean() if valid.any() else 0.0
-        w = (w / mean) ** weight_power if mean > 0 else valid.astype(np.float64)
+        w = w ** weight_power if mean > 0 else valid.astype(np.float64)
+        w = w / w[valid].mean() if valid.any() else w  # mean 1 over the valid slots
         weight = torch.from_numpy(np.where(valid, w, 0.0).astype(np.float32))
     return SlotTargets(
         valid=torch.from_numpy(valid), source=torch.from_numpy(src),
