@@ -34,7 +34,7 @@ STAND_UP_NAME = "Y-down scene: stand it up"
 STAND_UP_DESCRIPTION = ("Rotate the preview object -90° about X so a 3DGS scene (y pointing down) stands up in "
                         "Blender's z-up world; the data keeps its coordinates")
 PRESETS = [("QUICK", "Quick", "100 + 150 warm-start steps at 128 px: a first look, minutes on a CPU"),
-           ("STANDARD", "Standard", "300 + 400 warm-start steps at 256 px (hemgs train's defaults)"),
+           ("STANDARD", "Standard", "200 steps after the warm start at 256 px (hemgs train's defaults)"),
            ("CUSTOM", "Custom", "The steps set below")]
 
 
@@ -198,9 +198,9 @@ class HEMGS_SceneProps(bpy.types.PropertyGroup):
     train_preset: bpy.props.EnumProperty(  # type: ignore[valid-type]
         name="Budget", items=PRESETS, default="QUICK")
     train_steps: bpy.props.IntProperty(  # type: ignore[valid-type]
-        name="Steps", description="Render-space training steps", default=300, min=0, max=100000)
+        name="Steps", description="Render-space training steps", default=200, min=0, max=100000)
     train_warm_steps: bpy.props.IntProperty(  # type: ignore[valid-type]
-        name="Warm-start steps", default=400, min=0, max=100000)
+        name="Warm-start steps", default=1000, min=0, max=100000)
     train_width: bpy.props.IntProperty(  # type: ignore[valid-type]
         name="Render size", description="Width of the training renders, in pixels", default=256, min=16, max=2048)
     train_views: bpy.props.IntProperty(  # type: ignore[valid-type]

@@ -104,8 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("demo", "the main job on a scene (the bundled demo by default)")
     s.add_argument("file")
     s.add_argument("-o", "--output", default="out/demo", help="output folder")
-    s.add_argument("--steps", type=int, default=150, help="render-space training steps")
-    s.add_argument("--warm-steps", type=int, default=200, help="warm-start steps")
+    s.add_argument("--steps", type=int, default=None, help="anchor mode's render-space training steps "
+                   "(default: hemgs train's)")
+    s.add_argument("--warm-steps", type=int, default=None, help="anchor mode's warm-start steps (default: "
+                   "hemgs train's)")
     return p
 
 
@@ -118,7 +120,7 @@ def _fit_arguments() -> argparse.ArgumentParser:
                           f"{DIRECT_LAMBDA_DEFAULT:g}); anchor mode (train, --mode anchor) the model's range, "
                           f"trained on {ANCHOR_TRAINED_LAMBDAS[0]:g} to {ANCHOR_TRAINED_LAMBDAS[-1]:g} "
                           f"(default {ANCHOR_LAMBDA_DEFAULT:g})")
-    fit.add_argument("--steps", type=int, default=None, help="render-space training steps (default 300)")
+    fit.add_argument("--steps", type=int, default=None, help="render-space training steps (default 200)")
     fit.add_argument("--warm-steps", type=int, default=None,
                      help="attribute-space warm-start steps (default: about 250 visits per anchor)")
     fit.add_argument("--train-width", dest="width", type=int, default=None, help="training render size (default 256)")

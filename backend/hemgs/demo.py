@@ -20,7 +20,7 @@ SMALL_LAMBDA = 16.0  # the demo's second direct file: direct mode's smallest, ne
 VIEWS = 16
 
 
-def run(file: str, output: str, device, *, steps: int, warm_steps: int) -> list[tuple]:
+def run(file: str, output: str, device, *, steps: int | None = None, warm_steps: int | None = None) -> list[tuple]:
     """Run the demo on `file` into the folder `output`; rows (mode, λ, path, eval result, seconds)."""
     import numpy as np
 
@@ -61,7 +61,9 @@ def run(file: str, output: str, device, *, steps: int, warm_steps: int) -> list[
     measure("direct", SMALL_LAMBDA, out / "direct_small.hgs", time.perf_counter() - t0, small["decoded"])
 
     print("\nanchor mode (the paper's method): train an anchor model, then code it")
-    cfg = FitConfig(lam=1e-3, width=128, warm_steps=warm_steps, steps=steps)
+    cfg = FitConfig(warm_steps=warm_steps)  # hemgs train's defaults: what a user gets
+    if steps is not None:
+        cfg.steps = steps
     t0 = time.perf_counter()
     with Reporter() as stages:
         fitted = train(file, out / "model.safetensors", cfg, progress=stages, device=device)

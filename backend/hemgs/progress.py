@@ -30,7 +30,7 @@ STAGES: dict[str, tuple[str, str | None]] = {
     "warm": ("warm start", "step"),
     "render": ("training (render space)", "step"),
     "refine": ("entropy refinement", "step"),  # anchor mode's fit, after training (hemgs.entropy.refine)
-    "importance": ("importance renders", "view"),  # direct mode's fit (hemgs.direct.fit)
+    "importance": ("importance renders", "view"),  # direct mode's fit (hemgs.direct.fit), anchor mode's too
     "fit": ("fitting (direct mode)", "iteration"),
     "balance": ("stage balance", "render"),  # direct mode's encoder (hemgs.direct.codec, balance)
     "code": ("coding", "stage"),  # direct: one step per coded stage

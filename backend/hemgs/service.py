@@ -34,7 +34,7 @@ ITERS_MAX = 100000  # direct mode's fitting iterations, at most
 # Training budget presets (the worker's `preset`); explicit steps/warm_steps/width/views override them.
 TRAIN_PRESETS = {
     "quick": {"steps": 100, "warm_steps": 150, "width": 128, "views": 16},  # minutes on a CPU
-    "standard": {"steps": 300, "warm_steps": 400, "width": 256, "views": 32},  # = hemgs train's defaults
+    "standard": {"steps": 200, "warm_steps": None, "width": 256, "views": 32},  # = hemgs train's defaults
 }
 
 
@@ -332,15 +332,19 @@ def fit_config(preset: str | None = None, **fields):
 
 
 # Rough share of a training run's time per stage (CPU, defaults), so the bar moves evenly overall.
-_STAGE_COST = {"teacher": 1.0, "warm": 0.15, "render": 3.0, "refine": 0.5}  # per step, for the overall fraction
+_STAGE_COST = {"teacher": 1.0, "importance": 0.5, "warm": 0.15, "render": 3.0, "refine": 0.5}  # per step
+WARM_STEPS_GUESS = 1000  # the warm start's own count is known only once the scene is voxelized
 
 
 def _fit_events(cfg, progress: Events) -> Callable:
     """Turn fit's progress(stage, step, total, info) into events with the whole run's fraction."""
+    from .direct.fit import IMPORTANCE_VIEWS
     from .progress import STAGE_NAMES
 
     n_teacher = cfg.views - (cfg.views + 7) // 8  # every 8th view is held out
-    steps = {"teacher": n_teacher, "warm": cfg.warm_steps, "render": cfg.steps, "refine": cfg.refine_budget}
+    warm = WARM_STEPS_GUESS if cfg.warm_steps is None else cfg.warm_steps
+    steps = {"teacher": n_teacher, "importance": IMPORTANCE_VIEWS if cfg.importance else 0, "warm": warm,
+             "render": cfg.steps, "refine": cfg.refine_budget}
     work = {stage: n * _STAGE_COST[stage] for stage, n in steps.items()}  # in the fit's order
     total_work = sum(work.values()) or 1.0
     before = dict(zip(work, itertools.accumulate(work.values(), initial=0.0)))

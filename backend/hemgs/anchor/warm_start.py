@@ -26,7 +26,7 @@ from ..scene import GaussianScene
 from .model import MASK_OFF_LOGIT, MASK_ON_LOGIT, AnchorConfig, AnchorModel
 from .voxelize import DEFAULT_TARGET_RATIO, choose_voxel_size, voxelize
 
-DEFAULT_EPOCHS, MIN_STEPS, MAX_STEPS = 250, 300, 3000
+DEFAULT_EPOCHS, MIN_STEPS, MAX_STEPS = 500, 300, 3000
 LOSS_NAMES = ("opacity", "scale", "rotation", "color")
 TINY_LOG_SCALE = math.log(1000.0)  # targets' log-scales floor: log(voxel size) minus this
 # Colour is weighted up: it is what a render shows most, and the hardest to fit (it is view-
@@ -201,11 +201,12 @@ def slot_losses(model: AnchorModel, targets: SlotTargets, index: torch.Tensor, c
 
 
 def default_steps(anchors: int, batch: int) -> int:
-    """Enough steps for each anchor to be seen DEFAULT_EPOCHS times, within [300, 3000].
+    """Enough steps for each anchor to be seen DEFAULT_EPOCHS times, within [MIN_STEPS, MAX_STEPS].
 
-    On the demo scene (7.7k anchors, batch 4096) this is 473 steps; playbot_lod2 (31k anchors)
-    gets 1,908. The cap keeps a 1M-Gaussian scene to minutes on one core; the render-space
-    fine-tune goes on from there anyway.
+    On the demo scene (7.7k anchors, batch 4096) this is 946 steps; playbot_lod2 (31k anchors)
+    gets the cap. The cap keeps a 1M-Gaussian scene to minutes on one core; the render-space
+    fine-tune goes on from there anyway. (250 epochs, the rule before the 128-wide MLPs, left the
+    demo's fit 0.6 dB short of 500 epochs; docs/anchor-model.md.)
     """
     return int(min(MAX_STEPS, max(MIN_STEPS, math.ceil(DEFAULT_EPOCHS * anchors / max(batch, 1)))))
 
