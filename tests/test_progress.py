@@ -145,7 +145,7 @@ def test_anchor_mode_train_and_compress_print_one_line_per_stage(small, tmp_path
                  "--train-width", "32"]) == 0
     res = capsys.readouterr()
     assert [line.split(":")[1].strip() for line in res.err.splitlines()] == [
-        STAGE_NAMES[s] for s in ("teacher", "warm", "render", "refine")], res.err
+        STAGE_NAMES[s] for s in ("teacher", "importance", "warm", "render", "refine")], res.err
     assert res.out.startswith(f"wrote {model}: ") and "hemgs:" not in res.out
     assert main(["compress", str(model), "-o", str(out)]) == 0
     res = capsys.readouterr()

@@ -296,7 +296,7 @@ def test_train_compress_decompress_through_the_worker(client, tiny_ply, tmp_path
     trained = job.wait(1)
     progress = [e for e in events if e.get("event") == "progress"]
     stages = [e["stage"] for e in progress]
-    assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == ["teacher", "warm", "render", "refine"]
+    assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == ["teacher", "importance", "warm", "render", "refine"]
     fractions = [e["fraction"] for e in progress]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
     assert all(e["done"] <= e["total"] for e in progress)
