@@ -122,7 +122,7 @@ def _fit_arguments() -> argparse.ArgumentParser:
                           f"(default {ANCHOR_LAMBDA_DEFAULT:g})")
     fit.add_argument("--steps", type=int, default=None, help="render-space training steps (default 200)")
     fit.add_argument("--warm-steps", type=int, default=None,
-                     help="attribute-space warm-start steps (default: about 250 visits per anchor)")
+                     help="attribute-space warm-start steps (default: about 500 visits per anchor)")
     fit.add_argument("--train-width", dest="width", type=int, default=None, help="training render size (default 256)")
     fit.add_argument("--train-views", dest="views", type=int, default=None,
                      help="sampled training views (default 32, every 8th held out)")

@@ -52,7 +52,7 @@ class FitConfig:
     width: int = 256  # training render size (square unless height is set)
     height: int | None = None
     views: int = 32  # sampled views when the scene has no cameras; every 8th is held out
-    warm_steps: int | None = None  # None: the warm start's own rule (~250 visits per anchor)
+    warm_steps: int | None = None  # None: the warm start's own rule (~500 visits per anchor)
     steps: int = 200  # render-space steps (the warm start does most of the fitting)
     rate_start: float = 0.3  # fraction of the render steps trained before the rate joins
     target_ratio: float = 4.0  # source Gaussians per anchor (voxel size choice)
