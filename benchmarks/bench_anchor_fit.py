@@ -75,7 +75,7 @@ def warm_only(scene, cams, refs, cfg: FitConfig) -> dict:
     from hemgs.anchor.warm_start import _sh_colors, assign_slots, build_anchor_model, warm_start
 
     model = build_anchor_model(scene, AnchorConfig(hidden=cfg.hidden), target_ratio=cfg.target_ratio, seed=cfg.seed)
-    imp = scene_importance(scene, lambda *a: None) if cfg.importance else None
+    imp = scene_importance(scene, lambda *a: None, cfg.width) if cfg.importance else None
     t0 = time.perf_counter()
     ws = warm_start(model, scene, steps=cfg.warm_steps, seed=cfg.seed, importance=imp)
     seconds = time.perf_counter() - t0

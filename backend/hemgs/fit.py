@@ -239,7 +239,7 @@ def fit(scene: GaussianScene | None, *, source_path=None, cfg: FitConfig | None 
     else:
         model = build_anchor_model(scene, AnchorConfig(hidden=cfg.hidden), target_ratio=cfg.target_ratio,
                                    seed=cfg.seed).to(device)
-        imp = scene_importance(scene, report) if cfg.importance else None
+        imp = scene_importance(scene, report, cfg.width) if cfg.importance else None
         ws = warm_start(model, scene, steps=cfg.warm_steps, seed=cfg.seed, importance=imp,
                         progress=lambda s, n, loss: report("warm", s, n, {"loss": loss}))
         history["warm_final_loss"] = ws.losses["total"][-1] if ws.losses["total"] else None
@@ -265,12 +265,15 @@ def fit(scene: GaussianScene | None, *, source_path=None, cfg: FitConfig | None 
     return Fitted(model, entropy, cfg, train, test, history)
 
 
-def scene_importance(scene: GaussianScene, report: Progress) -> np.ndarray:
-    """Each Gaussian's share of the images over the whole sphere, as direct mode measures it."""
+def scene_importance(scene: GaussianScene, report: Progress, width: int | None = None) -> np.ndarray:
+    """Each Gaussian's share of the images over the whole sphere, as direct mode measures it; the
+    renders no wider than `width` (a quick training's), and scaled to the evaluation's resolution."""
     from .direct.attributes import at_resolution, combine_views, view_visibility
-    from .direct.fit import importance_views
+    from .direct.fit import IMPORTANCE_SIZE, importance_views
 
     views = importance_views(scene)
+    if width is not None and width < IMPORTANCE_SIZE:
+        views = [c.resized(width) for c in views]
 
     def seen():
         for i, cam in enumerate(views):
