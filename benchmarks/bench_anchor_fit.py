@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from hemgs.io import load_scene  # noqa: E402
 from hemgs.metrics import compare_images  # noqa: E402
 from hemgs.render import rasterize, render  # noqa: E402
 from hemgs.scene import sanitize  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 OUT = REPO / "docs" / "benchmarks" / "anchor_fit.json"
@@ -52,16 +52,6 @@ def scene_path(name: str) -> Path:
         if cand.exists():
             return cand
     raise SystemExit(f"no scene {name} in {DATA} or data/demo")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def scores(refs, imgs) -> dict:

@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = Path(os.environ.get("HEMGS_BENCH_WORK", REPO / "benchmarks" / "large" / "batch"))  # git-ignored
 DEMO = REPO / "data" / "demo" / "playbot_lod3.ply"
@@ -224,13 +226,6 @@ def same_bytes(labels: list[str]) -> dict:
     differ = [f"{lab}/{n}" for lab in labels[1:] for n in names
               if not (WORK / lab / n).is_file() or (WORK / lab / n).read_bytes() != (ref / n).read_bytes()]
     return {"runs": labels, "files": len(names), "differ": differ}
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def write_doc(data: dict) -> None:

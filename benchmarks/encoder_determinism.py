@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from machine import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [(cap, threads) for cap in ("avx512", "avx2", "default") for threads in (1, 2)]
@@ -82,18 +83,8 @@ def _run(code: str, args: list[str], cap: str, threads: int) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
-    cpu = _cpu_name()
+    cpu = cpu_name()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ply = str(REPO / "data/demo/playbot_lod3.ply")
