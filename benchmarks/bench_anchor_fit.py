@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +128,8 @@ def main() -> None:
         refs = [render(scene, c) for c in cams]
         cfg = FitConfig(**overrides)
         rec = {"scene": name, "label": args.label, "kind": "warm_only" if args.warm_only else "train_compress",
-               "set": overrides, "threads": threads, "machine": cpu_name(),
+               "set": overrides, "config": {k: v for k, v in asdict(cfg).items() if k != "lambdas"},
+               "threads": threads, "machine": cpu_name(),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         if args.warm_only:
             rec.update(warm_only(scene, cams, refs, cfg))
