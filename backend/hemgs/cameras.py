@@ -424,9 +424,8 @@ def scene_views(scene, source_path, n: int = 16, width: int = 256, height: int =
     Own cameras are resized to `width` (height keeps their aspect); when there are more than
     `n`, `n` of them are taken evenly spaced.
     """
-    cams_file = _cameras_beside(source_path)
-    if cams_file is not None and cams_file.is_file():
-        cams = load_cameras(cams_file)
+    if has_cameras_beside(source_path):
+        cams = load_cameras(_cameras_beside(source_path))
         if len(cams) > n:
             cams = [cams[i] for i in np.linspace(0, len(cams) - 1, n).round().astype(int)]
         return [c.resized(width) for c in cams]

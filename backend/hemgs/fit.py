@@ -269,18 +269,12 @@ def scene_importance(scene: GaussianScene, report: Progress, width: int | None =
     """Each Gaussian's share of the images over the whole sphere, as direct mode measures it; the
     renders no wider than `width` (a quick training's), and scaled to the evaluation's resolution."""
     from .direct.attributes import at_resolution, combine_views, view_visibility
-    from .direct.fit import IMPORTANCE_SIZE, importance_views
+    from .direct.fit import IMPORTANCE_SIZE, importance_views, reporting
 
     views = importance_views(scene)
     if width is not None and width < IMPORTANCE_SIZE:
         views = [c.resized(width) for c in views]
-
-    def seen():
-        for i, cam in enumerate(views):
-            yield cam
-            report("importance", i + 1, len(views), {})
-
-    return combine_views(at_resolution(view_visibility(scene, seen()), scene, views))
+    return combine_views(at_resolution(view_visibility(scene, reporting(views, report, "importance")), scene, views))
 
 
 def heldout_psnr(model: AnchorModel, views: list[Camera], targets: list) -> float:

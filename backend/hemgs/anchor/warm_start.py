@@ -124,10 +124,9 @@ def assign_slots(model: AnchorModel, scene: GaussianScene, importance: np.ndarra
     log_scales = np.maximum(scene.log_scales, np.float32(math.log(model.voxel_size) - TINY_LOG_SCALE))
     weight = None
     if importance is not None:
-        w = np.where(valid, np.maximum(rank_by[take], 0.0), 0.0)
+        w = np.where(valid, np.maximum(rank_by[take], 0.0), 0.0) ** weight_power
         mean = w[valid].mean() if valid.any() else 0.0
-        w = w ** weight_power if mean > 0 else valid.astype(np.float64)
-        w = w / w[valid].mean() if valid.any() else w  # mean 1 over the valid slots
+        w = w / mean if mean > 0 else valid.astype(np.float64)  # mean 1 over the valid slots
         weight = torch.from_numpy(np.where(valid, w, 0.0).astype(np.float32))
     return SlotTargets(
         valid=torch.from_numpy(valid), source=torch.from_numpy(src),

@@ -98,7 +98,7 @@ def _stage_values(prep: Prepared, scene: GaussianScene, cfg: DirectConfig, stage
     ordered = scene.subset(prep.layout.order)
     residual = (ordered.means.astype(np.float64) - prep.centres) / prep.frame.rho
     views = importance_views(ordered, cameras)
-    seen = _reporting(views, stages, "importance") if stages and views else views
+    seen = reporting(views, stages, "importance") if stages and views else views
     pv = view_visibility(ordered, seen)
     release()  # the renders' buffers
     if not cameras:  # the sphere's views stand for the evaluation's width (a scene's own cameras for theirs)
@@ -109,7 +109,7 @@ def _stage_values(prep: Prepared, scene: GaussianScene, cfg: DirectConfig, stage
     return values, peak
 
 
-def _reporting(views: list, stages, stage: str):
+def reporting(views: list, stages, stage: str):
     """`views` one by one, reporting `stage` as each is done: the loop that takes the next view
     (attributes.visibility's, one render per view) has finished with the one before."""
     for i, cam in enumerate(views):
